@@ -1,0 +1,1 @@
+"""Dataset formats, ingestion, validation and the embedded world."""

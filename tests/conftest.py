@@ -1,0 +1,74 @@
+"""Shared fixtures: offline environment, the real HH-RLHF file, and throwaway Kedro projects."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+# The network is closed: nothing may phone home or reach a hub while tests run.
+os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+HH_RLHF_FILE = REPO_ROOT.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test.part1.jsonl.gz"
+DATA_LAYERS = (
+    "01_raw",
+    "02_intermediate",
+    "03_primary",
+    "04_feature",
+    "05_model_input",
+    "06_models",
+    "07_model_output",
+    "08_reporting",
+)
+
+
+@pytest.fixture(scope="session")
+def hh_rlhf_file() -> Path:
+    """The real HH-RLHF sample that sits beside the repository in ``../shared``."""
+    if not HH_RLHF_FILE.exists():
+        pytest.fail(f"expected the shared HH-RLHF sample at {HH_RLHF_FILE}")
+    return HH_RLHF_FILE
+
+
+def make_project_copy(destination: Path) -> Path:
+    """A runnable copy of this Kedro project (config + metadata, empty data layers).
+
+    Pipelines then write into ``destination/data`` instead of the working tree, so
+    tests never clobber a developer's outputs and can run in parallel.
+    """
+    destination.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(REPO_ROOT / "conf", destination / "conf", dirs_exist_ok=True)
+    (destination / "conf" / "local").mkdir(exist_ok=True)
+    shutil.copy2(REPO_ROOT / "pyproject.toml", destination / "pyproject.toml")
+    for layer in DATA_LAYERS:
+        (destination / "data" / layer).mkdir(parents=True, exist_ok=True)
+    return destination
+
+
+@pytest.fixture
+def project_copy(tmp_path: Path) -> Path:
+    return make_project_copy(tmp_path / "project")
+
+
+def run_kedro(
+    project_path: Path,
+    env: str = "test",
+    pipeline_names: list[str] | None = None,
+    runtime_params: dict | None = None,
+    **run_kwargs,
+) -> dict:
+    """Run pipelines in-process with a real ``KedroSession`` rooted at ``project_path``."""
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+
+    bootstrap_project(project_path)
+    with KedroSession.create(
+        project_path=project_path, env=env, runtime_params=runtime_params or {}
+    ) as session:
+        return session.run(pipeline_names=pipeline_names, **run_kwargs)
