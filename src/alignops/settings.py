@@ -8,4 +8,7 @@ CONFIG_LOADER_ARGS = {
         "catalog": ["catalog*", "catalog*/**", "**/catalog*"],
         "parameters": ["parameters*", "parameters*/**", "**/parameters*"],
     },
+    # An environment overrides single keys (a size, a path) and inherits the rest from
+    # base, instead of having to restate whole blocks.
+    "merge_strategy": {"parameters": "soft", "catalog": "soft"},
 }
