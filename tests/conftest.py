@@ -46,8 +46,8 @@ def make_project_copy(destination: Path) -> Path:
     shutil.copytree(REPO_ROOT / "conf", destination / "conf", dirs_exist_ok=True)
     (destination / "conf" / "local").mkdir(exist_ok=True)
     shutil.copy2(REPO_ROOT / "pyproject.toml", destination / "pyproject.toml")
-    # The package itself is installed (editable); the CLI only needs the source dir to exist.
-    (destination / "src").symlink_to(REPO_ROOT / "src", target_is_directory=True)
+    # The package is installed (editable); Kedro only checks that the source dir exists.
+    (destination / "src").mkdir(exist_ok=True)
     for layer in DATA_LAYERS:
         (destination / "data" / layer).mkdir(parents=True, exist_ok=True)
     return destination

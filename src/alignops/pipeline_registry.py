@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
-from kedro.framework.project import find_pipelines
 from kedro.pipeline import Pipeline
+
+from alignops.pipelines import data_generation, data_report, data_validation, ingestion
+
+# Listed, not discovered: Kedro 1.7's find_pipelines only imports the names a run asks
+# for, so the compositions below ("data", "__default__") could not be assembled from it.
+STAGES = {
+    "data_generation": data_generation.create_pipeline,
+    "ingestion": ingestion.create_pipeline,
+    "data_validation": data_validation.create_pipeline,
+    "data_report": data_report.create_pipeline,
+}
 
 
 def register_pipelines() -> dict[str, Pipeline]:
-    """Every stage under ``pipelines/`` by its folder name, plus two compositions.
+    """Every stage by its folder name, plus two compositions.
 
     ``data`` is the journey for a user's own preference files (everything but the
     embedded world's generator); ``__default__`` runs the whole journey on the
     embedded world.
     """
-    pipelines = find_pipelines(raise_errors=True)
+    pipelines = {name: create() for name, create in STAGES.items()}
     pipelines["data"] = sum(
         (p for name, p in pipelines.items() if name != "data_generation"), Pipeline([])
     )

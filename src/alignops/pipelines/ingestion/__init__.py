@@ -1,0 +1,5 @@
+"""ingestion: user preference files (or the embedded world's rankings) into the canonical table."""
+
+from .pipeline import create_pipeline
+
+__all__ = ["create_pipeline"]
