@@ -1,0 +1,29 @@
+"""data_validation: `preferences` -> report, Data Docs, quarantine -> `validated_preferences`."""
+
+from kedro.pipeline import Pipeline, node
+
+from .nodes import gate, validate
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            node(
+                validate,
+                inputs=["preferences", "params:data_validation", "params:data_validation_suite"],
+                outputs=[
+                    "validation_report",
+                    "validation_data_docs",
+                    "passing_preferences",
+                    "preferences_quarantine",
+                ],
+                name="validate_preferences",
+            ),
+            node(
+                gate,
+                inputs=["validation_report", "passing_preferences"],
+                outputs="validated_preferences",
+                name="gate_preferences",
+            ),
+        ]
+    )

@@ -1,0 +1,132 @@
+"""The project as a user runs it: `kedro run`, environments, the validation gate, kedro-viz."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from tests.conftest import make_project_copy, run_kedro
+
+KEDRO = Path(sys.executable).parent / "kedro"
+STAGES = {"data_generation", "ingestion", "data_validation", "data_report"}
+
+
+def _cli(project: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(KEDRO), *args],
+        cwd=project,
+        env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "GX_ANALYTICS_ENABLED": "false"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _write_env(project: Path, env: str, catalog: dict, parameters: dict | None = None) -> None:
+    folder = project / "conf" / env
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "catalog.yml").write_text(json.dumps(catalog))  # JSON is valid YAML
+    if parameters:
+        (folder / "parameters.yml").write_text(json.dumps(parameters))
+
+
+def test_registry_has_every_stage_and_the_compositions():
+    from kedro.framework.project import configure_project, pipelines
+
+    configure_project("alignops")
+    names = set(pipelines)
+    assert STAGES | {"data", "__default__"} <= names
+    default_nodes = {n.name for n in pipelines["__default__"].nodes}
+    data_nodes = {n.name for n in pipelines["data"].nodes}
+    generation_nodes = {n.name for n in pipelines["data_generation"].nodes}
+    assert generation_nodes <= default_nodes
+    assert not generation_nodes & data_nodes
+    assert default_nodes == data_nodes | generation_nodes
+
+
+@pytest.mark.slow
+def test_kedro_run_cli_runs_the_default_dag_end_to_end(project_copy):
+    result = _cli(project_copy, "run", "--env", "test")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    data = project_copy / "data"
+    validated = pd.read_parquet(data / "03_primary" / "preferences.parquet")
+    canonical = pd.read_parquet(data / "02_intermediate" / "preferences.parquet")
+    assert len(validated) > 0
+    assert set(validated["source_format"]) == {"kwise"}
+    quarantine = data / "02_intermediate" / "preferences_quarantine.jsonl"
+    quarantined = sum(1 for line in quarantine.read_text().splitlines() if line.strip())
+    assert len(validated) + quarantined == len(canonical)  # nothing dropped silently
+
+    report = json.loads((data / "08_reporting" / "data_report.json").read_text())
+    assert report["rows"] == len(validated)
+    assert len(report["annotator_agreement"]["annotators"]) >= 2
+    assert (data / "08_reporting" / "data_report.png").stat().st_size > 10_000
+    assert (data / "08_reporting" / "data_docs" / "index.html").exists()
+    assert json.loads((data / "08_reporting" / "validation_report.json").read_text())["success"]
+    assert json.loads((data / "08_reporting" / "world_summary.json").read_text())
+
+
+@pytest.mark.slow
+def test_strict_failure_stops_before_downstream_and_leaves_the_report(project_copy):
+    bad = project_copy / "data" / "01_raw" / "user.jsonl"
+    rows = [{"prompt": f"question {i}", "chosen": f"good answer {i}", "rejected": f"bad {i}"}
+            for i in range(30)]
+    rows[7]["chosen"] = "   "  # empty after stripping: line 8
+    bad.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    _write_env(
+        project_copy,
+        "user",
+        {"raw_preferences": {"type": "alignops.data.datasets.PreferenceSourceDataset",
+                             "filepath": str(bad), "format": "auto", "read_only": True}},
+        {"data_validation": {"mode": "strict"}},
+    )
+    # conf/test (tiny sizes) is the base of this check: copy it under the user env's name
+    for f in (project_copy / "conf" / "test").glob("parameters_*.yml"):
+        shutil.copy2(f, project_copy / "conf" / "user" / f.name)
+
+    with pytest.raises(Exception, match="user.jsonl") as excinfo:
+        run_kedro(project_copy, env="user", pipeline_names=["data"])
+    assert "8" in str(excinfo.value)
+    reporting = project_copy / "data" / "08_reporting"
+    report = json.loads((reporting / "validation_report.json").read_text())
+    assert report["success"] is False
+    assert (reporting / "data_docs" / "index.html").exists()
+    assert not (project_copy / "data" / "03_primary" / "preferences.parquet").exists()
+    assert not (reporting / "data_report.json").exists()
+
+
+@pytest.mark.slow
+def test_hh_rlhf_environment_quarantines_the_malformed_rows(project_copy, hh_rlhf_file):
+    catalog = yaml.safe_load((project_copy / "conf" / "hh_rlhf" / "catalog.yml").read_text())
+    catalog["raw_preferences"]["filepath"] = str(hh_rlhf_file)  # the copy sits elsewhere
+    _write_env(project_copy, "hh_rlhf", catalog)
+    run_kedro(project_copy, env="hh_rlhf", pipeline_names=["data"])
+
+    data = project_copy / "data"
+    validated = pd.read_parquet(data / "03_primary" / "preferences.parquet")
+    quarantine = pd.read_json(data / "02_intermediate" / "preferences_quarantine.jsonl", lines=True)
+    assert len(validated) + len(quarantine) == 1800
+    assert sorted(quarantine["source_line"]) == [87, 517, 926, 1104, 1255, 1689]
+    assert (data / "08_reporting" / "data_report.png").exists()
+
+
+@pytest.mark.slow
+def test_kedro_viz_build_shows_every_pipeline(project_copy):
+    result = _cli(project_copy, "viz", "build")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    api = project_copy / "build" / "api"
+    registered = {p["id"] for p in json.loads((api / "main").read_text())["pipelines"]}
+    assert STAGES | {"data", "__default__"} <= registered
+    for stage in STAGES:
+        graph = json.loads((api / "pipelines" / stage).read_text())
+        task_nodes = [n for n in graph["nodes"] if n["type"] == "task"]
+        assert task_nodes, f"kedro-viz shows no nodes for {stage}"
