@@ -43,6 +43,9 @@ def test_dataset_save_load_round_trip(tmp_path, name):
     opener = gzip.open if name.endswith(".gz") else open
     with opener(path, "rt", encoding="utf-8") as stream:
         assert json.loads(stream.readline())["ranks"] == [2, 3, 1]
+    plain = tmp_path / "plain"
+    plain.write_text("")
+    assert path.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777  # not mkstemp's 0600
 
 
 def test_dataset_saves_frames_and_gzip_bytes_are_stable(tmp_path):

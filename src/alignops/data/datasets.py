@@ -86,6 +86,10 @@ def write_jsonl(data: list[dict] | pd.DataFrame, path: Path) -> None:
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(payload)
+        # mkstemp creates 0600; give the data file the mode a plain open() would have
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o666 & ~umask)
         os.replace(staging, path)
     except BaseException:
         Path(staging).unlink(missing_ok=True)
