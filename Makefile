@@ -41,7 +41,8 @@ viz-build: setup
 ## Re-pin every dependency after changing pyproject.toml.
 lock: setup
 	$(BIN)/pip install --quiet -e '.[test]'
-	$(BIN)/pip freeze --exclude-editable | sort > requirements.lock
+	# torch's local label (+cpu) is dropped so the pin matches the CPU wheel on disk and on PyPI alike
+	$(BIN)/pip freeze --exclude-editable | sed -E 's/^(torch==[0-9.]+)\+cpu$$/\1/' | sort > requirements.lock
 
 clean-data:
 	find data -type f ! -name .gitkeep -delete
