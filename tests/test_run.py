@@ -65,6 +65,10 @@ def test_kedro_run_cli_runs_the_default_dag_end_to_end(project_copy):
     quarantine = data / "02_intermediate" / "preferences_quarantine.jsonl"
     quarantined = sum(1 for line in quarantine.read_text().splitlines() if line.strip())
     assert len(validated) + quarantined == len(canonical)  # nothing dropped silently
+    train = pd.read_parquet(data / "05_model_input" / "preferences_train.parquet")
+    heldout = pd.read_parquet(data / "05_model_input" / "preferences_heldout.parquet")
+    assert len(train) + len(heldout) == len(validated) and len(heldout) > 0
+    assert not set(train["prompt"]) & set(heldout["prompt"])
 
     report = json.loads((data / "08_reporting" / "data_report.json").read_text())
     assert report["rows"] == len(validated)

@@ -10,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 
+from alignops.data.split import SplitConfig, split_preferences
 from alignops.data.validation import (
     DataValidationConfig,
     parse_suite,
@@ -31,3 +32,8 @@ def gate(validation_report: dict[str, Any], passing_preferences: pd.DataFrame) -
     """Stop the run with ``DataValidationError`` if the report failed; else pass good rows on."""
     raise_for_report(validation_report)
     return passing_preferences
+
+
+def split(validated_preferences: pd.DataFrame, params: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Train and held-out comparisons, split by prompt (see ``alignops.data.split``)."""
+    return split_preferences(validated_preferences, SplitConfig(**params))

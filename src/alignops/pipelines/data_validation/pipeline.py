@@ -1,8 +1,9 @@
-"""data_validation: `preferences` -> report, Data Docs, quarantine -> `validated_preferences`."""
+"""data_validation: `preferences` -> report, Data Docs, quarantine -> `validated_preferences`,
+split by prompt into `preferences_train` and `preferences_heldout`."""
 
 from kedro.pipeline import Pipeline, node
 
-from .nodes import gate, validate
+from .nodes import gate, split, validate
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -24,6 +25,12 @@ def create_pipeline(**kwargs) -> Pipeline:
                 inputs=["validation_report", "passing_preferences"],
                 outputs="validated_preferences",
                 name="gate_preferences",
+            ),
+            node(
+                split,
+                inputs=["validated_preferences", "params:data_split"],
+                outputs=["preferences_train", "preferences_heldout"],
+                name="split_preferences",
             ),
         ]
     )
