@@ -31,16 +31,18 @@ def _catalog(frame: pd.DataFrame, root: Path, **params) -> DataCatalog:
     catalog["preferences"] = MemoryDataset(frame)
     catalog["params:data_validation"] = MemoryDataset({**TEST_ENV["data_validation"], **params})
     catalog["params:data_validation_suite"] = MemoryDataset(BASE["data_validation_suite"])
+    catalog["params:data_split"] = MemoryDataset({"heldout_fraction": 0.25, "seed": 0})
     return catalog
 
 
-def test_pipeline_wires_validate_then_gate():
+def test_pipeline_wires_validate_then_gate_then_split():
     pipeline = create_pipeline()
-    assert [n.name for n in pipeline.nodes] == ["validate_preferences", "gate_preferences"]
+    assert [n.name for n in pipeline.nodes] == ["validate_preferences", "gate_preferences", "split_preferences"]
     assert pipeline.inputs() == {
         "preferences",
         "params:data_validation",
         "params:data_validation_suite",
+        "params:data_split",
     }
     assert pipeline.all_outputs() == {
         "validation_report",
@@ -48,6 +50,8 @@ def test_pipeline_wires_validate_then_gate():
         "passing_preferences",
         "preferences_quarantine",
         "validated_preferences",
+        "preferences_train",
+        "preferences_heldout",
     }
 
 
@@ -55,6 +59,8 @@ def test_clean_data_passes_the_gate(tmp_path):
     catalog = _catalog(clean_frame(), tmp_path, mode="strict")
     SequentialRunner().run(create_pipeline(), catalog)
     pd.testing.assert_frame_equal(catalog.load("validated_preferences"), clean_frame())
+    split = len(catalog.load("preferences_train")), len(catalog.load("preferences_heldout"))
+    assert sum(split) == len(clean_frame()) and min(split) > 0
     assert catalog.load("preferences_quarantine").empty
     assert catalog.load("validation_report")["success"]
     assert (tmp_path / "data/08_reporting/data_docs/index.html").exists()
