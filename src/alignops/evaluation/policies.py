@@ -1,0 +1,194 @@
+"""Sample each policy on the held-out prompts and compare it with SFT.
+
+The gold judge (the embedded world's noise-free scorer) is used here and nowhere
+in training: it is how the report shows whether RLHF improved what the annotators
+wanted, and it makes reward hacking visible — the reward model's score rising
+while the gold score falls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from alignops.models.config import ModelConfig
+from alignops.models.generation import GenerationOutput, generate
+from alignops.models.scoring import response_logprobs
+
+REFERENCE = "sft"
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    temperature: float = 0.7
+    """Sampling temperature for every policy. Sampling, not greedy: a policy is a
+    distribution, and greedy decoding hides how often it says something bad."""
+    top_p: float = 1.0
+    """Nucleus sampling cut-off (1.0 = off)."""
+    max_new_tokens: int = 160
+    """Longest response; the world's replies need at most ~130 tokens."""
+    samples_per_prompt: int = 1
+    """Responses per prompt and policy; more lowers the variance of every figure."""
+    best_of_n: int = 4
+    """Best-of-N baseline: N SFT samples per prompt, the reward model keeps one. 0 skips it."""
+    batch_size: int = 64
+    """Prompts per generation / scoring batch."""
+    seed: int = 0
+    """Sampling seed; the same seed gives the same samples for the same models."""
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ValueError("temperature must be > 0 (evaluation samples; set top_p to narrow it)")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must lie in (0, 1], got {self.top_p}")
+        if min(self.max_new_tokens, self.samples_per_prompt, self.batch_size) < 1 or self.best_of_n < 0:
+            raise ValueError("max_new_tokens, samples_per_prompt and batch_size must be positive, best_of_n >= 0")
+
+
+@dataclass
+class PolicySamples:
+    """One policy's responses to the evaluation prompts, row i answering ``prompts[i]``."""
+
+    prompts: list[str]
+    generation: GenerationOutput
+    gold: np.ndarray  # (N,)
+    rm: np.ndarray  # (N,) normalised reward-model scores
+
+    @property
+    def texts(self) -> list[str]:
+        return self.generation.texts
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return self.generation.response_mask.sum(1).numpy()
+
+
+def sample_policy(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    model_config: ModelConfig,
+    config: EvaluationConfig,
+    seed: int,
+) -> GenerationOutput:
+    """One sampled response per prompt (prompts are canonical; the template is applied here)."""
+    return generate(
+        model,
+        tokenizer,
+        model_config.format_prompts(prompts),
+        max_new_tokens=config.max_new_tokens,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        do_sample=True,
+        batch_size=config.batch_size,
+        seed=seed,
+        max_prompt_tokens=model_config.max_prompt_tokens,
+        response_prefix=model_config.response_prefix,
+    )
+
+
+def kl_to_reference(
+    policy: PreTrainedModel, reference: PreTrainedModel, samples: GenerationOutput, batch_size: int
+) -> np.ndarray:
+    """(N,) Monte-Carlo KL(π ‖ π_sft) per sample: Σ_t log π − log π_sft over the policy's own tokens.
+
+    Its mean is an unbiased estimate of the sequence-level KL (k1 estimator,
+    Schulman 2020); single samples can be negative.
+    """
+    tensors = (samples.query_ids, samples.query_mask, samples.response_ids, samples.response_mask)
+    logp = response_logprobs(policy, *tensors, batch_size=batch_size)  # (N, R)
+    ref_logp = response_logprobs(reference, *tensors, batch_size=batch_size)
+    return (logp - ref_logp).sum(1).cpu().numpy()
+
+
+def win_rate(candidate: np.ndarray, baseline: np.ndarray) -> float:
+    """Share of prompts where ``candidate`` beats ``baseline``, ties counting half."""
+    return float(np.mean((candidate > baseline) + 0.5 * (candidate == baseline)))
+
+
+def policy_summary(samples: PolicySamples, baseline: PolicySamples, kl: np.ndarray | None) -> dict:
+    return {
+        "gold_mean": float(samples.gold.mean()),
+        "gold_win_rate_vs_sft": win_rate(samples.gold, baseline.gold),
+        "rm_mean": float(samples.rm.mean()),
+        "kl_to_sft": float(kl.mean()) if kl is not None else 0.0,
+        "mean_length": float(samples.lengths.mean()),
+        "eos_rate": float(samples.generation.ended_with_eos.float().mean()),
+        "n_samples": len(samples.prompts),
+    }
+
+
+def evaluate_policies(
+    policies: dict[str, PreTrainedModel],
+    tokenizer: PreTrainedTokenizerBase,
+    score_gold,
+    score_rm,
+    prompts: list[str],
+    model_config: ModelConfig,
+    config: EvaluationConfig,
+) -> tuple[dict, dict[str, PolicySamples]]:
+    """Summary per policy (and best-of-N from SFT + RM) and the samples behind it.
+
+    ``score_gold`` and ``score_rm`` map (prompts, responses) to (N,) arrays. Every
+    policy answers the same prompts with the same seed, so win rates compare
+    responses to identical questions.
+    """
+    if REFERENCE not in policies:
+        raise ValueError(f"evaluation compares with the {REFERENCE!r} policy, which is missing")
+    prompts = [p for p in prompts for _ in range(config.samples_per_prompt)]
+    samples: dict[str, PolicySamples] = {}
+    for name, model in policies.items():
+        generation = sample_policy(model, tokenizer, prompts, model_config, config, config.seed)
+        samples[name] = PolicySamples(
+            prompts, generation, score_gold(prompts, generation.texts), score_rm(prompts, generation.texts)
+        )
+    summary = {
+        name: policy_summary(
+            s,
+            samples[REFERENCE],
+            kl_to_reference(policies[name], policies[REFERENCE], s.generation, config.batch_size)
+            if name != REFERENCE
+            else None,
+        )
+        for name, s in samples.items()
+    }
+    if config.best_of_n:
+        best = best_of_n(policies[REFERENCE], tokenizer, score_gold, score_rm, prompts, model_config, config)
+        samples["best_of_n"] = best
+        # KL of best-of-N to its base policy has a closed-form bound: log N - (N-1)/N (Stiennon et al. 2020)
+        n = config.best_of_n
+        summary["best_of_n"] = policy_summary(best, samples[REFERENCE], None) | {
+            "kl_to_sft": float(np.log(n) - (n - 1) / n),
+            "n": n,
+        }
+    return summary, samples
+
+
+def best_of_n(
+    reference: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    score_gold,
+    score_rm,
+    prompts: list[str],
+    model_config: ModelConfig,
+    config: EvaluationConfig,
+) -> PolicySamples:
+    """N SFT samples per prompt; keep the one the reward model scores highest."""
+    n = config.best_of_n
+    repeated = [p for p in prompts for _ in range(n)]  # prompt-major: rows i*n .. i*n+n-1
+    generation = sample_policy(reference, tokenizer, repeated, model_config, config, config.seed + 1)
+    rm = score_rm(repeated, generation.texts).reshape(len(prompts), n)
+    pick = np.arange(len(prompts)) * n + rm.argmax(1)  # (N,) row of each prompt's best sample
+    index = torch.from_numpy(pick)
+    chosen = GenerationOutput(
+        query_ids=generation.query_ids[index],
+        query_mask=generation.query_mask[index],
+        response_ids=generation.response_ids[index],
+        response_mask=generation.response_mask[index],
+        texts=[generation.texts[i] for i in pick],
+        ended_with_eos=generation.ended_with_eos[index],
+    )
+    return PolicySamples(prompts, chosen, score_gold(prompts, chosen.texts), rm.max(1))

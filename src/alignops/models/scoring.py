@@ -1,0 +1,64 @@
+"""Log-probabilities of sampled responses under a causal LM.
+
+PPO (policy and reference), evaluation (KL to SFT) and best-of-N all need the
+model's log-probs of tokens it or another policy generated. The prompts are LEFT
+padded (see ``generation.generate``), so positions must come from the attention
+mask: with the default ``arange`` positions a padded prompt would be read at the
+wrong rotary positions and its log-probs would differ from an unpadded one.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import PreTrainedModel
+
+from alignops.core import selective_log_softmax
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) positions counting only real tokens, so left padding does not shift them."""
+    return (attention_mask.long().cumsum(dim=1) - 1).clamp_min(0)
+
+
+def response_logits(
+    model: PreTrainedModel,
+    query_ids: torch.Tensor,
+    query_mask: torch.Tensor,
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+) -> torch.Tensor:
+    """(B, R, V) logits that predict each response token, from one forward pass."""
+    input_ids = torch.cat([query_ids, response_ids], dim=1)  # (B, P + R)
+    attention_mask = torch.cat([query_mask, response_mask], dim=1)
+    logits = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        use_cache=False,
+    ).logits  # (B, P + R, V)
+    prompt_width = query_ids.shape[1]
+    return logits[:, prompt_width - 1 : -1]  # position t predicts token t + 1
+
+
+@torch.no_grad()
+def response_logprobs(
+    model: PreTrainedModel,
+    query_ids: torch.Tensor,
+    query_mask: torch.Tensor,
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+    batch_size: int = 64,
+) -> torch.Tensor:
+    """(B, R) log π(response token | prefix), 0 where ``response_mask`` is 0; no grad."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    chunks = []
+    for start in range(0, len(query_ids), batch_size):
+        rows = slice(start, start + batch_size)
+        ids = response_ids[rows].to(device)
+        mask = response_mask[rows].to(device)
+        logits = response_logits(model, query_ids[rows].to(device), query_mask[rows].to(device), ids, mask)
+        chunks.append(torch.where(mask.bool(), selective_log_softmax(logits, ids), 0.0))
+    model.train(was_training)
+    return torch.cat(chunks)
