@@ -12,7 +12,7 @@ export GX_ANALYTICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: setup run test viz viz-build lock clean-data
+.PHONY: setup run test viz viz-build lock clean-data bench bench-trl
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,37 @@ lock: setup
 	$(BIN)/pip install --quiet -e '.[test]'
 	# torch's local label (+cpu) is dropped so the pin matches the CPU wheel on disk and on PyPI alike
 	$(BIN)/pip freeze --exclude-editable | sed -E 's/^(torch==[0-9.]+)\+cpu$$/\1/' | sort > requirements.lock
+
+## Throughput of our training loops -> data/08_reporting/bench.json (see bench/README.md).
+## Needs the world's data (`kedro run --pipelines data_generation,ingestion,data_validation`).
+## BENCH_ARGS passes options to bench/run.py, e.g. BENCH_ARGS="--threads 1 --stages ppo".
+bench: setup
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+# TRL in virtual environments of its own: its pins may differ from our lock (shared
+# packages are pinned to the lock's versions). torch stays the CPU wheel on this disk.
+TRL_VENV ?= .venv-trl
+TRL_PPO_VENV ?= .venv-trl-ppo
+
+$(TRL_VENV)/.installed: bench/requirements-trl.txt requirements.lock
+	$(PYTHON) -m venv $(TRL_VENV)
+	$(TRL_VENV)/bin/pip install --quiet --disable-pip-version-check -r bench/requirements-trl.txt
+	touch $@
+
+$(TRL_PPO_VENV)/.installed: bench/requirements-trl-ppo.txt requirements.lock
+	$(PYTHON) -m venv $(TRL_PPO_VENV)
+	$(TRL_PPO_VENV)/bin/pip install --quiet --disable-pip-version-check -r bench/requirements-trl-ppo.txt
+	touch $@
+
+## TRL's trainers on the same workload -> data/08_reporting/bench_trl.json, and the
+## speedups into bench.json. TRL 1.16 for the reward model and DPO; TRL 1.12, the last
+## release with a PPO trainer, for PPO. Use the same BENCH_ARGS as for `make bench`.
+bench-trl: setup $(TRL_VENV)/.installed $(TRL_PPO_VENV)/.installed
+	$(BIN)/python bench/run.py --export-only $(BENCH_ARGS)
+	$(TRL_VENV)/bin/python bench/trl_baseline.py --stage reward
+	$(TRL_VENV)/bin/python bench/trl_baseline.py --stage dpo
+	$(TRL_PPO_VENV)/bin/python bench/trl_baseline.py --stage ppo
+	if [ -f data/08_reporting/bench.json ]; then $(BIN)/python bench/run.py --merge-only; fi
 
 clean-data:
 	find data -type f ! -name .gitkeep -delete

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from kedro.pipeline import Pipeline
 
-from alignops.pipelines import data_generation, data_report, data_validation, ingestion
+from alignops.pipelines import (
+    data_generation,
+    data_report,
+    data_validation,
+    dpo,
+    evaluation,
+    ingestion,
+    ppo,
+    reward_model,
+    sft,
+)
 
 # Listed, not discovered: Kedro 1.7's find_pipelines only imports the names a run asks
 # for, so the compositions below ("data", "__default__") could not be assembled from it.
@@ -13,6 +23,11 @@ STAGES = {
     "ingestion": ingestion.create_pipeline,
     "data_validation": data_validation.create_pipeline,
     "data_report": data_report.create_pipeline,
+    "sft": sft.create_pipeline,
+    "reward_model": reward_model.create_pipeline,
+    "ppo": ppo.create_pipeline,
+    "dpo": dpo.create_pipeline,
+    "evaluation": evaluation.create_pipeline,
 }
 
 

@@ -1,0 +1,1 @@
+"""Performance benchmark of alignops' training loops against TRL's trainers (see bench/README.md)."""

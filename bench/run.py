@@ -1,0 +1,234 @@
+"""Throughput of alignops' training loops on the default configuration → ``data/08_reporting/bench.json``.
+
+Each stage calls the loop its Kedro node calls (``alignops.training``), with the
+stage's configuration from ``conf/<env>/parameters_<stage>.yml`` and only these
+changes: the step count is capped at ``warmup + steps``, metrics are logged every
+step (the timestamps are the clock), and held-out evaluation, sample saving and
+checkpoints are pushed past the last step. Throughput counts the steps after the
+warm-up only, so model building, tokenisation and the first (slow) steps are out.
+
+It also writes the workspace ``bench/trl_baseline.py`` reads, so TRL runs on the
+same model, tokenizer, data and sizes: ``workload.json`` (every number TRL needs),
+``tokenizer/``, ``policy/``, ``pairs.jsonl`` and ``prompts.jsonl``. When TRL's
+results (``make bench-trl``) exist for the same workload, ``bench.json`` gets them
+under ``trl`` and our/TRL ratios under ``speedup``.
+
+    python bench/run.py                  # all stages, default configuration
+    python bench/run.py --stages ppo     # one stage
+    python bench/run.py --export-only    # the workspace for TRL, nothing timed
+    python bench/run.py --merge-only     # re-read TRL's results into bench.json
+    python bench/run.py --smoke          # conf/test sizes, two steps a stage (tests)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `python bench/run.py` puts bench/, not the project, on the path
+    sys.path.insert(0, str(ROOT))
+for name, value in {
+    "KEDRO_DISABLE_TELEMETRY": "true",
+    "GX_ANALYTICS_ENABLED": "false",
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+}.items():
+    os.environ.setdefault(name, value)
+
+import accelerate  # noqa: E402  (after the offline switches)
+import torch  # noqa: E402
+import transformers  # noqa: E402
+
+from alignops.models.loading import load_model  # noqa: E402
+from alignops.models.tokenizer import load_tokenizer  # noqa: E402
+from bench.ours import (  # noqa: E402
+    bench_dpo,
+    bench_ppo,
+    bench_reward,
+    bench_sft,
+    load_inputs,
+    peak_rss_mb,
+    scratch_tokenizer,
+    trained_policy,
+    untrained_reward_model,
+)
+from bench.workspace import build_workload, write_workspace  # noqa: E402
+
+STAGES = ("sft", "reward", "ppo", "dpo")
+DEFAULT_STEPS = {"sft": 20, "reward": 20, "ppo": 4, "dpo": 20}
+"""Timed steps after the warm-up: optimiser steps, or PPO iterations (each a rollout of
+``rollout_batch_size`` episodes and ``ppo_epochs x minibatches`` optimiser steps)."""
+SMOKE_STEPS = {stage: 2 for stage in STAGES}
+SMOKE_ROWS = 128
+"""Demonstrations and preference pairs a smoke run reads (the first ones): enough for two steps."""
+TRL_METRICS = {
+    "rm_pairs_per_s": "reward",
+    "dpo_pairs_per_s": "dpo",
+    "ppo_episodes_per_s": "ppo",
+    "ppo_generation_tokens_per_s": "ppo",
+}
+TARGET_SPEEDUP = 2.0
+HEADLINE = ("sft_tokens_per_s", "rm_pairs_per_s", "ppo_episodes_per_s", "ppo_generation_tokens_per_s", "dpo_pairs_per_s")
+"""The figures the issue asks for at the top level of bench.json; ``stages`` has the rest."""
+
+
+# ---------------------------------------------------------------------------------------
+# Report
+
+
+def merge_trl(report: dict, trl_path: Path) -> dict:
+    """Add TRL's figures and our/TRL ratios when TRL ran on the same workload."""
+    report.pop("trl", None)
+    report.pop("speedup", None)
+    if not trl_path.is_file():
+        report["trl_note"] = f"no {trl_path}: run `make bench-trl` for TRL's figures and the speedups"
+        return report
+    trl = json.loads(trl_path.read_text())
+    stale = {s: r.get("workload_sha") for s, r in trl.items() if r.get("workload_sha") != report.get("workload_sha")}
+    report["trl"] = trl
+    report["speedup"] = {
+        metric: report[metric] / trl[stage][metric]
+        for metric, stage in TRL_METRICS.items()
+        if metric in report and metric in trl.get(stage, {})
+    }
+    report["speedup_target"] = TARGET_SPEEDUP
+    if stale:
+        report["trl_note"] = f"TRL ran on another workload for {sorted(stale)}: rerun `make bench-trl`"
+    else:
+        report.pop("trl_note", None)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--project-dir", type=Path, default=ROOT, help="the Kedro project (conf/ and data/)")
+    parser.add_argument("--env", default="local", help="Kedro environment whose parameters to use (base + env)")
+    parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
+    parser.add_argument("--steps", type=int, help="timed steps for every stage (default: per stage)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 3; 1 with --smoke)")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
+    parser.add_argument("--policy", type=Path, help="a trained SFT model folder for PPO/DPO (default: the catalog's)")
+    parser.add_argument("--tokenizer", type=Path, help="its tokenizer folder (default: --policy's)")
+    parser.add_argument("--fresh-policy", action="store_true", help="use the SFT this run trains, not the catalog's")
+    parser.add_argument("--workspace", type=Path, help="where TRL's inputs go (default data/06_models/bench[_smoke])")
+    parser.add_argument("--out", type=Path, help="the report (default data/08_reporting/bench[_smoke].json)")
+    parser.add_argument("--trl-results", type=Path, help="TRL's figures (default data/08_reporting/bench_trl.json)")
+    parser.add_argument("--smoke", action="store_true", help="conf/test sizes, 2 steps a stage: checks, not timings")
+    parser.add_argument("--export-only", action="store_true", help="write the workspace for TRL; time nothing")
+    parser.add_argument("--merge-only", action="store_true", help="only re-read TRL's results into --out")
+    args = parser.parse_args(argv)
+    suffix = "_smoke" if args.smoke else ""  # a smoke run never overwrites the real report
+    project = args.project_dir.resolve()
+    args.workspace = args.workspace or project / f"data/06_models/bench{suffix}"
+    args.out = args.out or project / f"data/08_reporting/bench{suffix}.json"
+    args.trl_results = args.trl_results or project / "data/08_reporting/bench_trl.json"
+    for name in ("workspace", "out", "trl_results", "policy", "tokenizer"):  # before the chdir below
+        if getattr(args, name) is not None:
+            setattr(args, name, getattr(args, name).resolve())
+
+    if args.merge_only:
+        report = merge_trl(json.loads(args.out.read_text()), args.trl_results)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        print(json.dumps({k: report[k] for k in ("speedup", "trl_note") if k in report}, indent=2))
+        return 0
+
+    os.chdir(project)  # the catalog's paths are relative to the project
+    env = "test" if args.smoke else args.env
+    stages = [s for s in args.stages.split(",") if s]
+    unknown = sorted(set(stages) - set(STAGES))
+    if unknown:
+        parser.error(f"unknown stages {unknown}; expected some of {STAGES}")
+    warmup = args.warmup if args.warmup is not None else (1 if args.smoke else 3)
+    if warmup < 1:
+        parser.error("--warmup must be >= 1: the clock starts at the end of the last warm-up step")
+    steps = {s: args.steps or (SMOKE_STEPS if args.smoke else DEFAULT_STEPS)[s] for s in STAGES}
+    torch.set_num_threads(args.threads)
+    transformers.logging.set_verbosity_error()
+
+    inputs = load_inputs(project, env, SMOKE_ROWS if args.smoke else None)
+    trained = trained_policy(inputs, args.policy, args.tokenizer, fresh=args.fresh_policy or args.smoke)
+    tokenizer = trained[1] if trained else scratch_tokenizer(inputs)
+
+    report: dict[str, Any] = {}
+    stage_figures: dict[str, dict] = {}
+    started, load_at_start = time.perf_counter(), list(os.getloadavg())
+    policy = trained[0] if trained else None
+    if policy is None or ("sft" in stages and not args.export_only):
+        figures, sft_model = bench_sft(inputs, tokenizer, steps["sft"], warmup)
+        if "sft" in stages and not args.export_only:
+            stage_figures["sft"] = figures
+        policy = policy if policy is not None else sft_model
+    policy_source = trained[2] if trained else f"this run's SFT ({warmup + steps['sft']} steps from scratch)"
+
+    # the policy both sides start from is the one in the workspace, reloaded
+    workload = build_workload(inputs, steps, warmup, args.threads, policy_source)
+    workload_sha = write_workspace(args.workspace, inputs, tokenizer, policy, workload)
+    policy = load_model(args.workspace / "policy", "causal_lm")
+    tokenizer = load_tokenizer(str(args.workspace / "tokenizer"))
+    if args.export_only:
+        print(f"bench: workspace {args.workspace} (workload {workload_sha})")
+        return 0
+
+    stamps: dict[str, dict] = {}
+
+    def stamp(stage: str) -> None:
+        """When a stage finished and how loaded the machine was (1-minute load average) then."""
+        stamps[stage] = {"finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "load_1min": os.getloadavg()[0]}
+
+    if "sft" in stage_figures:
+        stamp("sft")
+    reward_model = None
+    if "reward" in stages:
+        stage_figures["reward"], reward_model = bench_reward(inputs, tokenizer, policy, steps["reward"], warmup)
+        stamp("reward")
+    if "ppo" in stages and reward_model is None:
+        reward_model = untrained_reward_model(inputs, tokenizer, policy)
+    if "ppo" in stages:
+        stage_figures["ppo"] = bench_ppo(inputs, tokenizer, policy, reward_model, steps["ppo"], warmup)
+        stamp("ppo")
+    if "dpo" in stages:
+        stage_figures["dpo"] = bench_dpo(inputs, tokenizer, policy, steps["dpo"], warmup)
+        stamp("dpo")
+    for stage in stage_figures:
+        stage_figures[stage] |= {"steps": steps[stage], **stamps.get(stage, {})}
+
+    # A run of some stages keeps the other stages' figures from the last run on the same workload.
+    previous = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    if previous.get("workload_sha") == workload_sha and not args.smoke:
+        stage_figures = {**previous.get("stages", {}), **stage_figures}
+    for figures in stage_figures.values():
+        report |= {k: v for k, v in figures.items() if k in HEADLINE}
+    report |= {
+        "peak_rss_mb": peak_rss_mb(),
+        "device": accelerate.PartialState().device.type,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "accelerate": accelerate.__version__,
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "load_average": {"start": load_at_start, "end": list(os.getloadavg())},  # 1, 5, 15 min
+        "env": env,
+        "smoke": args.smoke,
+        "warmup_steps": warmup,
+        "policy": policy_source,
+        "workload_sha": workload_sha,
+        "stages": stage_figures,
+        "wall_s": time.perf_counter() - started,
+    }
+    report = merge_trl(report, args.trl_results)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in report.items() if k != "stages"}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,21 @@
+"""Models and tokenizers: building, loading, saving, and generating from them."""
+
+from alignops.models.config import ModelConfig
+from alignops.models.generation import GenerationOutput, generate
+from alignops.models.loading import build_causal_lm, get_metadata, load_model, save_model, set_metadata
+from alignops.models.tokenizer import build_tokenizer, ensure_pad_token, load_tokenizer, resize_for_tokenizer
+
+__all__ = [
+    "GenerationOutput",
+    "ModelConfig",
+    "build_causal_lm",
+    "build_tokenizer",
+    "ensure_pad_token",
+    "generate",
+    "get_metadata",
+    "load_model",
+    "load_tokenizer",
+    "resize_for_tokenizer",
+    "save_model",
+    "set_metadata",
+]

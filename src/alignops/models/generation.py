@@ -1,0 +1,123 @@
+"""Batched sampling from a causal LM: left-padded prompts, KV cache, stop at EOS.
+
+PPO rollouts, best-of-N and evaluation all sample through ``generate``; its output
+carries the token ids and masks they need to score the samples, not only the text.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+@dataclass(frozen=True)
+class GenerationOutput:
+    """Prompts and their sampled continuations, row i answering ``prompts[i]``."""
+
+    query_ids: torch.Tensor
+    """(N, P) prompt tokens, LEFT-padded with the pad id."""
+    query_mask: torch.Tensor
+    """(N, P) 1 on prompt tokens, 0 on padding."""
+    response_ids: torch.Tensor
+    """(N, R) generated tokens, RIGHT-padded with the pad id after EOS."""
+    response_mask: torch.Tensor
+    """(N, R) 1 on generated tokens up to and including the first EOS."""
+    texts: list[str]
+    """Decoded responses without special tokens (and without ``response_prefix``)."""
+    ended_with_eos: torch.Tensor
+    """(N,) bool: the model stopped by itself rather than hitting ``max_new_tokens``."""
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        """(N, P + R) prompt and response, as a model scores them again (with ``attention_mask``)."""
+        return torch.cat([self.query_ids, self.response_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        """(N, P + R) 1 on real prompt and response tokens."""
+        return torch.cat([self.query_mask, self.response_mask], dim=1)
+
+
+def response_mask_from_ids(response_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """(N, R) 1 up to and including the first EOS of each row (all ones without EOS)."""
+    is_eos = (response_ids == eos_token_id).long()  # (N, R)
+    eos_before = is_eos.cumsum(dim=1) - is_eos  # EOS tokens strictly before t
+    return (eos_before == 0).long()
+
+
+@torch.no_grad()
+def generate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    do_sample: bool = True,
+    batch_size: int = 64,
+    seed: int | None = None,
+    max_prompt_tokens: int | None = None,
+    response_prefix: str = "",
+) -> GenerationOutput:
+    """Continue ``prompts`` (already formatted for the model) in batches of ``batch_size``.
+
+    Greedy decoding (``do_sample=False``) gives the same tokens whatever the batch
+    composition; sampling with a ``seed`` gives the same samples on every call. The
+    seed forks the RNG, so the caller's random state is left untouched. Prompts longer
+    than ``max_prompt_tokens`` keep their last tokens.
+    """
+    if max_new_tokens < 1 or batch_size < 1:
+        raise ValueError("max_new_tokens and batch_size must be positive")
+    device = next(model.parameters()).device
+    pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+    encoded = tokenizer(prompts, add_special_tokens=False, padding=True, padding_side="left", return_tensors="pt")
+    keep = max_prompt_tokens or encoded["input_ids"].shape[1]  # left padding: the last columns are the prompts' ends
+    query_ids, query_mask = encoded["input_ids"][:, -keep:], encoded["attention_mask"][:, -keep:]  # (N, P)
+    if query_ids.shape[1] == 0:
+        raise ValueError("cannot generate from empty prompts")
+    # top_k=0 turns top-k off (None would fall back to the checkpoint's generation_config)
+    sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p} if do_sample else {}
+    was_training = model.training
+    model.eval()
+    devices = [device] if device.type == "cuda" else []
+    rng = torch.random.fork_rng(devices=devices) if seed is not None else contextlib.nullcontext()
+    responses = []
+    with rng:
+        if seed is not None:
+            torch.manual_seed(seed)
+        for start in range(0, len(prompts), batch_size):
+            ids = query_ids[start : start + batch_size].to(device)  # (b, P)
+            mask = query_mask[start : start + batch_size].to(device)
+            width = int(mask.sum(1).max())  # drop columns that are padding in every row
+            out = model.generate(
+                input_ids=ids[:, -width:],
+                attention_mask=mask[:, -width:],
+                max_new_tokens=max_new_tokens,
+                do_sample=do_sample,
+                use_cache=True,
+                pad_token_id=pad_id,
+                eos_token_id=eos_id,
+                **sampling,
+            )  # (b, width + r), r <= max_new_tokens
+            responses.append(F.pad(out[:, width:], (0, max_new_tokens - (out.shape[1] - width)), value=pad_id))
+    model.train(was_training)
+
+    response_ids = torch.cat(responses).cpu()  # (N, max_new_tokens)
+    response_mask = response_mask_from_ids(response_ids, eos_id)
+    response_ids = torch.where(response_mask.bool(), response_ids, torch.full_like(response_ids, pad_id))
+    width = max(int(response_mask.sum(1).max()), 1)  # the longest response, not max_new_tokens
+    response_ids, response_mask = response_ids[:, :width], response_mask[:, :width]
+    texts = tokenizer.batch_decode(response_ids, skip_special_tokens=True)
+    return GenerationOutput(
+        query_ids=query_ids,
+        query_mask=query_mask,
+        response_ids=response_ids,
+        response_mask=response_mask,
+        texts=[t.removeprefix(response_prefix) for t in texts],
+        ended_with_eos=(response_ids == eos_id).any(dim=1),
+    )

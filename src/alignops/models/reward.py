@@ -1,0 +1,205 @@
+"""The reward model: a one-output sequence classifier, its own tokenizer, and its normalisation.
+
+A reward model scores (prompt, response) TEXT. It re-tokenises with its own
+tokenizer, so it never assumes the policy's token ids: PPO and evaluation hand it
+strings, and a reward model built on another backbone works unchanged.
+
+The reward is the classifier's output at each sequence's LAST real token (the EOS
+that ends a reply). Hugging Face's ``*ForSequenceClassification`` pools at the
+rightmost token that is not ``config.pad_token_id``, which is right for either
+padding side provided (a) padding positions really hold the pad id and the pad id
+is not EOS, and (b) positions count real tokens only (a left-padded row would
+otherwise be read at shifted positions). ``sequence_rewards`` makes both hold.
+
+Saved as one folder: the model (safetensors), the tokenizer, and ``reward_model.json``
+with the prompt format and the normalisation.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import inspect
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
+
+from alignops.data.collate import Batch, select_rows, tokenize_completions
+from alignops.models.loading import load_model, save_model
+from alignops.models.scoring import position_ids_from_mask
+from alignops.models.tokenizer import ensure_pad_token, load_tokenizer
+
+#: The reward model's own facts, beside its weights and tokenizer.
+REWARD_FILE = "reward_model.json"
+#: ``RewardConfig.base`` value that starts the reward model from the SFT policy's weights.
+FROM_SFT = "sft"
+
+
+def _accepts_position_ids(model: torch.nn.Module) -> bool:
+    forward = getattr(model, "module", model).forward  # a DDP-wrapped model hides the signature
+    return "position_ids" in inspect.signature(forward).parameters
+
+
+def sequence_rewards(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B,) scalar reward of each row of ``input_ids`` (B, T), left- or right-padded; keeps the graph."""
+    pad_id = getattr(model, "module", model).config.pad_token_id
+    if pad_id is None:
+        raise ValueError("the reward model needs config.pad_token_id to find each row's last token")
+    input_ids = input_ids.masked_fill(attention_mask == 0, pad_id)  # HF pools at the last non-pad id
+    extra = {"position_ids": position_ids_from_mask(attention_mask)} if _accepts_position_ids(model) else {}
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits  # (B, 1)
+    return logits[:, 0]
+
+
+def reward_head_from_causal_lm(causal_lm: PreTrainedModel) -> PreTrainedModel:
+    """A one-output sequence classifier with ``causal_lm``'s body (copied) and a new score head.
+
+    The head is initialised from the current torch RNG: seed first. ``causal_lm`` is
+    left untouched.
+    """
+    config = copy.deepcopy(causal_lm.config)
+    config.num_labels = 1
+    config.use_cache = False  # a scorer never decodes; training would build caches for nothing
+    model = AutoModelForSequenceClassification.from_config(config)
+    model.base_model.load_state_dict(causal_lm.base_model.state_dict())
+    return model.to(dtype=causal_lm.dtype)
+
+
+def build_reward_backbone(
+    base: str,
+    sft_model: PreTrainedModel,
+    sft_tokenizer: PreTrainedTokenizerBase,
+    trust_remote_code: bool = False,
+    dtype: str = "float32",
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """(untrained reward model, its tokenizer): from the SFT policy (``base="sft"``) or from ``base``.
+
+    Any other ``base`` is a local folder or hub id loaded with ITS OWN tokenizer;
+    a causal-LM checkpoint gets a fresh score head (seed first).
+    """
+    if base == FROM_SFT:
+        model, tokenizer = reward_head_from_causal_lm(sft_model), sft_tokenizer
+    else:
+        tokenizer = load_tokenizer(base, trust_remote_code=trust_remote_code)
+        model = load_model(base, "sequence_classification", trust_remote_code, dtype, num_labels=1)
+        model.config.use_cache = False
+    ensure_pad_token(tokenizer)
+    if model.get_input_embeddings().num_embeddings < len(tokenizer):  # an added pad token
+        model.resize_token_embeddings(len(tokenizer))
+    # ``resize_for_tokenizer`` would also do this, but it reads a causal LM's generation_config
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.config.eos_token_id = tokenizer.eos_token_id
+    return model, tokenizer
+
+
+@dataclass(frozen=True, eq=False)
+class RewardModel:
+    """A reward model ready to score texts: ``rm.score(prompts, responses)``.
+
+    ``prompts`` are canonical (``prompt_template`` is applied here), ``responses``
+    bare replies (``response_prefix`` is put in front, EOS after, as in training).
+    """
+
+    model: PreTrainedModel = field(repr=False)
+    """A ``*ForSequenceClassification`` with ``num_labels=1``."""
+    tokenizer: PreTrainedTokenizerBase = field(repr=False)
+    """The reward model's own tokenizer (pad distinct from EOS)."""
+    prompt_template: str = "{prompt}"
+    """How a canonical prompt is shown to the model (``ModelConfig.prompt_template``)."""
+    response_prefix: str = ""
+    """Put in front of every response before tokenising (``ModelConfig.response_prefix``)."""
+    max_prompt_tokens: int = 64
+    """Prompts keep their last this-many tokens."""
+    max_response_tokens: int = 160
+    """Responses keep their first this-many tokens, EOS included."""
+    mean: float = 0.0
+    """Raw reward mean on the SFT policy's samples; subtracted by ``score(normalise=True)``."""
+    std: float = 1.0
+    """Raw reward standard deviation on those samples; divides by it."""
+
+    def __post_init__(self) -> None:
+        if "{prompt}" not in self.prompt_template:
+            raise ValueError(f"prompt_template needs a '{{prompt}}' field: {self.prompt_template!r}")
+        if not self.std > 0:
+            raise ValueError(f"normalisation std must be positive, got {self.std}")
+        if self.model.config.num_labels != 1:
+            raise ValueError(f"a reward model has one output, this one has {self.model.config.num_labels}")
+
+    def tokenize(self, prompts: list[str], responses: list[str]) -> Batch:
+        """Right-padded ``input_ids``/``attention_mask`` (N, T) of the formatted pairs."""
+        return tokenize_completions(
+            self.tokenizer,
+            [self.prompt_template.format(prompt=p) for p in prompts],
+            list(responses),
+            self.max_prompt_tokens,
+            self.max_response_tokens,
+            self.response_prefix,
+        )
+
+    @torch.no_grad()
+    def score(
+        self, prompts: list[str], responses: list[str], batch_size: int = 64, normalise: bool = True
+    ) -> torch.Tensor:
+        """(N,) float32 rewards on the CPU; ``normalise`` maps SFT samples to mean 0, std 1.
+
+        Rows are batched by length (less padding); the result is in input order and
+        does not depend on ``batch_size``.
+        """
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if not prompts:
+            return torch.zeros(0)
+        rows = self.tokenize(list(prompts), list(responses))
+        order = rows["attention_mask"].sum(1).argsort(descending=True)  # (N,) longest first
+        device = next(self.model.parameters()).device
+        was_training = self.model.training
+        self.model.eval()
+        chunks = []
+        for start in range(0, len(order), batch_size):
+            batch = select_rows(rows, order[start : start + batch_size])
+            chunks.append(
+                sequence_rewards(self.model, batch["input_ids"].to(device), batch["attention_mask"].to(device))
+                .float()
+                .cpu()
+            )
+        self.model.train(was_training)
+        rewards = torch.empty(len(order))
+        rewards[order] = torch.cat(chunks)
+        return (rewards - self.mean) / self.std if normalise else rewards
+
+    def with_normalisation(self, mean: float, std: float) -> RewardModel:
+        """The same model with new normalisation constants."""
+        return dataclasses.replace(self, mean=float(mean), std=float(std))
+
+    def facts(self) -> dict[str, Any]:
+        """Everything but the weights and the tokenizer, JSON-ready (what ``reward_model.json`` holds)."""
+        return {
+            "prompt_template": self.prompt_template,
+            "response_prefix": self.response_prefix,
+            "max_prompt_tokens": self.max_prompt_tokens,
+            "max_response_tokens": self.max_response_tokens,
+            "mean": self.mean,
+            "std": self.std,
+        }
+
+    def save(self, directory: str | Path) -> None:
+        """Model (safetensors), tokenizer and ``reward_model.json`` into ``directory``."""
+        directory = Path(directory)
+        save_model(self.model, directory)
+        self.tokenizer.save_pretrained(str(directory))
+        (directory / REWARD_FILE).write_text(json.dumps(self.facts(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, directory: str | Path, trust_remote_code: bool = False, dtype: str = "float32") -> RewardModel:
+        """What ``save`` wrote."""
+        directory = Path(directory)
+        facts = json.loads((directory / REWARD_FILE).read_text())
+        model = load_model(directory, "sequence_classification", trust_remote_code, dtype)
+        tokenizer = load_tokenizer(str(directory), trust_remote_code=trust_remote_code)
+        return cls(model=model, tokenizer=tokenizer, **facts)

@@ -1,0 +1,45 @@
+"""PPO nodes: pick the prompts to roll out on, then run the loop. The catalog does all I/O."""
+
+from __future__ import annotations
+
+import pandas as pd
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from alignops.models.config import ModelConfig
+from alignops.training.common import MetricHistory
+from alignops.training.ppo import train_ppo
+from alignops.training.ppo_config import PPOConfig
+
+SAMPLE_COLUMNS = ["step", "prompt", "response", "score"]
+
+
+def collect_prompts(preferences_train: pd.DataFrame, sft_demonstrations: pd.DataFrame, params: dict) -> list[str]:
+    """The distinct canonical prompts of the preference training split (and of the demonstrations)."""
+    prompts = preferences_train["prompt"]
+    if PPOConfig(**params).demonstration_prompts:
+        prompts = pd.concat([prompts, sft_demonstrations["prompt"]], ignore_index=True)
+    return prompts.drop_duplicates().tolist()
+
+
+def train(
+    sft_model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    reward_model,
+    prompts: list[str],
+    checkpoint_dir: str,
+    model_params: dict,
+    params: dict,
+) -> tuple[PreTrainedModel, list[dict], pd.DataFrame]:
+    """The PPO policy, every iteration's metrics, and the sampled generations."""
+    history = MetricHistory()
+    result = train_ppo(
+        sft_model,
+        tokenizer,
+        reward_model,
+        prompts,
+        ModelConfig(**model_params),
+        PPOConfig(**params),
+        history,
+        checkpoint_dir=checkpoint_dir,
+    )
+    return result.policy, history.rows, pd.DataFrame(result.samples, columns=SAMPLE_COLUMNS)

@@ -1,0 +1,32 @@
+"""ppo: optimise the SFT policy against the reward model on the training prompts."""
+
+from kedro.pipeline import Pipeline, node
+
+from .nodes import collect_prompts, train
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            node(
+                collect_prompts,
+                inputs=["preferences_train", "sft_demonstrations", "params:ppo"],
+                outputs="ppo_prompts",
+                name="collect_ppo_prompts",
+            ),
+            node(
+                train,
+                inputs=[
+                    "sft_model",
+                    "tokenizer",
+                    "reward_model",
+                    "ppo_prompts",
+                    "ppo_checkpoints",
+                    "params:model",
+                    "params:ppo",
+                ],
+                outputs=["ppo_model", "ppo_history", "ppo_samples"],
+                name="train_ppo",
+            ),
+        ]
+    )

@@ -1,0 +1,155 @@
+"""What every training loop (SFT, reward, PPO, DPO) shares: accelerator, schedule, guards,
+checkpoints, progress and metric history. Nothing here knows which stage it serves."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from accelerate.utils import set_seed
+from torch.optim.lr_scheduler import LambdaLR
+from tqdm.auto import tqdm
+
+LogFn = Callable[[dict[str, float], int], None]
+CHECKPOINT_PREFIX = "step_"
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss became nan or inf; the message names the stage and the optimiser step."""
+
+
+def make_accelerator(mixed_precision: str = "no", grad_accum: int = 1, seed: int = 0, cpu: bool = False) -> Accelerator:
+    """An ``Accelerator`` for one stage, with python, numpy and torch seeded from ``seed``.
+
+    Accelerate keeps its state process-wide, and one Kedro run trains several stages in
+    one process; a stage asking for a different precision than the previous one starts
+    from a fresh state instead of failing (the process group, if any, is kept).
+    """
+    state = AcceleratorState._shared_state
+    if state and (state.get("_mixed_precision") != mixed_precision or state.get("_cpu") != cpu):
+        AcceleratorState._reset_state()
+    accelerator = Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum, cpu=cpu)
+    set_seed(seed)
+    return accelerator
+
+
+def lr_multiplier(step: int, warmup_steps: int, total_steps: int, schedule: str = "cosine") -> float:
+    """Factor on the peak learning rate after ``step`` optimiser steps.
+
+    Linear warm-up from 1/(warmup+1) to 1 over ``warmup_steps``, then ``SCHEDULES[schedule]``
+    from 1 down to 0 at ``total_steps`` (nanoGPT ``get_lr``, without its floor).
+    """
+    if step < warmup_steps:
+        return (step + 1) / (warmup_steps + 1)
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return SCHEDULES[schedule](progress)
+
+
+SCHEDULES: dict[str, Callable[[float], float]] = {
+    "cosine": lambda progress: 0.5 * (1.0 + math.cos(math.pi * progress)),
+    "linear": lambda progress: 1.0 - progress,
+    "constant": lambda progress: 1.0,
+}
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, warmup_steps: int, total_steps: int) -> LambdaLR:
+    """``lr_multiplier`` as a torch scheduler; step it once per optimiser step, not per micro-batch."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; expected one of {sorted(SCHEDULES)}")
+    return LambdaLR(optimizer, lambda step: lr_multiplier(step, warmup_steps, total_steps, schedule))
+
+
+def decay_parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: weight decay on matrices (linear and embedding weights), none on norms and biases.
+
+    nanoGPT ``configure_optimizers``: decaying a gain or a bias only pulls it towards 0.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+
+
+def check_finite(loss: torch.Tensor, stage: str, step: int) -> None:
+    """Stop at the first nan/inf loss, before it reaches the weights (one host sync per call)."""
+    if not bool(torch.isfinite(loss.detach()).all()):
+        raise NonFiniteLossError(
+            f"{stage}: non-finite loss ({loss.detach().float().cpu().tolist()}) at step {step}; "
+            "lower the learning rate, check the data, or use bf16 instead of fp16"
+        )
+
+
+def save_checkpoint(
+    accelerator: Accelerator, directory: str | Path, step: int, extra: dict | None = None, keep_last: int | None = None
+) -> Path:
+    """``directory/step_<step>/``: ``accelerator.save_state`` (model safetensors, optimizer,
+    registered schedulers, RNG states) plus ``step.json`` (the step and ``extra``).
+
+    Called on every process. With ``keep_last``, older checkpoints are deleted.
+    """
+    folder = Path(directory) / f"{CHECKPOINT_PREFIX}{step:08d}"
+    accelerator.save_state(str(folder), safe_serialization=True)
+    if accelerator.is_main_process:
+        (folder / "step.json").write_text(json.dumps({"step": step, **(extra or {})}, indent=2))
+        if keep_last:
+            for old in sorted(Path(directory).glob(f"{CHECKPOINT_PREFIX}*"))[:-keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return folder
+
+
+def latest_checkpoint(directory: str | Path) -> Path | None:
+    """The newest complete checkpoint under ``directory`` (one with its ``step.json``), or None."""
+    complete = [f.parent for f in Path(directory).glob(f"{CHECKPOINT_PREFIX}*/step.json")]
+    return max(complete, default=None)
+
+
+def load_checkpoint(accelerator: Accelerator, directory: str | Path) -> dict:
+    """Restore what ``save_checkpoint`` wrote into the prepared objects; returns ``step.json``.
+
+    ``directory`` is a checkpoint or a folder of them (the latest is taken). The caller
+    prepares (and registers) the same objects in the same order as when it saved.
+    """
+    folder = Path(directory)
+    if not (folder / "step.json").is_file():
+        found = latest_checkpoint(folder)
+        if found is None:
+            raise FileNotFoundError(f"no checkpoint (a {CHECKPOINT_PREFIX}*/step.json) under {folder}")
+        folder = found
+    accelerator.load_state(str(folder))
+    return json.loads((folder / "step.json").read_text())
+
+
+def progress_bar(accelerator: Accelerator, total: int, desc: str) -> tqdm:
+    """A tqdm bar over optimiser steps, shown by the main process only."""
+    return tqdm(total=total, desc=desc, disable=not accelerator.is_local_main_process, leave=False, dynamic_ncols=True)
+
+
+class MetricHistory:
+    """A ``log(metrics, step)`` callable that keeps every call as a row, and passes it on.
+
+    Loops log into it; nodes return ``rows`` (JSON-ready) so a tracking stage can replay
+    them into MLflow later. ``sink`` is another log callable to forward to as well.
+    """
+
+    def __init__(self, sink: LogFn | None = None) -> None:
+        self.rows: list[dict[str, float]] = []
+        self._sink = sink
+
+    def __call__(self, metrics: dict[str, Any], step: int) -> None:
+        values = {name: float(value) for name, value in metrics.items()}
+        self.rows.append({"step": int(step), **values})
+        if self._sink is not None:
+            self._sink(values, step)
+
+    def last(self, name: str) -> float | None:
+        """The most recent value logged under ``name``."""
+        return next((row[name] for row in reversed(self.rows) if name in row), None)

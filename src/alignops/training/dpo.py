@@ -1,0 +1,336 @@
+"""Direct preference optimisation: fit the policy to preference pairs without a reward model.
+
+One function, ``train_dpo``, read top to bottom: tokenise the pairs, take the SFT
+reference's log-probs of every chosen and rejected response ONCE (no grad, batches
+sorted by length), then the loop: chosen and rejected rows in one forward of 2B
+sequences, completion-only log-probs, ``alignops.core.dpo_loss`` (sigmoid DPO of
+Rafailov et al. 2023 or IPO of Azar et al. 2023), clipping, warm-up + decay, held-out
+evaluation, NaN guard, checkpoints. Metrics go to the ``log`` callable.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from typing import NamedTuple
+
+import torch
+from accelerate import Accelerator
+from torch.utils.data import DataLoader
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from alignops.core.logprobs import sequence_logprobs
+from alignops.core.losses import dpo_loss
+from alignops.data.collate import Batch, select_rows, tokenize_preference_pairs
+from alignops.models.config import ModelConfig
+from alignops.training.common import (
+    LogFn,
+    check_finite,
+    decay_parameter_groups,
+    make_accelerator,
+    make_scheduler,
+    progress_bar,
+    save_checkpoint,
+)
+from alignops.training.dpo_config import DPOConfig
+
+MODEL_INPUTS = ("input_ids", "attention_mask")
+# dpo_loss's stats, plus the policy's own log-probs: both falling is DPO's known drift
+# away from the data, and the first sign of collapse.
+STAT_NAMES = (
+    "loss/dpo",
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/margins",
+    "rewards/accuracies",
+    "logps/chosen",
+    "logps/rejected",
+)
+
+
+class PreferencePairs(NamedTuple):
+    """Comparisons in columns: ``chosen[i]`` was preferred to ``rejected[i]`` as a reply to ``prompts[i]``."""
+
+    prompts: Sequence[str]
+    """Canonical prompts (``ModelConfig.prompt_template`` is applied when tokenising)."""
+    chosen: Sequence[str]
+    rejected: Sequence[str]
+
+
+def tokenize_pairs(tokenizer: PreTrainedTokenizerBase, pairs: PreferencePairs, model_config: ModelConfig) -> Batch:
+    """2N right-padded rows, the same formatting as SFT: rows ``[:N]`` chosen, ``[N:]`` rejected."""
+    return tokenize_preference_pairs(
+        tokenizer,
+        model_config.format_prompts(list(pairs.prompts)),
+        list(pairs.chosen),
+        list(pairs.rejected),
+        model_config.max_prompt_tokens,
+        model_config.max_response_tokens,
+        model_config.response_prefix,
+    )
+
+
+def pair_rows(pair_index: torch.Tensor, n_pairs: int) -> torch.Tensor:
+    """Row numbers of pairs ``pair_index`` (b,) in a 2N-row batch: their chosen rows, then their rejected rows."""
+    return torch.cat([pair_index, pair_index + n_pairs])  # (2b,)
+
+
+def completion_logprobs(model: PreTrainedModel, batch: Batch, average: bool) -> torch.Tensor:
+    """log π(response | prompt) of every row, (R,): summed, or per token when ``average`` (IPO)."""
+    logits = model(**{k: batch[k] for k in MODEL_INPUTS}, use_cache=False).logits  # (R, T, V)
+    return sequence_logprobs(logits, batch["input_ids"], batch["completion_mask"], average=average)
+
+
+def distinct_rows(rows: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(first, inverse): a row number of each distinct row (U,), and each row's distinct row (R,).
+
+    Rows are the same when their tokens and completion masks are. K-wise rankings
+    repeat every response in K - 1 pairs: the world's 5,608 training rows hold 1,588
+    distinct ones, and a model need score each only once.
+    """
+    key = torch.cat([rows["input_ids"], rows["completion_mask"]], dim=1)  # (R, 2T)
+    distinct, inverse = torch.unique(key, dim=0, return_inverse=True)  # (U, 2T), (R,)
+    n_rows = len(inverse)
+    first = torch.full((len(distinct),), n_rows).scatter_reduce(0, inverse, torch.arange(n_rows), "amin")
+    return first, inverse
+
+
+@torch.no_grad()
+def reference_logprobs(
+    reference: PreTrainedModel, rows: Batch, batch_size: int, average: bool, device: torch.device
+) -> torch.Tensor:
+    """The reference's completion log-probs of every row, (R,) on the CPU, one no-grad pass.
+
+    Each distinct row is scored once, shortest first and ``batch_size`` at a time, so
+    each batch is cut to its own longest row.
+    """
+    was_training = reference.training
+    reference.eval()
+    first, inverse = distinct_rows(rows)
+    order = first[rows["attention_mask"][first].sum(1).argsort()]  # (U,) shortest first
+    logps = torch.empty(len(inverse))
+    for chunk in order.split(batch_size):
+        batch = {name: tensor.to(device) for name, tensor in select_rows(rows, chunk).items()}
+        logps[chunk] = completion_logprobs(reference, batch, average).float().cpu()
+    reference.train(was_training)
+    return logps[first][inverse]
+
+
+class PromptGroupedBatches:
+    """Batches of pair indices, whole prompts together and similar lengths together; new order every epoch.
+
+    A step's cost is its distinct rows times their padded width. Pairs of one prompt
+    share responses (a K-wise ranking is K(K-1)/2 pairs of K responses), so keeping a
+    prompt's pairs in one batch lets the step score each response once: 32 world pairs
+    are ~21 distinct rows instead of 64. Within groups of ``group_batches`` batches,
+    prompts are ordered by their longest pair (transformers' ``group_by_length``), so
+    little of a batch is padding. Prompts, the pairs within them and the batches are
+    all shuffled with a seeded generator. With one pair per prompt (HH-RLHF) this is
+    plain length grouping.
+    """
+
+    def __init__(
+        self, lengths: torch.Tensor, prompt_ids: torch.Tensor, batch_size: int, seed: int, group_batches: int = 16
+    ) -> None:
+        self.lengths = lengths  # (N,) each pair's longer row
+        self.prompt_ids = prompt_ids  # (N,) 0 .. P-1
+        self.batch_size = batch_size
+        self.group_size = batch_size * group_batches
+        self.generator = torch.Generator().manual_seed(seed)
+        n_prompts = int(prompt_ids.max()) + 1
+        self.prompt_lengths = torch.zeros(n_prompts, dtype=lengths.dtype).scatter_reduce(
+            0, prompt_ids, lengths, "amax"
+        )  # (P,)
+
+    @classmethod
+    def of(cls, rows: Batch, batch_size: int, seed: int) -> PromptGroupedBatches:
+        """Batches of the pairs of a 2N-row batch from ``tokenize_pairs``."""
+        return cls(pair_lengths(rows), prompt_ids(rows), batch_size, seed)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / self.batch_size)  # only the last group ends in a short batch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        shuffled = torch.randperm(len(self.lengths), generator=self.generator)  # (N,)
+        prompt_rank = torch.randperm(len(self.prompt_lengths), generator=self.generator)[self.prompt_ids[shuffled]]
+        order = shuffled[prompt_rank.argsort(stable=True)]  # prompts in random order, each one's pairs together
+        batches = []
+        for group in order.split(self.group_size):
+            longest = self.prompt_lengths[self.prompt_ids[group]]  # (n,) the same for a prompt's pairs
+            batches += group[longest.argsort(descending=True, stable=True)].split(self.batch_size)
+        for index in torch.randperm(len(batches), generator=self.generator).tolist():
+            yield batches[index].tolist()
+
+
+def pair_lengths(rows: Batch) -> torch.Tensor:
+    """(N,) tokens in the longer of each pair's two rows: the width the pair needs in a batch."""
+    chosen_len, rejected_len = rows["attention_mask"].sum(1).chunk(2)
+    return torch.maximum(chosen_len, rejected_len)
+
+
+def prompt_ids(rows: Batch) -> torch.Tensor:
+    """(N,) an id per distinct prompt (its tokens), from the chosen rows of a 2N-row batch."""
+    chosen_ids, _ = rows["input_ids"].chunk(2)
+    chosen_completion, _ = rows["completion_mask"].chunk(2)
+    prompt_tokens = torch.where(chosen_completion.bool(), -1, chosen_ids)  # (N, T), completion blanked out
+    return torch.unique(prompt_tokens, dim=0, return_inverse=True)[1]
+
+
+def _pair_loader(rows: Batch, ref_logps: torch.Tensor, batches: Iterable[list[int]]) -> DataLoader:
+    """Batches of b pairs: their distinct token rows, ``pair_rows`` (2b,) locating each pair's
+    chosen (first b) and rejected (last b) row among them, and the 2b reference log-probs."""
+    n_pairs = rows["input_ids"].shape[0] // 2
+
+    def collate(pair_index: list[int]) -> Batch:
+        index = pair_rows(torch.as_tensor(pair_index), n_pairs)  # (2b,)
+        first, inverse = distinct_rows({name: tensor[index] for name, tensor in rows.items()})
+        return {**select_rows(rows, index[first]), "pair_rows": inverse, "ref_logps": ref_logps[index]}
+
+    return DataLoader(range(n_pairs), batch_sampler=batches, collate_fn=collate)
+
+
+def _disable_dropout(model: torch.nn.Module) -> None:
+    """Dropout would make π differ from π_ref before any update and add noise to every margin (TRL does the same)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
+def _pair_loss(model: PreTrainedModel, batch: Batch, config: DPOConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """DPO loss and stats of one batch of pairs, chosen and rejected in one forward of their distinct rows."""
+    logps = completion_logprobs(model, batch, config.average_logprobs)[batch["pair_rows"]]  # (U,) -> (2b,)
+    chosen, rejected = logps.chunk(2)  # (b,), (b,)
+    ref_chosen, ref_rejected = batch["ref_logps"].chunk(2)
+    loss, stats = dpo_loss(
+        chosen, rejected, ref_chosen, ref_rejected, config.beta, config.loss_type, config.label_smoothing
+    )
+    return loss, {**stats, "logps/chosen": chosen.detach().mean(), "logps/rejected": rejected.detach().mean()}
+
+
+@torch.no_grad()
+def evaluate_dpo(model: PreTrainedModel, loader: DataLoader, config: DPOConfig, accelerator: Accelerator) -> dict[str, float]:
+    """Held-out DPO loss, preference accuracy and margin of the implicit reward, pair-weighted."""
+    was_training = model.training
+    model.eval()
+    totals = torch.zeros(4, device=accelerator.device)  # (loss, accuracy, margin) x pairs, pairs
+    for batch in loader:
+        loss, stats = _pair_loss(model, batch, config)
+        n_pairs = batch["ref_logps"].shape[0] // 2
+        totals += n_pairs * torch.stack([loss, stats["rewards/accuracies"], stats["rewards/margins"], loss.new_ones(())])
+    model.train(was_training)
+    loss_sum, accuracy_sum, margin_sum, n_pairs = accelerator.reduce(totals, reduction="sum").tolist()
+    n_pairs = max(n_pairs, 1.0)
+    return {
+        "eval/loss": loss_sum / n_pairs,
+        "eval/rewards/accuracies": accuracy_sum / n_pairs,
+        "eval/rewards/margins": margin_sum / n_pairs,
+    }
+
+
+def train_dpo(
+    sft_model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    train_pairs: PreferencePairs,
+    heldout_pairs: PreferencePairs | None,
+    model_config: ModelConfig,
+    config: DPOConfig,
+    log: LogFn,
+    checkpoint_dir: str | None = None,
+) -> PreTrainedModel:
+    """Optimise a copy of ``sft_model`` on ``train_pairs`` against ``sft_model`` as reference.
+
+    The reference log-probs of every pair (train and held-out) are taken once, before
+    the first step, from the policy while it still equals ``sft_model``; no reference
+    model is called after that, and ``sft_model`` itself is never modified. Held-out
+    metrics come from ``heldout_pairs`` every ``config.eval_every`` steps (None or empty:
+    none). Checkpoints go to ``checkpoint_dir`` every ``config.checkpoint_every`` steps.
+    """
+    if not len(train_pairs.prompts):
+        raise ValueError("dpo: no training pairs")
+    accelerator = make_accelerator(config.mixed_precision, config.grad_accum, config.seed)
+    started = time.perf_counter()
+    average = config.average_logprobs
+
+    # The policy starts as a copy of the SFT model, so before its first update it IS the
+    # reference: every pair's reference log-probs come from it now, once, and no second
+    # model is ever held. ``sft_model`` itself is left untouched.
+    policy = copy.deepcopy(sft_model)
+    _disable_dropout(policy)
+    optimizer = torch.optim.AdamW(
+        decay_parameter_groups(policy, config.weight_decay), lr=config.learning_rate, betas=(0.9, config.adam_beta2)
+    )
+    policy, optimizer = accelerator.prepare(policy, optimizer)  # forward under the run's precision
+    train_rows = tokenize_pairs(tokenizer, train_pairs, model_config)  # 2N rows
+    ref_train = reference_logprobs(policy, train_rows, 2 * config.ref_batch_size, average, accelerator.device)
+    train_batches = PromptGroupedBatches.of(train_rows, config.batch_size, config.seed)  # reshuffled every epoch
+    train_loader = accelerator.prepare(_pair_loader(train_rows, ref_train, train_batches))
+    eval_loader = None
+    if heldout_pairs is not None and len(heldout_pairs.prompts):
+        eval_rows = tokenize_pairs(tokenizer, heldout_pairs, model_config)
+        ref_eval = reference_logprobs(policy, eval_rows, 2 * config.ref_batch_size, average, accelerator.device)
+        eval_batches = list(PromptGroupedBatches.of(eval_rows, config.eval_batch_size, config.seed))  # fixed
+        eval_loader = accelerator.prepare(_pair_loader(eval_rows, ref_eval, eval_batches))
+    log({"dpo/reference_s": time.perf_counter() - started}, 0)
+    steps_per_epoch = math.ceil(len(train_loader) / config.grad_accum)
+    total_steps = config.max_steps or max(1, round(steps_per_epoch * config.epochs))
+    scheduler = make_scheduler(optimizer, config.schedule, config.warmup_steps, total_steps)
+    accelerator.register_for_checkpointing(scheduler)
+
+    step = 0
+    interval = torch.zeros(len(STAT_NAMES) + 1, device=accelerator.device)  # stat sums, micro-batches
+    interval_pairs = 0
+    interval_start = time.perf_counter()
+    bar = progress_bar(accelerator, total_steps, "dpo")
+    policy.train()
+    while step < total_steps:
+        for batch in train_loader:
+            with accelerator.accumulate(policy):
+                loss, stats = _pair_loss(policy, batch, config)
+                check_finite(loss, "dpo", step)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    grad_norm = accelerator.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            interval += torch.stack([*(stats[name].float() for name in STAT_NAMES), loss.new_ones(())])
+            interval_pairs += batch["ref_logps"].shape[0] // 2
+            if not accelerator.sync_gradients:
+                continue
+
+            scheduler.step()
+            step += 1
+            bar.update(1)
+            if step % config.log_every == 0 or step == total_steps:
+                *sums, n_batches = accelerator.reduce(interval, reduction="sum").tolist()
+                pairs_per_s = interval_pairs * accelerator.num_processes / max(time.perf_counter() - interval_start, 1e-9)
+                metrics = {name: value / n_batches for name, value in zip(STAT_NAMES, sums)}
+                log(
+                    {
+                        **metrics,
+                        "dpo/lr": scheduler.get_last_lr()[0],
+                        "dpo/grad_norm": float(grad_norm),
+                        "dpo/pairs_per_s": pairs_per_s,
+                        "dpo/epoch": step / steps_per_epoch,
+                        "dpo/elapsed_s": time.perf_counter() - started,
+                    },
+                    step,
+                )
+                bar.set_postfix(loss=f"{metrics['loss/dpo']:.3f}", acc=f"{metrics['rewards/accuracies']:.2f}")
+                interval.zero_()
+                interval_pairs = 0
+                interval_start = time.perf_counter()
+            paused = time.perf_counter()  # evaluation and checkpoints do not count towards pairs/s
+            if eval_loader is not None and (step % config.eval_every == 0 or step == total_steps):
+                log(evaluate_dpo(policy, eval_loader, config, accelerator), step)
+            if checkpoint_dir and config.checkpoint_every and step % config.checkpoint_every == 0:
+                save_checkpoint(accelerator, checkpoint_dir, step, {"stage": "dpo"}, config.keep_checkpoints)
+            interval_start += time.perf_counter() - paused
+            if step >= total_steps:
+                break
+    bar.close()
+    accelerator.wait_for_everyone()
+    trained = accelerator.unwrap_model(policy)
+    accelerator.free_memory()
+    return trained

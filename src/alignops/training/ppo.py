@@ -1,0 +1,259 @@
+"""RLHF with PPO: sample from the policy, score with the reward model, optimise against a KL leash.
+
+One function, ``train_ppo``, read top to bottom like CleanRL's ``ppo.py``: per
+iteration a rollout (sample, log-probs under policy and reference, reward-model
+scores, per-token KL-penalised rewards), advantages (GAE, whitened), then epochs x
+minibatches of the clipped policy and value losses, then diagnostics. Ziegler et al.
+2019, Stiennon et al. 2020, and the details of Huang et al. 2024. The math is
+``alignops.core``'s; metrics go to the ``log`` callable.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from alignops.core import (
+    AdaptiveKLController,
+    FixedKLController,
+    entropy_from_logits,
+    explained_variance,
+    gae,
+    kl_penalty,
+    masked_mean,
+    masked_whiten,
+    per_token_rewards,
+    ppo_clip_loss,
+    selective_log_softmax,
+    value_loss_clipped,
+)
+from alignops.models.config import ModelConfig
+from alignops.models.generation import generate
+from alignops.models.value_head import PolicyWithValueHead, response_forward
+from alignops.training.common import LogFn, check_finite, make_accelerator, make_scheduler, progress_bar, save_checkpoint
+from alignops.training.ppo_config import PPOConfig
+
+KL_CONTROLLERS: dict[str, Callable[[PPOConfig], FixedKLController | AdaptiveKLController]] = {
+    "fixed": lambda c: FixedKLController(c.kl_coef),
+    "adaptive": lambda c: AdaptiveKLController(c.kl_coef, c.kl_target, c.kl_horizon),
+}
+# Averaged over the minibatches of an iteration, in this order.
+UPDATE_STATS = ("loss/policy", "loss/value", "policy/approxkl", "policy/clipfrac", "val/clipfrac", "val/vpred")
+ROLLOUT_KEYS = ("query_ids", "query_mask", "response_ids", "response_mask")
+
+
+class Scorer(Protocol):
+    """What PPO needs of a reward model (``alignops.models.reward.RewardModel``)."""
+
+    def score(
+        self, prompts: list[str], responses: list[str], batch_size: int = ..., normalise: bool = ...
+    ) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class PPOResult:
+    policy: PreTrainedModel
+    """The trained policy: a plain causal LM (the value head stays behind)."""
+    samples: list[dict[str, Any]]
+    """Rollout episodes kept every ``sample_every`` iterations: step, prompt, response, score."""
+
+
+def prompt_batches(n_prompts: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """Index batches (batch_size,) walking seeded permutations of the prompts, for ever."""
+    order = torch.empty(0, dtype=torch.long)
+    while True:
+        while len(order) < batch_size:
+            order = torch.cat([order, torch.randperm(n_prompts, generator=generator)])
+        yield order[:batch_size]
+        order = order[batch_size:]
+
+
+@torch.no_grad()
+def _rollout_forward(
+    policy: torch.nn.Module, reference: PreTrainedModel, rollout: dict[str, torch.Tensor], chunk: int, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logprobs, ref_logprobs, values, entropy), each (B, R), in row chunks of ``chunk``."""
+    pieces = []
+    for start in range(0, rollout["query_ids"].shape[0], chunk):
+        rows = {k: rollout[k][start : start + chunk] for k in ROLLOUT_KEYS}
+        logits, values = policy(**rows)  # (b, R, V), (b, R)
+        logits = logits / temperature
+        ref_logits = response_forward(reference, **rows)[0] / temperature
+        pieces.append(
+            (
+                selective_log_softmax(logits, rows["response_ids"]),
+                selective_log_softmax(ref_logits, rows["response_ids"]),
+                values.float(),
+                entropy_from_logits(logits),
+            )
+        )
+    return tuple(torch.cat(column) for column in zip(*pieces))
+
+
+def train_ppo(
+    sft_model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    reward_model: Scorer,
+    prompts: Sequence[str],
+    model_config: ModelConfig,
+    config: PPOConfig,
+    log: LogFn,
+    checkpoint_dir: str | None = None,
+) -> PPOResult:
+    """Optimise a copy of ``sft_model`` against ``reward_model`` on ``prompts`` (canonical text).
+
+    ``sft_model`` is not modified: the policy and the frozen reference are copies of it.
+    The reward model scores decoded text (it may use another tokenizer); prompts are
+    formatted with ``model_config.prompt_template`` for the policy only.
+    """
+    if not prompts:
+        raise ValueError("ppo: no prompts to roll out on")
+    accelerator = make_accelerator(config.mixed_precision, 1, config.seed)
+    device = accelerator.device
+    policy = PolicyWithValueHead(copy.deepcopy(sft_model))  # value head created after seeding
+    reference = copy.deepcopy(sft_model).requires_grad_(False).eval().to(device)
+    optimizer = torch.optim.AdamW(
+        policy.parameters(), lr=config.learning_rate, eps=config.adam_eps, weight_decay=config.weight_decay
+    )
+    policy, optimizer = accelerator.prepare(policy, optimizer)
+    minibatches_per_epoch = config.rollout_batch_size // config.minibatch_size
+    scheduler = make_scheduler(
+        optimizer, config.schedule, config.warmup_steps, config.steps * config.ppo_epochs * minibatches_per_epoch
+    )
+    accelerator.register_for_checkpointing(scheduler)
+    kl_controller = KL_CONTROLLERS[config.kl_controller](config)
+
+    prompts = list(prompts)
+    formatted = model_config.format_prompts(prompts)
+    seeds = torch.Generator().manual_seed(config.seed)
+    global_batch = config.rollout_batch_size * accelerator.num_processes
+    batches = prompt_batches(len(prompts), global_batch, seeds)
+    rollout_seeds = torch.randint(2**31 - 1, (config.steps,), generator=seeds).tolist()
+    # Dropout stays off throughout (Huang et al. 2024): with it, the log-probs of an
+    # unchanged policy would differ between rollout and update, and so would the ratio.
+    policy.eval()
+    samples: list[dict[str, Any]] = []
+    bar = progress_bar(accelerator, config.steps, "ppo")
+    loop_start = time.perf_counter()
+    for step in range(1, config.steps + 1):
+        # 1. Rollout: sample responses, then score them.
+        step_start = time.perf_counter()
+        index = next(batches)[accelerator.process_index :: accelerator.num_processes].tolist()
+        batch_prompts = [prompts[i] for i in index]
+        with accelerator.autocast():
+            out = generate(
+                accelerator.unwrap_model(policy).policy,
+                tokenizer,
+                [formatted[i] for i in index],
+                max_new_tokens=config.max_new_tokens,
+                temperature=config.temperature,
+                top_k=config.top_k,
+                top_p=config.top_p,
+                batch_size=config.generation_batch_size,
+                seed=rollout_seeds[step - 1] + accelerator.process_index,
+                max_prompt_tokens=model_config.max_prompt_tokens,
+                response_prefix=model_config.response_prefix,
+            )
+        generation_s = time.perf_counter() - step_start
+        rollout = {k: getattr(out, k).to(device) for k in ROLLOUT_KEYS}
+        mask = rollout["response_mask"].bool()  # (B, R)
+        with accelerator.autocast():
+            logprobs, ref_logprobs, values, entropy = _rollout_forward(
+                policy, reference, rollout, config.minibatch_size, config.temperature
+            )
+        scores = reward_model.score(batch_prompts, out.texts, batch_size=config.reward_batch_size, normalise=True)
+        scores = scores.to(device=device, dtype=torch.float32)  # (B,)
+        ended_with_eos = out.ended_with_eos.to(device)  # (B,)
+        if config.missing_eos_score is not None:
+            scores = torch.where(ended_with_eos, scores, torch.full_like(scores, config.missing_eos_score))
+
+        # 2. Advantages: KL-penalised per-token rewards, GAE, whitening.
+        kl_coef = kl_controller.value
+        rewards = per_token_rewards(scores, logprobs, ref_logprobs, mask, kl_coef, config.kl_estimator)  # (B, R)
+        advantages, returns = gae(rewards, values, mask, config.gamma, config.lam)  # (B, R)
+        advantages = masked_whiten(advantages, mask)
+
+        # 3. Optimise: epochs x shuffled minibatches of the clipped policy and value losses.
+        update_stats = []
+        for _ in range(config.ppo_epochs):
+            for rows in torch.randperm(len(index), generator=seeds).split(config.minibatch_size):
+                rows = rows.to(device)
+                logits, vpred = policy(**{k: v[rows] for k, v in rollout.items()})  # (b, R, V), (b, R)
+                new_logprobs = selective_log_softmax(logits / config.temperature, rollout["response_ids"][rows])
+                pg_loss, pg_stats = ppo_clip_loss(
+                    new_logprobs, logprobs[rows], advantages[rows], mask[rows], config.cliprange
+                )
+                vf_loss, vf_stats = value_loss_clipped(
+                    vpred, values[rows], returns[rows], mask[rows], config.cliprange_value
+                )
+                loss = pg_loss + config.vf_coef * vf_loss
+                check_finite(loss, "ppo", step)
+                accelerator.backward(loss)
+                grad_norm = accelerator.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                stats = pg_stats | vf_stats
+                update_stats.append(torch.stack([stats[name].float() for name in UPDATE_STATS]))
+
+        # 4. Diagnostics, one host sync for all of them.
+        kl = torch.where(mask, kl_penalty(logprobs, ref_logprobs, config.kl_estimator), 0.0).sum(1)  # (B,)
+        diagnostics = torch.stack(
+            [
+                *torch.stack(update_stats).mean(0),
+                scores.mean(),
+                kl.mean(),
+                torch.where(mask, entropy, 0.0).sum(1).mean(),
+                rewards.sum(1).mean(),
+                explained_variance(values, returns, mask),
+                mask.sum(1).float().mean(),
+                ended_with_eos.float().mean(),
+                grad_norm.float(),
+            ]
+        )
+        names = (
+            *UPDATE_STATS,
+            "objective/scores",
+            "objective/kl",
+            "objective/entropy",
+            "objective/rlhf_reward",
+            "val/explained_variance",
+            "ppo/mean_response_length",
+            "ppo/eos_rate",
+            "ppo/grad_norm",
+        )
+        metrics = dict(zip(names, accelerator.reduce(diagnostics, reduction="mean").tolist()))
+        kl_controller.update(metrics["objective/kl"], n_steps=global_batch)
+        now = time.perf_counter()
+        step_s = now - step_start
+        metrics |= {
+            "objective/kl_coef": kl_coef,
+            "ppo/lr": scheduler.get_last_lr()[0],
+            "ppo/episodes_per_s": global_batch / step_s,
+            "ppo/generation_tokens_per_s": metrics["ppo/mean_response_length"] * len(index) / generation_s,
+            "ppo/elapsed_s": now - loop_start,
+        }
+        log(metrics, step)
+        bar.update(1)
+        bar.set_postfix(score=f"{metrics['objective/scores']:.2f}", kl=f"{metrics['objective/kl']:.2f}")
+
+        if accelerator.is_main_process and config.num_samples and (step % config.sample_every == 0 or step == config.steps):
+            kept = scores[: config.num_samples].tolist()
+            samples += [
+                {"step": step, "prompt": p, "response": r, "score": s}
+                for p, r, s in zip(batch_prompts, out.texts, kept)
+            ]
+        if checkpoint_dir and config.checkpoint_every and step % config.checkpoint_every == 0:
+            extra = {"stage": "ppo", "kl_coef": kl_controller.value}
+            save_checkpoint(accelerator, checkpoint_dir, step, extra, config.keep_checkpoints)
+    bar.close()
+    accelerator.wait_for_everyone()
+    trained = accelerator.unwrap_model(policy).policy
+    accelerator.free_memory()
+    return PPOResult(policy=trained, samples=samples)

@@ -1,0 +1,145 @@
+"""PPO's configuration: ``conf/base/parameters_ppo.yml`` mirrors ``PPOConfig`` one to one.
+
+Defaults follow Huang et al. 2024 ("The N+ implementation details of RLHF with PPO")
+where they transfer, and were tuned on the embedded world so the stage fits its
+~90 s CPU budget (``bench/ppo_quality.py`` measures the result against the gold judge).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from alignops.core import KL_ESTIMATORS
+from alignops.training.common import SCHEDULES
+from alignops.training.config import MIXED_PRECISION
+
+KL_CONTROLLER_NAMES = ("fixed", "adaptive")
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    """RLHF with PPO against a reward model, with a per-token KL penalty to the SFT policy."""
+
+    steps: int = 40
+    """PPO iterations: each samples ``rollout_batch_size`` episodes, scores them and
+    optimises on them for ``ppo_epochs``. 40 x 64 = 2,560 episodes, ~6 passes over the
+    world's prompts."""
+    rollout_batch_size: int = 64
+    """Prompts sampled (one response each) per iteration and process. Generation is
+    batched, so a larger batch costs little more wall time on CPU until ~64 rows."""
+    minibatch_size: int = 16
+    """Episodes per optimiser step; must divide ``rollout_batch_size``."""
+    ppo_epochs: int = 4
+    """Passes over each rollout batch (Stiennon et al. 2020 use 4, Ouyang et al. 2022 1–4)."""
+    learning_rate: float = 3e-5
+    """Peak AdamW rate. PPO moves a policy that already writes well: a rate much above
+    SFT's end-of-schedule rate makes ``policy/approxkl`` jump and the replies degrade."""
+    schedule: str = "linear"
+    """Decay to 0 over all optimiser steps (Huang et al. 2024 anneal linearly)."""
+    warmup_steps: int = 0
+    """Optimiser steps of linear warm-up; Adam's early noise matters less here than in
+    SFT because the clipped ratio already bounds each update."""
+    adam_eps: float = 1e-5
+    """Adam's epsilon: 1e-5 as in lm-human-preferences (TensorFlow's default) rather than 1e-8."""
+    weight_decay: float = 0.0
+    """Decay would pull the policy towards 0, not towards the SFT model it must stay near."""
+    max_grad_norm: float = 1.0
+    """Gradients are clipped to this global L2 norm."""
+
+    cliprange: float = 0.2
+    """ε of the clipped surrogate: the ratio π/π_old counts only within [1-ε, 1+ε]."""
+    cliprange_value: float = 0.2
+    """How far a value prediction may move from its rollout value before its loss is clipped."""
+    vf_coef: float = 0.1
+    """Weight of the value loss. The value head shares the policy's trunk, so a large
+    weight lets value gradients reshape the features the policy writes with."""
+    gamma: float = 1.0
+    """Discount. 1: the reward arrives once, at the end of the response, and every token shares it."""
+    lam: float = 0.95
+    """GAE λ: lower trusts the value head more (less variance, more bias)."""
+
+    kl_controller: str = "fixed"
+    """``fixed`` (β = ``kl_coef`` throughout) or ``adaptive`` (β steered towards ``kl_target``,
+    Ziegler et al. 2019)."""
+    kl_coef: float = 0.05
+    """β, the per-token KL penalty's weight (the initial β when adaptive). It is what keeps
+    the policy from hacking the reward model (e.g. padding replies the annotators, and so
+    the reward model, like long)."""
+    kl_target: float = 6.0
+    """Adaptive only: target KL per response, in nats."""
+    kl_horizon: float = 10000.0
+    """Adaptive only: episodes over which β moves by at most ~20%."""
+    kl_estimator: str = "k1"
+    """Per-token KL estimator in the reward: ``k1`` (log π - log π_ref, unbiased) or ``k3``
+    (never negative, lower variance)."""
+
+    temperature: float = 0.7
+    """Sampling temperature of the rollouts; log-probs are computed from logits divided by it,
+    so the ratio and the KL describe the distribution actually sampled. Evaluation samples
+    at the same temperature."""
+    top_k: int = 0
+    """Top-k sampling (0 = off). Log-probs ignore the truncation, so keep it off for exact ratios."""
+    top_p: float = 1.0
+    """Nucleus sampling (1 = off); same caveat as ``top_k``."""
+    max_new_tokens: int = 96
+    """Longest rollout response. World replies are ~40 tokens (at most ~130): 96 leaves room
+    to grow, while generation time grows with the longest row of each batch."""
+    missing_eos_score: float | None = -3.0
+    """Score given instead of the reward model's to a response that did not end with EOS
+    (hit ``max_new_tokens``); null keeps the model's score. Huang et al. 2024: without it
+    the policy can learn to ramble past the limit. ~3 standard deviations of a normalised RM."""
+    generation_batch_size: int = 64
+    """Prompts per ``generate`` call."""
+    reward_batch_size: int = 64
+    """Episodes per reward-model forward."""
+
+    demonstration_prompts: bool = True
+    """Also roll out on the SFT demonstrations' prompts, not only the preference data's:
+    more distinct prompts, so the policy sees each less often."""
+    sample_every: int = 10
+    """Iterations between saved sample generations (and always the last one)."""
+    num_samples: int = 4
+    """Rollout episodes saved as samples each time (step, prompt, response, score)."""
+    checkpoint_every: int = 0
+    """Iterations between resumable checkpoints (policy, value head, optimizer, scheduler,
+    RNG); 0 saves none. The catalog's ``ppo_checkpoints`` says where."""
+    keep_checkpoints: int = 2
+    """How many of the newest checkpoints to keep."""
+    seed: int = 0
+    """Seeds the value head, prompt order, sampling and minibatch order: same seed, same
+    weights on CPU."""
+    mixed_precision: str = "no"
+    """``no`` on CPU; ``bf16`` on a GPU works unchanged (weights stay float32)."""
+
+    def __post_init__(self) -> None:
+        sizes = (self.steps, self.rollout_batch_size, self.minibatch_size, self.ppo_epochs, self.max_new_tokens)
+        if min(sizes) < 1 or min(self.generation_batch_size, self.reward_batch_size) < 1:
+            raise ValueError("steps, batch sizes, ppo_epochs and max_new_tokens must be >= 1")
+        if self.rollout_batch_size % self.minibatch_size:
+            raise ValueError(
+                f"minibatch_size ({self.minibatch_size}) must divide rollout_batch_size ({self.rollout_batch_size})"
+            )
+        if self.learning_rate <= 0 or self.adam_eps <= 0 or self.max_grad_norm <= 0 or self.weight_decay < 0:
+            raise ValueError("learning_rate, adam_eps and max_grad_norm must be positive, weight_decay >= 0")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {sorted(SCHEDULES)}, got {self.schedule!r}")
+        if self.warmup_steps < 0 or self.checkpoint_every < 0 or self.keep_checkpoints < 1:
+            raise ValueError("warmup_steps and checkpoint_every must be >= 0, keep_checkpoints >= 1")
+        if self.cliprange <= 0 or self.cliprange_value <= 0 or self.vf_coef < 0:
+            raise ValueError("cliprange and cliprange_value must be positive, vf_coef >= 0")
+        if not (0.0 <= self.gamma <= 1.0 and 0.0 <= self.lam <= 1.0):
+            raise ValueError(f"gamma and lam must be in [0, 1], got {self.gamma} and {self.lam}")
+        if self.kl_controller not in KL_CONTROLLER_NAMES:
+            raise ValueError(f"kl_controller must be one of {KL_CONTROLLER_NAMES}, got {self.kl_controller!r}")
+        if self.kl_coef < 0 or (self.kl_controller == "adaptive" and self.kl_coef == 0):
+            raise ValueError("kl_coef must be >= 0 (and > 0 for the adaptive controller)")
+        if self.kl_target <= 0 or self.kl_horizon <= 0:
+            raise ValueError("kl_target and kl_horizon must be positive")
+        if self.kl_estimator not in KL_ESTIMATORS:
+            raise ValueError(f"kl_estimator must be one of {sorted(KL_ESTIMATORS)}, got {self.kl_estimator!r}")
+        if self.temperature <= 0 or self.top_k < 0 or not 0.0 < self.top_p <= 1.0:
+            raise ValueError("temperature must be > 0, top_k >= 0 and top_p in (0, 1]")
+        if self.sample_every < 1 or self.num_samples < 0:
+            raise ValueError("sample_every must be >= 1 and num_samples >= 0")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")

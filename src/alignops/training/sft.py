@@ -1,0 +1,170 @@
+"""Supervised fine-tuning: teach the base model to answer like the demonstrations.
+
+One function, ``train_sft``, read top to bottom: data, model, optimiser, then the
+loop (completion-only loss, gradient accumulation, clipping, warm-up + decay,
+held-out evaluation, NaN guard, checkpoints). Metrics go to the ``log`` callable.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from functools import partial
+
+import torch
+from accelerate import Accelerator
+from torch.utils.data import DataLoader
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from alignops.core.losses import sft_loss
+from alignops.data.collate import Batch, select_rows, tokenize_completions
+from alignops.data.packing import pack_sequences
+from alignops.models.config import ModelConfig
+from alignops.models.loading import build_causal_lm
+from alignops.training.common import (
+    LogFn,
+    check_finite,
+    decay_parameter_groups,
+    make_accelerator,
+    make_scheduler,
+    progress_bar,
+    save_checkpoint,
+)
+from alignops.training.config import SFTConfig
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")
+
+
+def _loader(rows: Batch, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
+    """Batches as index slices of pre-tokenised tensors (no per-sample collation)."""
+    n_rows = rows["input_ids"].shape[0]
+    return DataLoader(
+        range(n_rows),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=torch.Generator().manual_seed(seed) if shuffle else None,
+        collate_fn=lambda index: select_rows(rows, torch.as_tensor(index)),
+    )
+
+
+def _forward(model: PreTrainedModel, batch: Batch) -> torch.Tensor:
+    """Logits (B, T, V). ``use_cache=False``: packed rows are only kept apart without a cache."""
+    return model(**{k: batch[k] for k in MODEL_INPUTS if k in batch}, use_cache=False).logits
+
+
+@torch.no_grad()
+def evaluate_sft(model: PreTrainedModel, loader: DataLoader, accelerator: Accelerator) -> dict[str, float]:
+    """Held-out completion loss (token-weighted over the whole split) and its perplexity."""
+    was_training = model.training
+    model.eval()
+    totals = torch.zeros(2, device=accelerator.device)  # (loss x tokens, tokens)
+    for batch in loader:
+        loss, stats = sft_loss(_forward(model, batch), batch["input_ids"], batch["completion_mask"])
+        totals += torch.stack([loss.float() * stats["tokens"], stats["tokens"].float()])
+    model.train(was_training)
+    loss_sum, tokens = accelerator.reduce(totals, reduction="sum").tolist()
+    loss = loss_sum / max(tokens, 1.0)
+    return {"eval/loss": loss, "eval/perplexity": math.exp(min(loss, 50.0))}
+
+
+def train_sft(
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    model_config: ModelConfig,
+    config: SFTConfig,
+    log: LogFn,
+    checkpoint_dir: str | None = None,
+) -> PreTrainedModel:
+    """Fine-tune ``model_config``'s base on (prompt, response) demonstrations; returns the model.
+
+    ``prompts`` are canonical (``model_config.prompt_template`` is applied here).
+    Checkpoints go to ``checkpoint_dir`` every ``config.checkpoint_every`` steps.
+    """
+    accelerator = make_accelerator(config.mixed_precision, config.grad_accum, config.seed)
+    model = build_causal_lm(model_config, tokenizer)  # after seeding: same seed, same init
+
+    # Data: tokenise everything once; hold out a seeded split; pack the training rows.
+    data = tokenize_completions(
+        tokenizer,
+        model_config.format_prompts(list(prompts)),
+        list(responses),
+        model_config.max_prompt_tokens,
+        model_config.max_response_tokens,
+        model_config.response_prefix,
+    )
+    n_rows = data["input_ids"].shape[0]
+    n_eval = math.ceil(n_rows * config.eval_fraction)
+    if n_rows - n_eval < 1:
+        raise ValueError(f"sft: {n_rows} demonstrations leave nothing to train on after holding out {n_eval}")
+    order = torch.randperm(n_rows, generator=torch.Generator().manual_seed(config.seed))
+    train_rows, eval_rows = select_rows(data, order[n_eval:]), select_rows(data, order[:n_eval])
+    if config.packing:
+        train_rows = pack_sequences(train_rows, model_config.max_length, tokenizer.pad_token_id)
+    train_loader = _loader(train_rows, config.batch_size, shuffle=True, seed=config.seed)
+    eval_loader = _loader(eval_rows, config.eval_batch_size, shuffle=False, seed=config.seed)
+
+    optimizer = torch.optim.AdamW(
+        decay_parameter_groups(model, config.weight_decay), lr=config.learning_rate, betas=(0.9, config.adam_beta2)
+    )
+    model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
+    steps_per_epoch = math.ceil(len(train_loader) / config.grad_accum)
+    total_steps = config.max_steps or max(1, round(steps_per_epoch * config.epochs))
+    scheduler = make_scheduler(optimizer, config.schedule, config.warmup_steps, total_steps)
+    accelerator.register_for_checkpointing(scheduler)
+
+    step = 0
+    interval = torch.zeros(3, device=accelerator.device)  # (loss x tokens, loss tokens, all tokens) since last log
+    interval_start = time.perf_counter()
+    bar = progress_bar(accelerator, total_steps, "sft")
+    model.train()
+    while step < total_steps:
+        for batch in train_loader:
+            with accelerator.accumulate(model):
+                logits = _forward(model, batch)  # (B, T, V)
+                loss, stats = sft_loss(logits, batch["input_ids"], batch["completion_mask"])
+                check_finite(loss, "sft", step)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            n_real = (batch["input_ids"] != tokenizer.pad_token_id).sum()
+            interval += torch.stack([loss.detach().float() * stats["tokens"], stats["tokens"].float(), n_real.float()])
+            if not accelerator.sync_gradients:
+                continue
+
+            lr = scheduler.get_last_lr()[0]  # the rate this update used
+            scheduler.step()
+            step += 1
+            bar.update(1)
+            if step % config.log_every == 0 or step == total_steps:
+                loss_sum, loss_tokens, all_tokens = accelerator.reduce(interval, reduction="sum").tolist()
+                elapsed = time.perf_counter() - interval_start
+                log(
+                    {
+                        "loss/sft": loss_sum / max(loss_tokens, 1.0),
+                        "sft/lr": lr,
+                        "sft/grad_norm": float(grad_norm),
+                        "sft/tokens_per_s": all_tokens / max(elapsed, 1e-9),
+                        "sft/epoch": step / steps_per_epoch,
+                    },
+                    step,
+                )
+                bar.set_postfix(loss=f"{loss_sum / max(loss_tokens, 1.0):.3f}")
+                interval.zero_()
+                interval_start = time.perf_counter()
+            paused = time.perf_counter()  # evaluation and checkpoints do not count towards tokens/s
+            if n_eval and (step % config.eval_every == 0 or step == total_steps):
+                log(evaluate_sft(model, eval_loader, accelerator), step)
+            if checkpoint_dir and config.checkpoint_every and step % config.checkpoint_every == 0:
+                save_checkpoint(accelerator, checkpoint_dir, step, {"stage": "sft"}, config.keep_checkpoints)
+            interval_start += time.perf_counter() - paused
+            if step >= total_steps:
+                break
+    bar.close()
+    accelerator.wait_for_everyone()
+    trained = accelerator.unwrap_model(model)
+    accelerator.free_memory()
+    return trained

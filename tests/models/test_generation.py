@@ -1,0 +1,86 @@
+"""Batched generation: left padding changes nothing, masks end at EOS, a seed fixes the samples."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from alignops.models import ModelConfig, build_causal_lm, build_tokenizer, generate
+from alignops.models.generation import response_mask_from_ids
+
+TEXTS = [
+    "Hello. Please reset your password from the login page.",
+    "Where is my order #12345? It was due yesterday.",
+    "Under Billing, choose Change billing day and set it to May 7.",
+] * 5
+TINY = ModelConfig(
+    vocab_size=300, tokenizer_min_frequency=1, hidden_size=32, num_layers=2, num_heads=2,
+    intermediate_size=64, max_position_embeddings=96, max_prompt_tokens=32, max_response_tokens=32,
+)
+# Different lengths, so a batch of them is really padded.
+PROMPTS = TINY.format_prompts(["Where is my order?", "Hi", "Please reset my password, it was due yesterday.", "refund"])
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_tokenizer(TINY, TEXTS)
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    torch.manual_seed(0)
+    model = build_causal_lm(TINY, tokenizer)
+    with torch.no_grad():  # sharper logits than a fresh init: greedy ties would be luck
+        model.get_input_embeddings().weight.mul_(20)
+    return model.eval()
+
+
+def test_left_padded_greedy_batch_equals_one_prompt_at_a_time(model, tokenizer):
+    batched = generate(model, tokenizer, PROMPTS, max_new_tokens=12, do_sample=False, batch_size=len(PROMPTS))
+    for row, prompt in enumerate(PROMPTS):
+        alone = generate(model, tokenizer, [prompt], max_new_tokens=12, do_sample=False, batch_size=1)
+        n = int(alone.response_mask.sum())
+        assert torch.equal(batched.response_ids[row, :n], alone.response_ids[0, :n])
+        assert int(batched.response_mask[row].sum()) == n
+        assert batched.texts[row] == alone.texts[0]
+    assert (batched.query_ids[:, 0] == tokenizer.pad_token_id).any()  # the batch really was left-padded
+    assert torch.equal(batched.query_mask, (batched.query_ids != tokenizer.pad_token_id).long())
+
+
+def test_output_shapes_and_masks(model, tokenizer):
+    out = generate(model, tokenizer, PROMPTS, max_new_tokens=7, do_sample=True, batch_size=3, seed=0)
+    assert out.query_ids.shape[0] == out.response_ids.shape[0] == len(out.texts) == len(PROMPTS)
+    assert out.response_ids.shape == out.response_mask.shape and out.response_ids.shape[1] <= 7
+    assert out.input_ids.shape == out.attention_mask.shape
+    # padding after a response holds the pad id, never a stray token
+    pad = tokenizer.pad_token_id
+    assert torch.equal(out.response_ids == pad, out.response_mask == 0)
+    ended = out.response_ids == tokenizer.eos_token_id
+    assert torch.equal(out.ended_with_eos, ended.any(1))
+
+
+def test_a_seed_fixes_the_samples_and_leaves_the_callers_rng_alone(model, tokenizer):
+    def sample(seed):
+        return generate(model, tokenizer, PROMPTS, max_new_tokens=10, temperature=3.0, seed=seed, batch_size=2)
+
+    torch.manual_seed(123)
+    expected = torch.rand(1)
+    torch.manual_seed(123)
+    first = sample(7)
+    assert torch.equal(torch.rand(1), expected)  # the caller's random stream is where it was
+    second = sample(7)
+    assert torch.equal(first.response_ids, second.response_ids) and first.texts == second.texts
+    assert not torch.equal(sample(8).response_ids, first.response_ids)
+
+
+def test_response_mask_covers_tokens_up_to_and_including_the_first_eos():
+    eos, pad = 2, 0
+    ids = torch.tensor([[5, 6, eos, pad, pad], [5, eos, 7, eos, pad], [5, 6, 7, 8, 9]])
+    assert response_mask_from_ids(ids, eos).tolist() == [[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]
+
+
+def test_long_prompts_keep_their_last_tokens(model, tokenizer):
+    out = generate(model, tokenizer, PROMPTS, max_new_tokens=2, do_sample=False, max_prompt_tokens=4)
+    assert out.query_ids.shape[1] == 4
+    last = tokenizer(PROMPTS[2], add_special_tokens=False)["input_ids"][-4:]
+    assert out.query_ids[2].tolist() == last

@@ -1,0 +1,126 @@
+"""The ppo pipeline: wiring, prompt collection, a run on the real catalog entries, and a Kedro session run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from kedro.io import DataCatalog, MemoryDataset
+from kedro.runner import SequentialRunner
+from transformers import LlamaForCausalLM
+
+from alignops.models.datasets import HFModelDataset
+from alignops.pipeline_registry import STAGES
+from alignops.pipelines.ppo import create_pipeline
+from alignops.pipelines.ppo.nodes import collect_prompts
+from tests.conftest import run_kedro
+from tests.training.test_ppo import LOGGED_EVERY_STEP, MODEL, CountingScorer, tiny_policy, tiny_tokenizer
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BASE_PPO = yaml.safe_load((REPO_ROOT / "conf/base/parameters_ppo.yml").read_text())["ppo"]
+TEST_PPO = {**BASE_PPO, **yaml.safe_load((REPO_ROOT / "conf/test/parameters_ppo.yml").read_text())["ppo"]}
+OUTPUTS = {"ppo_model", "ppo_history", "ppo_samples"}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return tiny_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def sft_model(tokenizer):
+    return tiny_policy(tokenizer)
+
+
+def _frames() -> tuple[pd.DataFrame, pd.DataFrame]:
+    preferences = pd.DataFrame({"prompt": ["reset my password", "where is my order", "reset my password"]})
+    demonstrations = pd.DataFrame({"prompt": ["where is my order", "refund the charge"]})
+    return preferences, demonstrations
+
+
+def test_pipeline_wiring():
+    pipeline = create_pipeline()
+    assert [n.name for n in pipeline.nodes] == ["collect_ppo_prompts", "train_ppo"]
+    assert pipeline.inputs() == {
+        "sft_model",
+        "tokenizer",
+        "reward_model",
+        "preferences_train",
+        "sft_demonstrations",
+        "ppo_checkpoints",
+        "params:model",
+        "params:ppo",
+    }
+    assert pipeline.outputs() == OUTPUTS
+
+
+def test_prompts_are_the_distinct_training_prompts_with_or_without_demonstrations():
+    preferences, demonstrations = _frames()
+    with_demos = collect_prompts(preferences, demonstrations, {"demonstration_prompts": True})
+    assert with_demos == ["reset my password", "where is my order", "refund the charge"]
+    assert collect_prompts(preferences, demonstrations, {"demonstration_prompts": False}) == [
+        "reset my password",
+        "where is my order",
+    ]
+
+
+def _catalog(root: Path, sft_model, tokenizer) -> DataCatalog:
+    """The project's ppo catalog entries rooted at ``root``; the upstream stages' outputs in memory."""
+    config = yaml.safe_load((REPO_ROOT / "conf/base/catalog_ppo.yml").read_text())
+    for entry in config.values():
+        for key in ("filepath", "path"):
+            if key in entry:
+                entry[key] = str(root / entry[key])
+    catalog = DataCatalog.from_config(config)
+    preferences, demonstrations = _frames()
+    model_params = {name: getattr(MODEL, name) for name in MODEL.__dataclass_fields__}
+    for name, value in {
+        "sft_model": sft_model,
+        "tokenizer": tokenizer,
+        "reward_model": CountingScorer(),
+        "preferences_train": preferences,
+        "sft_demonstrations": demonstrations,
+        "params:model": model_params,
+        "params:ppo": TEST_PPO,
+    }.items():
+        catalog[name] = MemoryDataset(value, copy_mode="assign")
+    return catalog
+
+
+def test_pipeline_saves_a_loadable_policy_its_history_and_samples(tmp_path, sft_model, tokenizer):
+    SequentialRunner().run(create_pipeline(), _catalog(tmp_path, sft_model, tokenizer))
+
+    policy = HFModelDataset(filepath=str(tmp_path / "data/06_models/ppo")).load()
+    assert type(policy) is type(sft_model)
+    changed = any(not torch.equal(a, b) for a, b in zip(policy.state_dict().values(), sft_model.state_dict().values()))
+    assert changed
+    history = json.loads((tmp_path / "data/08_reporting/ppo_history.json").read_text())
+    assert [row["step"] for row in history] == list(range(1, TEST_PPO["steps"] + 1))
+    assert all(LOGGED_EVERY_STEP <= set(row) for row in history)
+    samples = pd.read_json(tmp_path / "data/08_reporting/ppo_samples.jsonl", lines=True)
+    assert list(samples.columns) == ["step", "prompt", "response", "score"]
+    assert len(samples) == TEST_PPO["steps"] * TEST_PPO["num_samples"]
+    checkpoints = sorted((tmp_path / "data/06_models/checkpoints/ppo").glob("step_*/step.json"))
+    assert [json.loads(c.read_text())["stage"] for c in checkpoints] == ["ppo"]
+
+
+UPSTREAM = ["data_generation", "ingestion", "data_validation", "sft", "reward_model"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not set(UPSTREAM) <= set(STAGES), reason="needs the sft and reward_model pipelines in the registry"
+)
+def test_ppo_runs_in_the_test_environment_after_its_upstream_stages(project_copy):
+    run_kedro(project_copy, env="test", pipeline_names=[*UPSTREAM, "ppo"])
+
+    policy = HFModelDataset(filepath=str(project_copy / "data/06_models/ppo")).load()
+    assert isinstance(policy, LlamaForCausalLM)  # the test env's scratch model, without a value head
+    history = json.loads((project_copy / "data/08_reporting/ppo_history.json").read_text())
+    assert len(history) == TEST_PPO["steps"]
+    assert all(torch.isfinite(torch.tensor(row["loss/policy"])) for row in history)
+    assert (project_copy / "data/08_reporting/ppo_samples.jsonl").stat().st_size > 0

@@ -1,0 +1,263 @@
+"""The PPO loop on a tiny Llama: it learns, logs, stops on NaN, repeats itself, leaves the SFT model alone."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForCausalLM, LlamaForCausalLM
+
+from alignops.models.config import ModelConfig
+from alignops.models.loading import build_causal_lm
+from alignops.models.scoring import response_logits
+from alignops.models.tokenizer import train_bpe_tokenizer
+from alignops.models.value_head import PolicyWithValueHead
+from alignops.training import ppo as ppo_module
+from alignops.training.common import MetricHistory, NonFiniteLossError
+from alignops.training.ppo import prompt_batches, train_ppo
+from alignops.training.ppo_config import PPOConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+LOGGED_EVERY_STEP = {
+    "objective/scores",
+    "objective/kl",
+    "objective/entropy",
+    "objective/kl_coef",
+    "objective/rlhf_reward",
+    "policy/approxkl",
+    "policy/clipfrac",
+    "loss/policy",
+    "loss/value",
+    "val/clipfrac",
+    "val/explained_variance",
+    "ppo/lr",
+    "ppo/mean_response_length",
+    "ppo/eos_rate",
+    "ppo/episodes_per_s",
+    "ppo/generation_tokens_per_s",
+}
+PROMPTS = ["please reset my password", "where is my order", "refund the charge", "close my account"]
+MODEL = ModelConfig(
+    vocab_size=300,
+    tokenizer_min_frequency=1,
+    hidden_size=32,
+    num_layers=2,
+    num_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=64,
+    max_prompt_tokens=16,
+    max_response_tokens=16,
+)
+# Small and quick; tests override what they exercise.
+TINY = PPOConfig(
+    steps=2,
+    rollout_batch_size=8,
+    minibatch_size=4,
+    ppo_epochs=2,
+    learning_rate=3e-3,
+    max_new_tokens=8,
+    missing_eos_score=None,
+    sample_every=1,
+    num_samples=2,
+)
+
+
+class CountingScorer:
+    """A reward model stand-in: how often ``text`` occurs in each response."""
+
+    def __init__(self, text: str = "e") -> None:
+        self.text = text
+        self.calls = 0
+
+    def score(self, prompts, responses, batch_size=64, normalise=True) -> torch.Tensor:
+        self.calls += 1
+        return torch.tensor([float(r.count(self.text)) for r in responses])
+
+
+class NanOnCall(CountingScorer):
+    """Scores normally, except NaN on call ``bad_call``."""
+
+    def __init__(self, bad_call: int) -> None:
+        super().__init__()
+        self.bad_call = bad_call
+
+    def score(self, prompts, responses, batch_size=64, normalise=True) -> torch.Tensor:
+        scores = super().score(prompts, responses)
+        return torch.full_like(scores, float("nan")) if self.calls == self.bad_call else scores
+
+
+def tiny_tokenizer():
+    """A byte-level BPE trained on a few support-desk words (vocabulary ~300)."""
+    words = "yes no please thanks order refund account password reset help the where is my close charge".split()
+    texts = [" ".join(words[(i * 7 + j * 3) % len(words)] for j in range(10)) for i in range(100)]
+    return train_bpe_tokenizer(texts, MODEL.vocab_size, min_frequency=1, model_max_length=64)
+
+
+def tiny_policy(tokenizer):
+    """A randomly initialised 2-layer Llama standing in for the SFT model."""
+    torch.manual_seed(0)
+    return build_causal_lm(MODEL, tokenizer).eval()
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return tiny_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def sft_model(tokenizer):
+    return tiny_policy(tokenizer)
+
+
+def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+
+
+def _run(sft_model, tokenizer, scorer=None, **overrides):
+    history = MetricHistory()
+    config = dataclasses.replace(TINY, **overrides)
+    result = train_ppo(sft_model, tokenizer, scorer or CountingScorer(), PROMPTS, MODEL, config, history)
+    return result, history
+
+
+def test_a_few_steps_give_finite_losses_and_change_the_policy_not_the_sft_model(sft_model, tokenizer, tmp_path):
+    before = _state(sft_model)
+    result, history = _run(sft_model, tokenizer)
+
+    for row in history.rows:
+        for name in ("loss/policy", "loss/value", "objective/kl", "objective/scores", "policy/approxkl"):
+            assert torch.isfinite(torch.tensor(row[name])), (name, row)
+    after = result.policy.state_dict()
+    assert any(not torch.equal(before[name], after[name]) for name in before)
+    assert all(torch.equal(before[name], tensor) for name, tensor in sft_model.state_dict().items())
+
+    # The saved policy is a plain causal LM: no value-head weights, loadable by from_pretrained.
+    assert isinstance(result.policy, LlamaForCausalLM)
+    assert not any("value_head" in name for name in after)
+    result.policy.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert all(torch.equal(reloaded.state_dict()[name], tensor) for name, tensor in after.items())
+
+
+def test_every_metric_is_logged_every_step_and_samples_are_rows(sft_model, tokenizer):
+    result, history = _run(sft_model, tokenizer, steps=3, sample_every=2)
+    assert [row["step"] for row in history.rows] == [1, 2, 3]
+    for row in history.rows:
+        assert LOGGED_EVERY_STEP <= set(row)
+    assert history.rows[0]["objective/kl"] == pytest.approx(0.0, abs=1e-5)  # the policy starts as the reference
+    assert [s["step"] for s in result.samples] == [2, 2, 3, 3]  # every 2nd step and the last
+    assert all(set(s) == {"step", "prompt", "response", "score"} and s["prompt"] in PROMPTS for s in result.samples)
+
+
+def test_the_reference_stays_frozen(sft_model, tokenizer, monkeypatch):
+    seen = []
+    forward = ppo_module.response_forward
+
+    def spying_forward(model, *args, **kwargs):  # only the reference is called directly
+        seen.append((model, model.training, [p.requires_grad for p in model.parameters()]))
+        return forward(model, *args, **kwargs)
+
+    monkeypatch.setattr(ppo_module, "response_forward", spying_forward)
+    _run(sft_model, tokenizer)
+
+    references = {id(model) for model, _, _ in seen}
+    assert len(seen) >= 2 and len(references) == 1
+    reference = seen[-1][0]
+    assert reference is not sft_model
+    assert not any(training or any(grads) for _, training, grads in seen)
+    assert all(torch.equal(reference.state_dict()[n], t) for n, t in sft_model.state_dict().items())
+
+
+def test_first_update_sees_the_rollout_log_probs_again(sft_model, tokenizer):
+    # Same positions, no dropout, same temperature: before any real change the ratio is 1.
+    _, history = _run(sft_model, tokenizer, steps=1, ppo_epochs=1, minibatch_size=8, learning_rate=1e-12)
+    assert history.rows[0]["policy/approxkl"] < 1e-8
+    assert history.rows[0]["policy/clipfrac"] == 0.0
+
+
+def test_nan_loss_stops_with_the_stage_and_step(sft_model, tokenizer):
+    with pytest.raises(NonFiniteLossError, match=r"ppo: .* at step 2"):
+        _run(sft_model, tokenizer, scorer=NanOnCall(bad_call=2), steps=3)
+
+
+def test_same_seed_same_weights_other_seed_other_weights(sft_model, tokenizer):
+    first, history_a = _run(sft_model, tokenizer)
+    second, history_b = _run(sft_model, tokenizer)
+    third, _ = _run(sft_model, tokenizer, seed=1)
+    a, b, c = (r.policy.state_dict() for r in (first, second, third))
+    assert all(torch.equal(a[name], b[name]) for name in a)
+    assert any(not torch.equal(a[name], c[name]) for name in a)
+    timing = {"ppo/episodes_per_s", "ppo/generation_tokens_per_s", "ppo/elapsed_s"}
+    strip = [{k: v for k, v in row.items() if k not in timing} for row in history_a.rows + history_b.rows]
+    assert strip[: len(history_a.rows)] == strip[len(history_a.rows) :]
+
+
+def test_missing_eos_score_replaces_the_reward_models(sft_model, tokenizer):
+    class Constant(CountingScorer):
+        def score(self, prompts, responses, batch_size=64, normalise=True):
+            return torch.ones(len(responses))
+
+    _, history = _run(sft_model, tokenizer, scorer=Constant(), steps=1, missing_eos_score=-3.0, max_new_tokens=2)
+    row = history.rows[0]
+    assert row["ppo/eos_rate"] < 1.0  # two tokens rarely end a random model's reply
+    assert row["objective/scores"] == pytest.approx(row["ppo/eos_rate"] - 3.0 * (1 - row["ppo/eos_rate"]))
+
+
+def test_adaptive_controller_moves_the_kl_coefficient(sft_model, tokenizer):
+    _, fixed = _run(sft_model, tokenizer, steps=3)
+    _, adaptive = _run(sft_model, tokenizer, steps=3, kl_controller="adaptive", kl_target=100.0, kl_horizon=10.0)
+    assert {row["objective/kl_coef"] for row in fixed.rows} == {TINY.kl_coef}
+    coefs = [row["objective/kl_coef"] for row in adaptive.rows]
+    assert coefs[0] == TINY.kl_coef and coefs[2] < coefs[1] < coefs[0]  # KL far below its target: β falls
+
+
+def test_toy_reward_rises_over_twenty_steps(sft_model, tokenizer):
+    # Reward = how often "e" appears; a random tiny policy must learn to write more of it.
+    _, history = _run(
+        sft_model, tokenizer, steps=20, rollout_batch_size=32, minibatch_size=8, kl_coef=0.01, temperature=1.0
+    )
+    scores = [row["objective/scores"] for row in history.rows]
+    first, last = sum(scores[:3]) / 3, sum(scores[-3:]) / 3
+    assert last > first + 1.0, scores
+
+
+def test_value_head_starts_at_zero_and_leaves_the_logits_alone(sft_model, tokenizer):
+    policy = PolicyWithValueHead(sft_model)
+    encoded = tokenizer(PROMPTS, padding=True, padding_side="left", return_tensors="pt")
+    response_ids = torch.randint(0, MODEL.vocab_size, (len(PROMPTS), 5))
+    response_mask = torch.ones_like(response_ids)
+    with torch.no_grad():
+        logits, values = policy(encoded["input_ids"], encoded["attention_mask"], response_ids, response_mask)
+        plain = response_logits(sft_model, encoded["input_ids"], encoded["attention_mask"], response_ids, response_mask)
+    assert values.shape == response_ids.shape and torch.equal(values, torch.zeros_like(values))
+    torch.testing.assert_close(logits, plain)
+
+
+def test_prompt_batches_visit_every_prompt_before_repeating():
+    batches = prompt_batches(10, 4, torch.Generator().manual_seed(0))
+    seen = torch.cat([next(batches) for _ in range(5)])  # 20 = two passes
+    assert sorted(seen[:10].tolist()) == list(range(10)) and sorted(seen[10:].tolist()) == list(range(10))
+
+
+def test_config_fails_loudly_on_bad_keys_and_values():
+    with pytest.raises(TypeError):
+        PPOConfig(learning_rte=1e-5)
+    with pytest.raises(ValueError, match="must divide"):
+        PPOConfig(rollout_batch_size=10, minibatch_size=4)
+    with pytest.raises(ValueError, match="kl_estimator"):
+        PPOConfig(kl_estimator="k9")
+    with pytest.raises(ValueError, match="kl_controller"):
+        PPOConfig(kl_controller="pid")
+
+
+@pytest.mark.parametrize("env", ["base", "test"])
+def test_parameters_file_mirrors_the_config(env):
+    params = yaml.safe_load((REPO_ROOT / f"conf/{env}/parameters_ppo.yml").read_text())["ppo"]
+    fields = {f.name for f in dataclasses.fields(PPOConfig)}
+    assert set(params) == fields if env == "base" else set(params) <= fields
+    config = PPOConfig(**params)
+    if env == "base":
+        assert config == PPOConfig()  # the YAML states the defaults, not other values

@@ -1,0 +1,225 @@
+"""The reward-model loop on a tiny Llama: it learns, logs, repeats itself, guards NaN, normalises."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from alignops.data.schema import as_canonical
+from alignops.models.config import ModelConfig
+from alignops.models.loading import build_causal_lm
+from alignops.models.tokenizer import train_bpe_tokenizer
+from alignops.training import reward as reward_module
+from alignops.training.common import MetricHistory, NonFiniteLossError
+from alignops.training.reward import (
+    GroupedBatchSampler,
+    collate_pairs,
+    comparisons,
+    normalise_reward_model,
+    policy_samples,
+    train_reward_model,
+)
+from alignops.training.reward_config import RewardConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PROMPTS = ["reset my password", "where is my order", "refund the charge", "close my account", "change my plan"]
+GOOD = ["thank you, I have done that for you", "happy to help, it is done now", "done, thank you for asking"]
+BAD = ["go away", "no", "stop asking me things"]
+MODEL = ModelConfig(
+    vocab_size=300,
+    tokenizer_min_frequency=1,
+    hidden_size=32,
+    num_layers=2,
+    num_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=64,
+    max_prompt_tokens=16,
+    max_response_tokens=24,
+)
+TINY = RewardConfig(
+    learning_rate=3e-3,
+    batch_size=8,
+    max_steps=3,
+    warmup_steps=1,
+    log_every=1,
+    eval_every=1,
+    eval_batch_size=16,
+    norm_samples=0,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny models gain nothing from intra-op threads; several on 2 cores stall on OpenMP barriers."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def separable_pairs(n_items: int, seed: int = 0) -> pd.DataFrame:
+    """K=3 rankings (3 pairs each, sharing replies) consistent with GOOD[0] > GOOD[1] > GOOD[2] > any BAD."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for item in range(n_items):
+        prompt = PROMPTS[item % len(PROMPTS)]
+        good = [GOOD[int(i)] for i in torch.randperm(len(GOOD), generator=g)[:2].sort().values]
+        bad = BAD[int(torch.randint(len(BAD), (1,), generator=g))]
+        ranked = [(good[0], 1), (good[1], 2), (bad, 3)]
+        for a in range(3):
+            for b in range(a + 1, 3):
+                rows.append(
+                    {"prompt": prompt, "chosen": ranked[a][0], "rejected": ranked[b][0], "item_id": f"item-{item}",
+                     "chosen_rank": ranked[a][1], "rejected_rank": ranked[b][1],
+                     "margin": float(ranked[b][1] - ranked[a][1])}
+                )
+    return as_canonical(pd.DataFrame(rows))
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_bpe_tokenizer(PROMPTS + GOOD + BAD, vocab_size=300, min_frequency=1, model_max_length=64)
+
+
+@pytest.fixture(scope="module")
+def sft_model(tokenizer):
+    torch.manual_seed(0)
+    return build_causal_lm(MODEL, tokenizer).eval()
+
+
+def _train(sft_model, tokenizer, config=TINY, train=None, heldout=None, **kwargs):
+    history = MetricHistory()
+    train = separable_pairs(12) if train is None else train
+    heldout = separable_pairs(4, seed=1) if heldout is None else heldout
+    reward_model = train_reward_model(sft_model, tokenizer, train, heldout, MODEL, config, history, **kwargs)
+    return reward_model, history
+
+
+def test_a_few_steps_give_finite_metrics_and_new_weights_and_leave_sft_alone(sft_model, tokenizer):
+    sft_before = {k: v.clone() for k, v in sft_model.state_dict().items()}
+    reward_model, history = _train(sft_model, tokenizer)
+
+    train_rows = [r for r in history.rows if "loss/reward" in r]
+    assert [r["step"] for r in train_rows] == [1, 2, 3]
+    for row in train_rows:
+        for name in ("loss/reward", "reward/accuracy", "reward/margin", "reward/lr", "reward/grad_norm"):
+            assert math.isfinite(row[name]), name
+    assert any("eval/reward_accuracy" in r for r in history.rows)
+    trained = reward_model.model.base_model.state_dict()
+    assert any(not torch.equal(t, sft_model.base_model.state_dict()[k]) for k, t in trained.items())
+    for name, tensor in sft_model.state_dict().items():
+        assert torch.equal(tensor, sft_before[name]), name
+    assert reward_model.tokenizer is tokenizer and reward_model.prompt_template == MODEL.prompt_template
+
+
+def test_accuracy_rises_on_a_separable_set(sft_model, tokenizer):
+    config = dataclasses.replace(TINY, max_steps=30, eval_every=5, log_every=5, learning_rate=1e-2, warmup_steps=3)
+    heldout = separable_pairs(6, seed=1)
+    reward_model, history = _train(sft_model, tokenizer, config, heldout=heldout)
+    evals = [r["eval/reward_accuracy"] for r in history.rows if "eval/reward_accuracy" in r]
+    losses = [r["loss/reward"] for r in history.rows if "loss/reward" in r]
+    assert evals[-1] == 1.0 and losses[-1] < losses[0] < 0.75
+    chosen = reward_model.score(heldout["prompt"].tolist(), heldout["chosen"].tolist())
+    rejected = reward_model.score(heldout["prompt"].tolist(), heldout["rejected"].tolist())
+    assert (chosen > rejected).all()
+
+
+def test_same_seed_same_reward_model(sft_model, tokenizer):
+    prompts, replies = PROMPTS[:3], [GOOD[0], BAD[0], GOOD[2]]
+    first, _ = _train(sft_model, tokenizer)
+    second, _ = _train(sft_model, tokenizer)
+    other, _ = _train(sft_model, tokenizer, dataclasses.replace(TINY, seed=1))
+    assert torch.equal(first.score(prompts, replies), second.score(prompts, replies))
+    assert not torch.equal(first.score(prompts, replies), other.score(prompts, replies))
+
+
+def test_margin_raises_the_loss_of_the_same_first_batch(sft_model, tokenizer):
+    first_loss = {}
+    for scale in (0.0, 1.0):
+        _, history = _train(sft_model, tokenizer, dataclasses.replace(TINY, max_steps=1, margin_scale=scale))
+        first_loss[scale] = history.rows[0]["loss/reward"]
+    assert first_loss[1.0] > first_loss[0.0] + 0.5  # margins of 1-2 push -log σ(gap - m) up by ~m
+
+
+def test_a_nan_loss_stops_the_run(sft_model, tokenizer, monkeypatch):
+    def nan_loss(r_chosen, r_rejected, margin=None):
+        loss = (r_chosen - r_rejected).mean() * float("nan")
+        return loss, {k: loss.detach() for k in ("loss/reward", "reward/accuracy", "reward/margin",
+                                                 "reward/chosen", "reward/rejected")}
+
+    monkeypatch.setattr(reward_module, "bradley_terry_loss", nan_loss)
+    with pytest.raises(NonFiniteLossError, match="reward: non-finite loss .* step 0"):
+        _train(sft_model, tokenizer)
+
+
+def test_checkpoints_keep_the_newest(sft_model, tokenizer, tmp_path):
+    config = dataclasses.replace(TINY, max_steps=4, checkpoint_every=2, keep_checkpoints=1)
+    _train(sft_model, tokenizer, config, checkpoint_dir=str(tmp_path))
+    assert [p.name for p in sorted(tmp_path.iterdir())] == ["step_00000004"]
+    assert (tmp_path / "step_00000004" / "step.json").is_file()
+
+
+def test_normalisation_centres_and_scales_the_policy_samples(sft_model, tokenizer):
+    reward_model, _ = _train(sft_model, tokenizer)
+    config = dataclasses.replace(TINY, norm_samples=12, norm_max_new_tokens=6, norm_batch_size=5)
+    history = MetricHistory()
+    normalised = normalise_reward_model(reward_model, sft_model, tokenizer, PROMPTS * 2, MODEL, config, history, 3)
+    picked, samples = policy_samples(sft_model, tokenizer, PROMPTS * 2, MODEL, config)
+    assert len(picked) == 12 and set(picked) == set(PROMPTS)  # distinct prompts, cycled
+    scores = normalised.score(picked, samples.texts)
+    assert abs(float(scores.mean())) < 1e-4 and abs(float(scores.std()) - 1.0) < 1e-4
+    assert history.rows[-1]["step"] == 3 and history.rows[-1]["reward/norm_std"] == pytest.approx(normalised.std)
+    off = normalise_reward_model(normalised, sft_model, tokenizer, PROMPTS, MODEL, TINY, history)
+    assert (off.mean, off.std) == (0.0, 1.0)
+
+
+def test_comparisons_tokenise_each_reply_once_and_batches_map_back(tokenizer, sft_model):
+    reward_model, _ = _train(sft_model, tokenizer, dataclasses.replace(TINY, max_steps=1))
+    table = separable_pairs(4)
+    table.loc[0, "item_id"] = pd.NA  # a pair without a labelling act is a group of its own
+    table.loc[1, "margin"] = pd.NA
+    data = comparisons(reward_model, table, margin_scale=2.0)
+    assert len(data) == len(table) and data.replies["input_ids"].shape[0] < 2 * len(table)
+    assert data.margin[1] == 0.0 and data.margin[2] == 2.0 * table.loc[2, "margin"]
+    assert len(set(data.group.tolist())) == 5 and int((data.group == data.group[0]).sum()) == 1
+
+    batch = collate_pairs(data, [5, 2, 7])
+    reference = reward_model.tokenize(table["prompt"].tolist() * 2, table["chosen"].tolist() + table["rejected"].tolist())
+    rows = torch.tensor([5, 2, 7, 5 + len(table), 2 + len(table), 7 + len(table)])
+    ids = batch["input_ids"][batch["inverse"]]  # (6, T)
+    width = ids.shape[1]
+    assert torch.equal(ids, reference["input_ids"][rows][:, :width])
+    assert int(batch["input_ids"].shape[0]) <= 6
+
+
+def test_grouped_batches_cover_every_pair_once_and_keep_groups_together():
+    group = torch.tensor([0, 0, 0, 1, 1, 2, 3, 3, 3, 3, 4])
+    sampler = GroupedBatchSampler(group, batch_size=4, seed=0)
+    epochs = [list(sampler), list(sampler)]
+    for batches in epochs:
+        flat = [i for b in batches for i in b]
+        assert sorted(flat) == list(range(len(group))) and len(batches) == len(sampler) == 3
+        runs = [int(group[i]) for i in flat]
+        assert all(runs.index(g) + int((group == g).sum()) - 1 == len(runs) - 1 - runs[::-1].index(g) for g in set(runs))
+    assert epochs[0] != epochs[1]  # a new order every epoch
+    assert list(GroupedBatchSampler(group, 4, seed=0)) == epochs[0]  # the same order for the same seed
+
+
+def test_config_mirrors_the_yaml_and_rejects_bad_values():
+    base = yaml.safe_load((REPO_ROOT / "conf/base/parameters_reward.yml").read_text())["reward"]
+    assert set(base) == {f.name for f in dataclasses.fields(RewardConfig)}
+    assert RewardConfig(**base) == RewardConfig()  # the dataclass defaults are the shipped config
+    test = yaml.safe_load((REPO_ROOT / "conf/test/parameters_reward.yml").read_text())["reward"]
+    RewardConfig(**{**base, **test})
+    with pytest.raises(TypeError):
+        RewardConfig(learning_rat=1e-3)
+    for bad in ({"learning_rate": 0}, {"epochs": 0}, {"schedule": "step"}, {"norm_samples": 1},
+                {"margin_scale": -1.0}, {"mixed_precision": "fp8"}, {"max_steps": 0}):
+        with pytest.raises(ValueError):
+            RewardConfig(**bad)
