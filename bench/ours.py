@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 from kedro.config import MissingConfigException, OmegaConfigLoader
 from kedro.io import DataCatalog
 
@@ -35,39 +34,63 @@ step, and nothing else (evaluation, samples, checkpoints) inside the timed steps
 # The clock: the loops' own log callable, time-stamped
 
 
+@dataclasses.dataclass(frozen=True)
+class Window:
+    """The timed steps: which, and how long they took in wall-clock and in this process's CPU time."""
+
+    steps: list[int]
+    seconds: float
+    """Wall-clock seconds: what a user waits for."""
+    cpu_seconds: float
+    """Process CPU seconds (all threads): with one thread, nearly what a quiet machine would take,
+    however busy this one is; with several, it also counts their spinning."""
+
+    @property
+    def cpu_share(self) -> float:
+        return self.cpu_seconds / self.seconds
+
+
 class StepClock:
-    """A ``log(metrics, step)`` callable: the first row of every step, with ``perf_counter`` time.
+    """A ``log(metrics, step)`` callable: the first row of every step, with wall and CPU time.
 
     Loops log training metrics right after the optimiser step; a later row for the same
-    step (held-out evaluation) keeps the first row's time.
+    step (held-out evaluation) keeps the first row's times.
     """
 
     def __init__(self) -> None:
-        self.rows: dict[int, tuple[float, dict[str, float]]] = {}
+        self.started = (time.perf_counter(), time.process_time())
+        self.rows: dict[int, tuple[float, float, dict[str, float]]] = {}
 
     def __call__(self, metrics: dict[str, Any], step: int) -> None:
-        now = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
+        values = {k: float(v) for k, v in metrics.items()}
         if step in self.rows:
-            self.rows[step][1].update({k: float(v) for k, v in metrics.items()})
+            self.rows[step][2].update(values)
         else:
-            self.rows[step] = (now, {k: float(v) for k, v in metrics.items()})
+            self.rows[step] = (wall, cpu, values)
 
-    def window(self, warmup: int) -> tuple[list[int], float]:
-        """The timed steps (after ``warmup``) and the seconds from the end of step ``warmup`` to the last."""
+    def window(self, warmup: int) -> Window:
+        """The steps after ``warmup``, from the end of step ``warmup`` to the end of the last."""
         steps = sorted(self.rows)
         if warmup not in self.rows or steps[-1] <= warmup:
             raise RuntimeError(f"the loop logged steps {steps}; the clock needs step {warmup} and a later one")
         timed = [s for s in steps if s > warmup]
-        return timed, self.rows[timed[-1]][0] - self.rows[warmup][0]
+        (wall0, cpu0, _), (wall1, cpu1, _) = self.rows[warmup], self.rows[timed[-1]]
+        return Window(timed, wall1 - wall0, cpu1 - cpu0)
 
     def intervals(self, timed: list[int]) -> list[float]:
-        """Seconds between each timed step's row and the previous step's row."""
+        """Wall-clock seconds between each timed step's row and the previous step's row."""
         steps = sorted(self.rows)
         previous = {s: steps[i - 1] for i, s in enumerate(steps) if i}
         return [self.rows[s][0] - self.rows[previous[s]][0] for s in timed]
 
     def metric(self, step: int, name: str) -> float:
-        return self.rows[step][1][name]
+        return self.rows[step][2][name]
+
+
+def timing(window: Window) -> dict[str, float]:
+    """How long the timed steps took, and what share of it this process was on a CPU."""
+    return {"measured_s": window.seconds, "measured_cpu_s": window.cpu_seconds, "cpu_share": window.cpu_share}
 
 
 def make_config(config_class: type, params: dict[str, Any], steps: int) -> Any:
@@ -142,16 +165,17 @@ def bench_sft(inputs: Inputs, tokenizer, steps: int, warmup: int) -> tuple[dict,
         config,
         clock,
     )
-    timed, seconds = clock.window(warmup)
+    window = clock.window(warmup)
     # The loop reports its own tokens/s per logged interval (real tokens, padding excluded);
-    # weighting each step's rate by its duration gives total tokens / total time.
-    durations = clock.intervals(timed)
-    tokens = sum(clock.metric(s, "sft/tokens_per_s") * d for s, d in zip(timed, durations))
+    # each step's rate times its duration gives its tokens.
+    durations = clock.intervals(window.steps)
+    tokens = sum(clock.metric(s, "sft/tokens_per_s") * d for s, d in zip(window.steps, durations))
     figures = {
-        "sft_tokens_per_s": tokens / sum(durations),
-        "sft_steps_per_s": len(timed) / seconds,
-        "measured_s": seconds,
+        "sft_tokens_per_s": tokens / window.seconds,
+        "sft_tokens_per_cpu_s": tokens / window.cpu_seconds,
+        "sft_steps_per_s": len(window.steps) / window.seconds,
         "rows_per_step": config.batch_size * config.grad_accum,
+        **timing(window),
     }
     return figures, model
 
@@ -163,33 +187,15 @@ def bench_reward(inputs: Inputs, tokenizer, policy, steps: int, warmup: int) -> 
     config = make_config(RewardConfig, inputs.params.get("reward", {}), warmup + steps)
     clock = StepClock()
     reward_model = train_reward_model(policy, tokenizer, inputs.preferences, None, inputs.model_config, config, clock)
-    timed, seconds = clock.window(warmup)
-    pairs_per_step = config.batch_size * config.grad_accum
+    window = clock.window(warmup)
+    pairs = config.batch_size * config.grad_accum * len(window.steps)
     figures = {
-        "rm_pairs_per_s": pairs_per_step * len(timed) / seconds,
-        "measured_s": seconds,
-        "pairs_per_step": pairs_per_step,
+        "rm_pairs_per_s": pairs / window.seconds,
+        "rm_pairs_per_cpu_s": pairs / window.cpu_seconds,
+        "pairs_per_step": config.batch_size * config.grad_accum,
+        **timing(window),
     }
     return figures, reward_model
-
-
-def untrained_reward_model(inputs: Inputs, tokenizer, policy) -> Any:
-    """A reward model of the configured shape with a fresh head: PPO's timing does not depend on its weights."""
-    from alignops.models.reward import RewardModel, build_reward_backbone
-    from alignops.training.reward_config import RewardConfig
-
-    config = RewardConfig(**inputs.params.get("reward", {}))
-    torch.manual_seed(config.seed)
-    model, rm_tokenizer = build_reward_backbone(config.base, policy, tokenizer)
-    mc = inputs.model_config
-    return RewardModel(
-        model=model,
-        tokenizer=rm_tokenizer,
-        prompt_template=mc.prompt_template,
-        response_prefix=mc.response_prefix,
-        max_prompt_tokens=mc.max_prompt_tokens,
-        max_response_tokens=mc.max_response_tokens,
-    )
 
 
 def bench_ppo(inputs: Inputs, tokenizer, policy, reward_model, steps: int, warmup: int) -> dict:
@@ -200,17 +206,19 @@ def bench_ppo(inputs: Inputs, tokenizer, policy, reward_model, steps: int, warmu
     clock = StepClock()
     prompts = ppo_prompts(inputs)
     train_ppo(policy, tokenizer, reward_model, prompts, inputs.model_config, config, clock)
-    timed, seconds = clock.window(warmup)
+    window = clock.window(warmup)
     episodes = config.rollout_batch_size  # per iteration (one process)
     # per iteration: generated tokens (mean length x episodes) and the loop's generation time
-    generated = [clock.metric(s, "ppo/mean_response_length") * episodes for s in timed]
-    generation_s = [n / clock.metric(s, "ppo/generation_tokens_per_s") for s, n in zip(timed, generated)]
+    generated = [clock.metric(s, "ppo/mean_response_length") * episodes for s in window.steps]
+    generation_s = [n / clock.metric(s, "ppo/generation_tokens_per_s") for s, n in zip(window.steps, generated)]
     return {
-        "ppo_episodes_per_s": episodes * len(timed) / seconds,
+        "ppo_episodes_per_s": episodes * len(window.steps) / window.seconds,
+        "ppo_episodes_per_cpu_s": episodes * len(window.steps) / window.cpu_seconds,
         "ppo_generation_tokens_per_s": sum(generated) / sum(generation_s),
-        "ppo_mean_response_tokens": sum(generated) / (episodes * len(timed)),
-        "ppo_generation_share": sum(generation_s) / seconds,
-        "measured_s": seconds,
+        "ppo_response_tokens_per_s": sum(generated) / window.seconds,
+        "ppo_mean_response_tokens": sum(generated) / (episodes * len(window.steps)),
+        "ppo_generation_share": sum(generation_s) / window.seconds,
+        **timing(window),
     }
 
 
@@ -234,21 +242,25 @@ def bench_dpo(inputs: Inputs, tokenizer, policy, steps: int, warmup: int) -> dic
     )
     clock = StepClock()
     train_dpo(policy, tokenizer, pairs, None, inputs.model_config, config, clock)
-    timed, seconds = clock.window(warmup)
+    window = clock.window(warmup)
     pairs_per_step = config.batch_size * config.grad_accum
-    step_s = seconds / len(timed)
-    reference_s = clock.metric(0, "dpo/reference_s")
+    step_s, step_cpu_s = window.seconds / len(window.steps), window.cpu_seconds / len(window.steps)
+    reference_s = clock.metric(0, "dpo/reference_s")  # the loop's own clock, from its start
+    reference_cpu_s = clock.rows[0][1] - clock.started[1]  # ours: from the call (a copy of the model more)
     configured = DPOConfig(**params)
     run_steps = configured.max_steps or max(
         1, round(math.ceil(len(prefs) / configured.batch_size) / configured.grad_accum * configured.epochs)
     )
+    run_pairs = pairs_per_step * run_steps
     return {
-        "dpo_pairs_per_s": pairs_per_step * run_steps / (reference_s + run_steps * step_s),
+        "dpo_pairs_per_s": run_pairs / (reference_s + run_steps * step_s),
+        "dpo_pairs_per_cpu_s": run_pairs / (reference_cpu_s + run_steps * step_cpu_s),
         "dpo_step_pairs_per_s": pairs_per_step / step_s,
         "dpo_reference_s": reference_s,
+        "dpo_reference_cpu_s": reference_cpu_s,
         "dpo_run_steps": run_steps,
-        "measured_s": seconds,
         "pairs_per_step": pairs_per_step,
+        **timing(window),
     }
 
 # ---------------------------------------------------------------------------------------

@@ -51,6 +51,17 @@ from alignops.training.ppo_config import PPOConfig  # noqa: E402
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+def parse_value(text: str):
+    """A ``--set`` value as YAML, except that ``1e-5`` is a float (YAML 1.1 wants ``1.0e-5``)."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
+
+
 def retrain(catalog, sft_model, tokenizer, reward_model, model_config: ModelConfig, overrides: dict) -> tuple:
     """Train PPO from ``sft_model`` with ``params:ppo`` (+ overrides); returns (model, history, wall s, cpu s)."""
     params = {**catalog.load("params:ppo"), **overrides}
@@ -123,7 +134,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    overrides = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)}
+    overrides = {key: parse_value(value) for key, value in (item.split("=", 1) for item in args.set)}
 
     bootstrap_project(REPO_ROOT)
     with KedroSession.create(project_path=REPO_ROOT, env=args.env) as session:

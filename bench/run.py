@@ -46,7 +46,7 @@ import accelerate  # noqa: E402  (after the offline switches)
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from alignops.models.loading import load_model  # noqa: E402
+from alignops.models.loading import load_model, save_model  # noqa: E402
 from alignops.models.tokenizer import load_tokenizer  # noqa: E402
 from bench.ours import (  # noqa: E402
     bench_dpo,
@@ -57,7 +57,6 @@ from bench.ours import (  # noqa: E402
     peak_rss_mb,
     scratch_tokenizer,
     trained_policy,
-    untrained_reward_model,
 )
 from bench.workspace import build_workload, write_workspace  # noqa: E402
 
@@ -73,7 +72,11 @@ TRL_METRICS = {
     "dpo_pairs_per_s": "dpo",
     "ppo_episodes_per_s": "ppo",
     "ppo_generation_tokens_per_s": "ppo",
+    "ppo_response_tokens_per_s": "ppo",  # episodes/s weighted by reply length: the sides sample apart
 }
+CPU_METRICS = {"rm_pairs_per_cpu_s": "reward", "dpo_pairs_per_cpu_s": "dpo", "ppo_episodes_per_cpu_s": "ppo"}
+"""The same work per second of the process's CPU time: on a busy machine the wall clock
+mostly measures the neighbours; with one thread, CPU time is close to a quiet machine's."""
 TARGET_SPEEDUP = 2.0
 HEADLINE = ("sft_tokens_per_s", "rm_pairs_per_s", "ppo_episodes_per_s", "ppo_generation_tokens_per_s", "dpo_pairs_per_s")
 """The figures the issue asks for at the top level of bench.json; ``stages`` has the rest."""
@@ -85,8 +88,8 @@ HEADLINE = ("sft_tokens_per_s", "rm_pairs_per_s", "ppo_episodes_per_s", "ppo_gen
 
 def merge_trl(report: dict, trl_path: Path) -> dict:
     """Add TRL's figures and our/TRL ratios when TRL ran on the same workload."""
-    report.pop("trl", None)
-    report.pop("speedup", None)
+    for key in ("trl", "speedup", "speedup_cpu"):
+        report.pop(key, None)
     if not trl_path.is_file():
         report["trl_note"] = f"no {trl_path}: run `make bench-trl` for TRL's figures and the speedups"
         return report
@@ -97,6 +100,12 @@ def merge_trl(report: dict, trl_path: Path) -> dict:
         metric: report[metric] / trl[stage][metric]
         for metric, stage in TRL_METRICS.items()
         if metric in report and metric in trl.get(stage, {})
+    }
+    ours_cpu = report.get("per_cpu_s", {})
+    report["speedup_cpu"] = {
+        metric: ours_cpu[metric] / trl[stage][metric]
+        for metric, stage in CPU_METRICS.items()
+        if metric in ours_cpu and metric in trl.get(stage, {})
     }
     report["speedup_target"] = TARGET_SPEEDUP
     if stale:
@@ -172,9 +181,6 @@ def main(argv: list[str] | None = None) -> int:
     workload_sha = write_workspace(args.workspace, inputs, tokenizer, policy, workload)
     policy = load_model(args.workspace / "policy", "causal_lm")
     tokenizer = load_tokenizer(str(args.workspace / "tokenizer"))
-    if args.export_only:
-        print(f"bench: workspace {args.workspace} (workload {workload_sha})")
-        return 0
 
     stamps: dict[str, dict] = {}
 
@@ -184,12 +190,18 @@ def main(argv: list[str] | None = None) -> int:
 
     if "sft" in stage_figures:
         stamp("sft")
+    # PPO on both sides scores with the reward model our loop trains here (TRL also starts
+    # its value model from it), so both optimise the same reward.
     reward_model = None
-    if "reward" in stages:
-        stage_figures["reward"], reward_model = bench_reward(inputs, tokenizer, policy, steps["reward"], warmup)
-        stamp("reward")
-    if "ppo" in stages and reward_model is None:
-        reward_model = untrained_reward_model(inputs, tokenizer, policy)
+    if {"reward", "ppo"} & set(stages) or args.export_only:
+        figures, reward_model = bench_reward(inputs, tokenizer, policy, steps["reward"], warmup)
+        save_model(reward_model.model, args.workspace / "reward_model")
+        if "reward" in stages and not args.export_only:
+            stage_figures["reward"] = figures
+            stamp("reward")
+    if args.export_only:
+        print(f"bench: workspace {args.workspace} (workload {workload_sha})")
+        return 0
     if "ppo" in stages:
         stage_figures["ppo"] = bench_ppo(inputs, tokenizer, policy, reward_model, steps["ppo"], warmup)
         stamp("ppo")
@@ -205,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         stage_figures = {**previous.get("stages", {}), **stage_figures}
     for figures in stage_figures.values():
         report |= {k: v for k, v in figures.items() if k in HEADLINE}
+    report["per_cpu_s"] = {k: v for f in stage_figures.values() for k, v in f.items() if k.endswith("_per_cpu_s")}
     report |= {
         "peak_rss_mb": peak_rss_mb(),
         "device": accelerate.PartialState().device.type,

@@ -40,21 +40,28 @@ STAGES = ("reward", "dpo", "ppo")
 
 
 class StepClock(TrainerCallback):
-    """``time.perf_counter()`` at the end of every optimiser step (every PPO update)."""
+    """Wall-clock and process CPU time at the end of every optimiser step (every PPO update)."""
 
     def __init__(self) -> None:
-        self.times: list[float] = []
+        self.times: list[tuple[float, float]] = []
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.times.append(time.perf_counter())
+        self.times.append((time.perf_counter(), time.process_time()))
 
-
-def rate(times: list[float], warmup: int, work_per_step: float) -> tuple[float, float]:
-    """(work per second, seconds) over the steps after ``warmup``: ``times[warmup - 1]`` to ``times[-1]``."""
-    if len(times) <= warmup:
-        raise RuntimeError(f"only {len(times)} steps ended; need more than the {warmup} warm-up steps")
-    seconds = times[-1] - times[warmup - 1]
-    return work_per_step * (len(times) - warmup) / seconds, seconds
+    def rates(self, warmup: int, work_per_step: float, name: str) -> dict[str, float]:
+        """``<name>_per_s`` and ``<name>_per_cpu_s`` over the steps after ``warmup``, with the seconds
+        they took (as bench/run.py reports ours: CPU time is steadier on a busy machine)."""
+        if len(self.times) <= warmup:
+            raise RuntimeError(f"only {len(self.times)} steps ended; need more than the {warmup} warm-up steps")
+        (wall0, cpu0), (wall1, cpu1) = self.times[warmup - 1], self.times[-1]
+        work = work_per_step * (len(self.times) - warmup)
+        return {
+            f"{name}_per_s": work / (wall1 - wall0),
+            f"{name}_per_cpu_s": work / (cpu1 - cpu0),
+            "measured_s": wall1 - wall0,
+            "measured_cpu_s": cpu1 - cpu0,
+            "cpu_share": (cpu1 - cpu0) / (wall1 - wall0),
+        }
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -112,8 +119,7 @@ def run_reward(workspace: Path, workload: dict, output_dir: str) -> dict:
     )
     trainer.train()
     pairs_per_step = stage["batch_size"] * stage["grad_accum"]
-    pairs_per_s, seconds = rate(clock.times, workload["warmup_steps"], pairs_per_step)
-    return {"rm_pairs_per_s": pairs_per_s, "measured_s": seconds, "pairs_per_step": pairs_per_step}
+    return {**clock.rates(workload["warmup_steps"], pairs_per_step, "rm_pairs"), "pairs_per_step": pairs_per_step}
 
 
 def run_dpo(workspace: Path, workload: dict, output_dir: str) -> dict:
@@ -142,8 +148,7 @@ def run_dpo(workspace: Path, workload: dict, output_dir: str) -> dict:
     )
     trainer.train()
     pairs_per_step = stage["batch_size"] * stage["grad_accum"]
-    pairs_per_s, seconds = rate(clock.times, workload["warmup_steps"], pairs_per_step)
-    return {"dpo_pairs_per_s": pairs_per_s, "measured_s": seconds, "pairs_per_step": pairs_per_step}
+    return {**clock.rates(workload["warmup_steps"], pairs_per_step, "dpo_pairs"), "pairs_per_step": pairs_per_step}
 
 
 def run_ppo(workspace: Path, workload: dict, output_dir: str) -> dict:
@@ -158,8 +163,12 @@ def run_ppo(workspace: Path, workload: dict, output_dir: str) -> dict:
     ref_policy = AutoModelForCausalLM.from_pretrained(workspace / "policy", dtype=torch.float32)
 
     def critic() -> torch.nn.Module:
-        # TRL's value model and reward model: the policy's trunk with a scalar head, the same size as ours
-        model = AutoModelForSequenceClassification.from_pretrained(workspace / "policy", num_labels=1, dtype=torch.float32)
+        # The reward model our loop trained (bench/run.py saves it), and TRL's value model
+        # started from it as TRL's examples do: the policy's size, a scalar head.
+        found = (workspace / "reward_model" / "config.json").is_file()
+        model = AutoModelForSequenceClassification.from_pretrained(
+            workspace / ("reward_model" if found else "policy"), num_labels=1, dtype=torch.float32
+        )
         model.config.pad_token_id = tokenizer.pad_token_id
         return model
 
@@ -238,17 +247,17 @@ def run_ppo(workspace: Path, workload: dict, output_dir: str) -> dict:
     )
     trainer.train()
     warmup = workload["warmup_steps"]
-    episodes_per_s, seconds = rate(clock.times, warmup, stage["rollout_batch_size"])
+    figures = clock.rates(warmup, stage["rollout_batch_size"], "ppo_episodes")
     measured = generation[warmup : len(clock.times)]
     generation_s = sum(s for s, _, _ in measured)
     tokens = sum(t for _, t, _ in measured)
     rows = sum(r for _, _, r in measured)
     return {
-        "ppo_episodes_per_s": episodes_per_s,
+        **figures,
         "ppo_generation_tokens_per_s": tokens / generation_s,
+        "ppo_response_tokens_per_s": tokens / figures["measured_s"],
         "ppo_mean_response_tokens": tokens / rows,
-        "ppo_generation_share": generation_s / seconds,
-        "measured_s": seconds,
+        "ppo_generation_share": generation_s / figures["measured_s"],
     }
 
 

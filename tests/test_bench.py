@@ -39,6 +39,7 @@ def test_smoke_run_writes_every_figure_and_the_trl_workspace(project_copy, monke
     assert set(REQUIRED) <= set(report)
     for key in REQUIRED[:-1]:
         assert isinstance(report[key], float) and report[key] > 0, key
+    assert set(report["per_cpu_s"]) >= {"rm_pairs_per_cpu_s", "dpo_pairs_per_cpu_s", "ppo_episodes_per_cpu_s"}
     assert report["device"] in {"cpu", "cuda", "mps", "xpu"}
     assert report["smoke"] and report["threads"] == 1
     assert "speedup" not in report  # no TRL results in a fresh project
@@ -47,15 +48,22 @@ def test_smoke_run_writes_every_figure_and_the_trl_workspace(project_copy, monke
     workload = json.loads((workspace / "workload.json").read_text())
     assert {"reward", "dpo", "ppo"} <= set(workload) and workload["threads"] == 1
     assert (workspace / "policy" / "config.json").is_file()
+    assert (workspace / "reward_model" / "config.json").is_file()  # TRL's PPO scores with our reward model
     assert (workspace / "tokenizer" / "tokenizer_config.json").is_file()
     pair = json.loads((workspace / "pairs.jsonl").read_text().splitlines()[0])
     assert set(pair) == {"prompt", "chosen", "rejected"}
 
 
 def test_trl_figures_become_speedups_only_for_the_same_workload(tmp_path):
-    ours = {"rm_pairs_per_s": 30.0, "dpo_pairs_per_s": 12.0, "ppo_episodes_per_s": 4.0, "workload_sha": "abc"}
+    ours = {
+        "rm_pairs_per_s": 30.0,
+        "dpo_pairs_per_s": 12.0,
+        "ppo_episodes_per_s": 4.0,
+        "per_cpu_s": {"rm_pairs_per_cpu_s": 60.0},
+        "workload_sha": "abc",
+    }
     trl = {
-        "reward": {"rm_pairs_per_s": 10.0, "workload_sha": "abc"},
+        "reward": {"rm_pairs_per_s": 10.0, "rm_pairs_per_cpu_s": 20.0, "workload_sha": "abc"},
         "dpo": {"dpo_pairs_per_s": 6.0, "workload_sha": "abc"},
         "ppo": {"ppo_episodes_per_s": 1.0, "ppo_generation_tokens_per_s": 50.0, "workload_sha": "abc"},
     }
@@ -64,6 +72,7 @@ def test_trl_figures_become_speedups_only_for_the_same_workload(tmp_path):
 
     merged = bench.merge_trl(dict(ours), path)
     assert merged["speedup"] == {"rm_pairs_per_s": 3.0, "dpo_pairs_per_s": 2.0, "ppo_episodes_per_s": 4.0}
+    assert merged["speedup_cpu"] == {"rm_pairs_per_cpu_s": 3.0}
     assert merged["trl"] == trl and "trl_note" not in merged
 
     trl["dpo"]["workload_sha"] = "other"

@@ -45,6 +45,19 @@ KL_CONTROLLERS: dict[str, Callable[[PPOConfig], FixedKLController | AdaptiveKLCo
 }
 # Averaged over the minibatches of an iteration, in this order.
 UPDATE_STATS = ("loss/policy", "loss/value", "policy/approxkl", "policy/clipfrac", "val/clipfrac", "val/vpred")
+# Then these, per iteration. ``objective/kl`` and ``objective/entropy`` are per response
+# (summed over its tokens, averaged over episodes), as the KL penalty is.
+DIAGNOSTICS = (
+    *UPDATE_STATS,
+    "objective/scores",
+    "objective/kl",
+    "objective/entropy",
+    "objective/rlhf_reward",
+    "val/explained_variance",
+    "ppo/mean_response_length",
+    "ppo/eos_rate",
+    "ppo/grad_norm",
+)
 ROLLOUT_KEYS = ("query_ids", "query_mask", "response_ids", "response_mask")
 
 
@@ -119,7 +132,12 @@ def train_ppo(
     policy = PolicyWithValueHead(copy.deepcopy(sft_model))  # value head created after seeding
     reference = copy.deepcopy(sft_model).requires_grad_(False).eval().to(device)
     optimizer = torch.optim.AdamW(
-        policy.parameters(), lr=config.learning_rate, eps=config.adam_eps, weight_decay=config.weight_decay
+        [
+            {"params": policy.policy.parameters(), "lr": config.learning_rate},
+            {"params": policy.value_head.parameters(), "lr": config.value_learning_rate},
+        ],
+        eps=config.adam_eps,
+        weight_decay=config.weight_decay,
     )
     policy, optimizer = accelerator.prepare(policy, optimizer)
     minibatches_per_epoch = config.rollout_batch_size // config.minibatch_size
@@ -202,7 +220,7 @@ def train_ppo(
                 stats = pg_stats | vf_stats
                 update_stats.append(torch.stack([stats[name].float() for name in UPDATE_STATS]))
 
-        # 4. Diagnostics, one host sync for all of them.
+        # 4. Diagnostics (in ``DIAGNOSTICS`` order), one host sync for all of them.
         kl = torch.where(mask, kl_penalty(logprobs, ref_logprobs, config.kl_estimator), 0.0).sum(1)  # (B,)
         diagnostics = torch.stack(
             [
@@ -217,18 +235,7 @@ def train_ppo(
                 grad_norm.float(),
             ]
         )
-        names = (
-            *UPDATE_STATS,
-            "objective/scores",
-            "objective/kl",
-            "objective/entropy",
-            "objective/rlhf_reward",
-            "val/explained_variance",
-            "ppo/mean_response_length",
-            "ppo/eos_rate",
-            "ppo/grad_norm",
-        )
-        metrics = dict(zip(names, accelerator.reduce(diagnostics, reduction="mean").tolist()))
+        metrics = dict(zip(DIAGNOSTICS, accelerator.reduce(diagnostics, reduction="mean").tolist()))
         kl_controller.update(metrics["objective/kl"], n_steps=global_batch)
         now = time.perf_counter()
         step_s = now - step_start

@@ -34,6 +34,10 @@ class PPOConfig:
     learning_rate: float = 3e-5
     """Peak AdamW rate. PPO moves a policy that already writes well: a rate much above
     SFT's end-of-schedule rate makes ``policy/approxkl`` jump and the replies degrade."""
+    value_learning_rate: float = 1e-3
+    """Peak rate of the value head (a single linear layer that starts at zero). At the
+    policy's rate it would need thousands of updates to reach the scores' scale, and
+    until then GAE has no baseline (``val/explained_variance`` stays at 0)."""
     schedule: str = "linear"
     """Decay to 0 over all optimiser steps (Huang et al. 2024 anneal linearly)."""
     warmup_steps: int = 0
@@ -119,8 +123,8 @@ class PPOConfig:
             raise ValueError(
                 f"minibatch_size ({self.minibatch_size}) must divide rollout_batch_size ({self.rollout_batch_size})"
             )
-        if self.learning_rate <= 0 or self.adam_eps <= 0 or self.max_grad_norm <= 0 or self.weight_decay < 0:
-            raise ValueError("learning_rate, adam_eps and max_grad_norm must be positive, weight_decay >= 0")
+        if self.learning_rate <= 0 or self.value_learning_rate <= 0 or self.adam_eps <= 0 or self.max_grad_norm <= 0 or self.weight_decay < 0:
+            raise ValueError("learning rates, adam_eps and max_grad_norm must be positive, weight_decay >= 0")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {sorted(SCHEDULES)}, got {self.schedule!r}")
         if self.warmup_steps < 0 or self.checkpoint_every < 0 or self.keep_checkpoints < 1:
