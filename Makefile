@@ -11,6 +11,9 @@ export KEDRO_DISABLE_TELEMETRY := true
 export GX_ANALYTICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
+# Idle OpenMP threads sleep instead of spinning: on a shared or busy CPU, spinning
+# threads fight each other and training runs several times slower.
+export OMP_WAIT_POLICY := PASSIVE
 
 .PHONY: setup run test viz viz-build lock clean-data bench bench-trl
 

@@ -237,9 +237,7 @@ def bench_dpo(inputs: Inputs, tokenizer, policy, steps: int, warmup: int) -> dic
     params = inputs.params.get("dpo", {})
     config = make_config(DPOConfig, params, warmup + steps)
     prefs = inputs.preferences
-    pairs = PreferencePairs(
-        prefs["prompt"].astype(str).tolist(), prefs["chosen"].astype(str).tolist(), prefs["rejected"].astype(str).tolist()
-    )
+    pairs = PreferencePairs(*(prefs[column].astype(str).tolist() for column in ("prompt", "chosen", "rejected")))
     clock = StepClock()
     train_dpo(policy, tokenizer, pairs, None, inputs.model_config, config, clock)
     window = clock.window(warmup)
@@ -272,11 +270,14 @@ def scratch_tokenizer(inputs: Inputs) -> Any:
     from alignops.pipelines.sft.nodes import make_tokenizer
 
     name = "validated_preferences"
-    preferences = inputs.catalog.load(name) if name in inputs.catalog and inputs.catalog.exists(name) else inputs.preferences
+    found = name in inputs.catalog and inputs.catalog.exists(name)
+    preferences = inputs.catalog.load(name) if found else inputs.preferences
     return make_tokenizer(inputs.demonstrations, preferences, inputs.params.get("model", {}))
 
 
-def trained_policy(inputs: Inputs, policy: Path | None, tokenizer: Path | None, fresh: bool) -> tuple[Any, Any, str] | None:
+def trained_policy(
+    inputs: Inputs, policy: Path | None, tokenizer: Path | None, fresh: bool
+) -> tuple[Any, Any, str] | None:
     """(SFT model, its tokenizer, where from): ``--policy``/``--tokenizer`` folders, else the
     catalog's ``sft_model``/``tokenizer`` when a ``kedro run`` made them; None for a fresh one."""
     if policy is not None:

@@ -78,7 +78,13 @@ CPU_METRICS = {"rm_pairs_per_cpu_s": "reward", "dpo_pairs_per_cpu_s": "dpo", "pp
 """The same work per second of the process's CPU time: on a busy machine the wall clock
 mostly measures the neighbours; with one thread, CPU time is close to a quiet machine's."""
 TARGET_SPEEDUP = 2.0
-HEADLINE = ("sft_tokens_per_s", "rm_pairs_per_s", "ppo_episodes_per_s", "ppo_generation_tokens_per_s", "dpo_pairs_per_s")
+HEADLINE = (
+    "sft_tokens_per_s",
+    "rm_pairs_per_s",
+    "ppo_episodes_per_s",
+    "ppo_generation_tokens_per_s",
+    "dpo_pairs_per_s",
+)
 """The figures the issue asks for at the top level of bench.json; ``stages`` has the rest."""
 
 
@@ -96,10 +102,12 @@ def merge_trl(report: dict, trl_path: Path) -> dict:
     trl = json.loads(trl_path.read_text())
     stale = {s: r.get("workload_sha") for s, r in trl.items() if r.get("workload_sha") != report.get("workload_sha")}
     report["trl"] = trl
+    stages = report.get("stages", {})
+    ours = {metric: report.get(metric, stages.get(stage, {}).get(metric)) for metric, stage in TRL_METRICS.items()}
     report["speedup"] = {
-        metric: report[metric] / trl[stage][metric]
+        metric: ours[metric] / trl[stage][metric]
         for metric, stage in TRL_METRICS.items()
-        if metric in report and metric in trl.get(stage, {})
+        if ours[metric] is not None and metric in trl.get(stage, {})
     }
     ours_cpu = report.get("per_cpu_s", {})
     report["speedup_cpu"] = {
@@ -213,13 +221,14 @@ def main(argv: list[str] | None = None) -> int:
 
     # A run of some stages keeps the other stages' figures from the last run on the same workload.
     previous = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    if previous.get("workload_sha") == workload_sha and not args.smoke:
+    carried = previous.get("workload_sha") == workload_sha and not args.smoke
+    if carried:
         stage_figures = {**previous.get("stages", {}), **stage_figures}
     for figures in stage_figures.values():
         report |= {k: v for k, v in figures.items() if k in HEADLINE}
     report["per_cpu_s"] = {k: v for f in stage_figures.values() for k, v in f.items() if k.endswith("_per_cpu_s")}
     report |= {
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": max(peak_rss_mb(), previous.get("peak_rss_mb", 0.0) if carried else 0.0),
         "device": accelerate.PartialState().device.type,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,

@@ -103,9 +103,10 @@ def write_workspace(workspace: Path, inputs: Inputs, tokenizer, policy, workload
     config = inputs.model_config
     prefs = inputs.preferences
     with (workspace / "pairs.jsonl").open("w") as f:
-        for prompt, chosen, rejected in zip(config.format_prompts(prefs["prompt"].tolist()), prefs["chosen"], prefs["rejected"]):
-            row = {"prompt": prompt, "chosen": config.response_prefix + chosen, "rejected": config.response_prefix + rejected}
-            f.write(json.dumps(row) + "\n")
+        prompts = config.format_prompts(prefs["prompt"].tolist())
+        for prompt, chosen, rejected in zip(prompts, prefs["chosen"], prefs["rejected"]):
+            prefix = config.response_prefix
+            f.write(json.dumps({"prompt": prompt, "chosen": prefix + chosen, "rejected": prefix + rejected}) + "\n")
     with (workspace / "prompts.jsonl").open("w") as f:
         for prompt in config.format_prompts(ppo_prompts(inputs)):
             f.write(json.dumps({"prompt": prompt}) + "\n")

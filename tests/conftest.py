@@ -14,6 +14,14 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+# pytest -n 2 runs one worker per core; torch's own threads on top of that make the
+# workers spin against each other (several times slower on a busy 2-core machine).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HH_RLHF_FILE = REPO_ROOT.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test.part1.jsonl.gz"
 DATA_LAYERS = (

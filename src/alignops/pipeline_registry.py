@@ -31,16 +31,17 @@ STAGES = {
 }
 
 
+DATA_STAGES = ("ingestion", "data_validation", "data_report")
+
+
 def register_pipelines() -> dict[str, Pipeline]:
     """Every stage by its folder name, plus two compositions.
 
-    ``data`` is the journey for a user's own preference files (everything but the
-    embedded world's generator); ``__default__`` runs the whole journey on the
-    embedded world.
+    ``data`` prepares a user's own preference files (ingestion, validation, report)
+    without the embedded world's generator or any training; ``__default__`` runs the
+    whole journey on the embedded world.
     """
     pipelines = {name: create() for name, create in STAGES.items()}
-    pipelines["data"] = sum(
-        (p for name, p in pipelines.items() if name != "data_generation"), Pipeline([])
-    )
+    pipelines["data"] = sum((pipelines[name] for name in DATA_STAGES), Pipeline([]))
     pipelines["__default__"] = sum(pipelines.values(), Pipeline([]))
     return pipelines

@@ -178,6 +178,7 @@ def test_save_load_round_trip_is_exact_and_safetensors_only(tmp_path, reward_mod
     loaded = dataset.load()
     assert loaded.facts() == normalised.facts()
     for normalise in (True, False):
-        assert torch.equal(loaded.score(PROMPTS, TEXTS, normalise=normalise), normalised.score(PROMPTS, TEXTS, normalise=normalise))
+        expected = normalised.score(PROMPTS, TEXTS, normalise=normalise)
+        assert torch.equal(loaded.score(PROMPTS, TEXTS, normalise=normalise), expected)
     dataset.save(loaded)  # saving over an existing folder replaces it whole
     assert RewardModelDataset(filepath=str(folder)).load().facts() == normalised.facts()

@@ -14,7 +14,6 @@ from kedro.runner import SequentialRunner
 from transformers import LlamaForCausalLM
 
 from alignops.models.datasets import HFModelDataset
-from alignops.pipeline_registry import STAGES
 from alignops.pipelines.ppo import create_pipeline
 from alignops.pipelines.ppo.nodes import collect_prompts
 from tests.conftest import run_kedro
@@ -112,9 +111,6 @@ UPSTREAM = ["data_generation", "ingestion", "data_validation", "sft", "reward_mo
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not set(UPSTREAM) <= set(STAGES), reason="needs the sft and reward_model pipelines in the registry"
-)
 def test_ppo_runs_in_the_test_environment_after_its_upstream_stages(project_copy):
     run_kedro(project_copy, env="test", pipeline_names=[*UPSTREAM, "ppo"])
 

@@ -190,7 +190,8 @@ def test_comparisons_tokenise_each_reply_once_and_batches_map_back(tokenizer, sf
     assert len(set(data.group.tolist())) == 5 and int((data.group == data.group[0]).sum()) == 1
 
     batch = collate_pairs(data, [5, 2, 7])
-    reference = reward_model.tokenize(table["prompt"].tolist() * 2, table["chosen"].tolist() + table["rejected"].tolist())
+    replies = table["chosen"].tolist() + table["rejected"].tolist()
+    reference = reward_model.tokenize(table["prompt"].tolist() * 2, replies)
     rows = torch.tensor([5, 2, 7, 5 + len(table), 2 + len(table), 7 + len(table)])
     ids = batch["input_ids"][batch["inverse"]]  # (6, T)
     width = ids.shape[1]
@@ -205,8 +206,9 @@ def test_grouped_batches_cover_every_pair_once_and_keep_groups_together():
     for batches in epochs:
         flat = [i for b in batches for i in b]
         assert sorted(flat) == list(range(len(group))) and len(batches) == len(sampler) == 3
-        runs = [int(group[i]) for i in flat]
-        assert all(runs.index(g) + int((group == g).sum()) - 1 == len(runs) - 1 - runs[::-1].index(g) for g in set(runs))
+        runs = [int(group[i]) for i in flat]  # a group's pairs are consecutive: first + size - 1 == last
+        for g in set(runs):
+            assert runs.index(g) + int((group == g).sum()) - 1 == len(runs) - 1 - runs[::-1].index(g)
     assert epochs[0] != epochs[1]  # a new order every epoch
     assert list(GroupedBatchSampler(group, 4, seed=0)) == epochs[0]  # the same order for the same seed
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from accelerate.utils import set_seed
 
 from alignops.models import ModelConfig, build_causal_lm, build_tokenizer
@@ -193,3 +195,15 @@ def test_sft_config_rejects_bad_values():
                 {"max_steps": 0}, {"batch_size": 0}):
         with pytest.raises(ValueError):
             SFTConfig(**bad)
+
+
+def test_base_parameters_mirror_the_config_defaults():
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    sft = yaml.safe_load((conf / "base" / "parameters_sft.yml").read_text())["sft"]
+    model = yaml.safe_load((conf / "base" / "parameters_model.yml").read_text())["model"]
+    assert SFTConfig(**sft) == SFTConfig()
+    assert ModelConfig(**model) == ModelConfig()
+    # the test environment only shrinks sizes: its keys are a subset of the real ones
+    for stage, config in (("sft", SFTConfig), ("model", ModelConfig)):
+        test = yaml.safe_load((conf / "test" / f"parameters_{stage}.yml").read_text())[stage]
+        config(**test)

@@ -55,7 +55,7 @@ def sequence_rewards(model: PreTrainedModel, input_ids: torch.Tensor, attention_
     return logits[:, 0]
 
 
-def reward_head_from_causal_lm(causal_lm: PreTrainedModel) -> PreTrainedModel:
+def reward_head_from_causal_lm(causal_lm: PreTrainedModel, trust_remote_code: bool = False) -> PreTrainedModel:
     """A one-output sequence classifier with ``causal_lm``'s body (copied) and a new score head.
 
     The head is initialised from the current torch RNG: seed first. ``causal_lm`` is
@@ -64,7 +64,7 @@ def reward_head_from_causal_lm(causal_lm: PreTrainedModel) -> PreTrainedModel:
     config = copy.deepcopy(causal_lm.config)
     config.num_labels = 1
     config.use_cache = False  # a scorer never decodes; training would build caches for nothing
-    model = AutoModelForSequenceClassification.from_config(config)
+    model = AutoModelForSequenceClassification.from_config(config, trust_remote_code=trust_remote_code)
     model.base_model.load_state_dict(causal_lm.base_model.state_dict())
     return model.to(dtype=causal_lm.dtype)
 
@@ -82,7 +82,7 @@ def build_reward_backbone(
     a causal-LM checkpoint gets a fresh score head (seed first).
     """
     if base == FROM_SFT:
-        model, tokenizer = reward_head_from_causal_lm(sft_model), sft_tokenizer
+        model, tokenizer = reward_head_from_causal_lm(sft_model, trust_remote_code), sft_tokenizer
     else:
         tokenizer = load_tokenizer(base, trust_remote_code=trust_remote_code)
         model = load_model(base, "sequence_classification", trust_remote_code, dtype, num_labels=1)

@@ -78,7 +78,7 @@ def resize_for_tokenizer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerB
         model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
     model.config.eos_token_id = tokenizer.eos_token_id
-    if model.generation_config is not None:
+    if getattr(model, "generation_config", None) is not None:  # sequence classifiers have none
         model.generation_config.pad_token_id = tokenizer.pad_token_id
         model.generation_config.eos_token_id = tokenizer.eos_token_id
     return model

@@ -10,14 +10,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from functools import partial
 
 import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from alignops.core.losses import sft_loss
+from alignops.core import sft_loss
 from alignops.data.collate import Batch, select_rows, tokenize_completions
 from alignops.data.packing import pack_sequences
 from alignops.models.config import ModelConfig
