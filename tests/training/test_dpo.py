@@ -98,9 +98,9 @@ def test_reference_logprobs_are_taken_once_before_training(sft_model, tokenizer,
         reference_passes.append(rows["input_ids"].shape[0])
         return real_reference(model, rows, *args, **kwargs)
 
-    def counting_forward(model, batch, average):
+    def counting_forward(model, batch):
         forwards.append((len(reference_passes), batch["input_ids"].shape[0]))
-        return real_forward(model, batch, average)
+        return real_forward(model, batch)
 
     monkeypatch.setattr(dpo_module, "reference_logprobs", counting_reference)
     monkeypatch.setattr(dpo_module, "completion_logprobs", counting_forward)
@@ -220,6 +220,19 @@ def test_loss_type_picks_the_objective_and_the_log_prob_reduction(
     assert seen == [averaged, averaged]
 
 
+def test_rpo_alpha_keeps_the_chosen_likelihood_up(tokenizer):
+    def last_row(rpo_alpha: float) -> dict:
+        torch.manual_seed(0)
+        sft_model = build_causal_lm(MODEL, tokenizer)
+        config = dataclasses.replace(TINY, rpo_alpha=rpo_alpha, max_steps=8)
+        return training_rows(run(sft_model, tokenizer, config, heldout=None)[1])[-1]
+
+    plain, anchored = last_row(0.0), last_row(1.0)
+    assert anchored["loss/nll"] < plain["loss/nll"]
+    assert anchored["logps/chosen"] > plain["logps/chosen"]
+    assert anchored["rewards/accuracies"] == 1.0
+
+
 def test_unknown_loss_type_and_bad_values_fail_loudly():
     with pytest.raises(ValueError, match="loss_type must be one of .*'ipo'.*'sigmoid'"):
         DPOConfig(loss_type="hinge")
@@ -227,6 +240,8 @@ def test_unknown_loss_type_and_bad_values_fail_loudly():
         DPOConfig(loss_type="ipo", label_smoothing=0.1)
     with pytest.raises(ValueError, match="beta"):
         DPOConfig(beta=0.0)
+    with pytest.raises(ValueError, match="rpo_alpha"):
+        DPOConfig(rpo_alpha=-1.0)
     with pytest.raises(TypeError):
         DPOConfig(betta=0.1)  # a misspelt YAML key
 

@@ -41,6 +41,7 @@ MODEL_INPUTS = ("input_ids", "attention_mask")
 # away from the data, and the first sign of collapse.
 STAT_NAMES = (
     "loss/dpo",
+    "loss/nll",
     "rewards/chosen",
     "rewards/rejected",
     "rewards/margins",
@@ -77,10 +78,12 @@ def pair_rows(pair_index: torch.Tensor, n_pairs: int) -> torch.Tensor:
     return torch.cat([pair_index, pair_index + n_pairs])  # (2b,)
 
 
-def completion_logprobs(model: PreTrainedModel, batch: Batch, average: bool) -> torch.Tensor:
-    """log π(response | prompt) of every row, (R,): summed, or per token when ``average`` (IPO)."""
+def completion_logprobs(model: PreTrainedModel, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """log π(response | prompt) of every row, (R,) summed and (R,) per completion token."""
     logits = model(**{k: batch[k] for k in MODEL_INPUTS}, use_cache=False).logits  # (R, T, V)
-    return sequence_logprobs(logits, batch["input_ids"], batch["completion_mask"], average=average)
+    summed = sequence_logprobs(logits, batch["input_ids"], batch["completion_mask"])  # (R,)
+    n_tokens = batch["completion_mask"][:, 1:].sum(-1).clamp_min(1)  # what average=True divides by
+    return summed, summed / n_tokens
 
 
 def distinct_rows(rows: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,7 +116,8 @@ def reference_logprobs(
     logps = torch.empty(len(inverse))
     for chunk in order.split(batch_size):
         batch = {name: tensor.to(device) for name, tensor in select_rows(rows, chunk).items()}
-        logps[chunk] = completion_logprobs(reference, batch, average).float().cpu()
+        summed, per_token = completion_logprobs(reference, batch)
+        logps[chunk] = (per_token if average else summed).float().cpu()
     reference.train(was_training)
     return logps[first][inverse]
 
@@ -199,14 +203,25 @@ def _disable_dropout(model: torch.nn.Module) -> None:
 
 
 def _pair_loss(model: PreTrainedModel, batch: Batch, config: DPOConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """DPO loss and stats of one batch of pairs, chosen and rejected in one forward of their distinct rows."""
-    logps = completion_logprobs(model, batch, config.average_logprobs)[batch["pair_rows"]]  # (U,) -> (2b,)
+    """DPO loss (+ RPO's NLL) and stats of a batch of pairs, chosen and rejected in one forward of their distinct rows."""
+    summed, per_token = completion_logprobs(model, batch)  # (U,), (U,)
+    logps = (per_token if config.average_logprobs else summed)[batch["pair_rows"]]  # (2b,)
     chosen, rejected = logps.chunk(2)  # (b,), (b,)
     ref_chosen, ref_rejected = batch["ref_logps"].chunk(2)
     loss, stats = dpo_loss(
         chosen, rejected, ref_chosen, ref_rejected, config.beta, config.loss_type, config.label_smoothing
     )
-    return loss, {**stats, "logps/chosen": chosen.detach().mean(), "logps/rejected": rejected.detach().mean()}
+    # RPO (Pang et al. 2024): the chosen responses' per-token NLL keeps their likelihood from
+    # sinking along with the rejected ones'.
+    nll = -per_token[batch["pair_rows"]].chunk(2)[0].mean()
+    if config.rpo_alpha:
+        loss = loss + config.rpo_alpha * nll
+    return loss, {
+        **stats,
+        "loss/nll": nll.detach(),
+        "logps/chosen": chosen.detach().mean(),
+        "logps/rejected": rejected.detach().mean(),
+    }
 
 
 @torch.no_grad()

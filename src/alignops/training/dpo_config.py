@@ -27,6 +27,10 @@ class DPOConfig:
     """Conservative DPO (Mitchell 2023): the share of labels assumed flipped, in [0, 0.5).
     The panel disagrees with the gold judge on ~21% of pairs, but smoothing slowed learning
     more than it protected against noise within this short run. Sigmoid loss only."""
+    rpo_alpha: float = 0.0
+    """Weight of the chosen responses' per-token NLL added to the loss (RPO, Pang et al.
+    2024; TRL's ``rpo_alpha``). DPO alone lowers the likelihood of chosen and rejected
+    alike and moves mass to replies neither contains."""
 
     learning_rate: float = 3e-4
     """Peak AdamW rate. The tiny scratch policy was trained at 2e-3; DPO moves it with ~7x
@@ -86,6 +90,8 @@ class DPOConfig:
             raise ValueError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
         if self.label_smoothing and self.loss_type != "sigmoid":
             raise ValueError(f"label_smoothing applies to the sigmoid loss only, not {self.loss_type!r}")
+        if self.rpo_alpha < 0:
+            raise ValueError(f"rpo_alpha must be >= 0, got {self.rpo_alpha}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
         sizes = (self.batch_size, self.grad_accum, self.ref_batch_size, self.eval_batch_size)
