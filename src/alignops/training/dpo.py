@@ -1,11 +1,14 @@
 """Direct preference optimisation: fit the policy to preference pairs without a reward model.
 
 One function, ``train_dpo``, read top to bottom: tokenise the pairs, take the SFT
-reference's log-probs of every chosen and rejected response ONCE (no grad, batches
-sorted by length), then the loop: chosen and rejected rows in one forward of 2B
-sequences, completion-only log-probs, ``alignops.core.dpo_loss`` (sigmoid DPO of
-Rafailov et al. 2023 or IPO of Azar et al. 2023), clipping, warm-up + decay, held-out
-evaluation, NaN guard, checkpoints. Metrics go to the ``log`` callable.
+reference's log-probs of every chosen and rejected response ONCE (no grad, each
+distinct response once, shortest first), then the loop: a batch's chosen and rejected
+rows in one forward, completion-only log-probs, ``alignops.core.dpo_loss`` (sigmoid
+DPO of Rafailov et al. 2023 or IPO of Azar et al. 2023, optionally RPO's NLL term),
+clipping, warm-up + decay, held-out evaluation, NaN guard, checkpoints. Metrics go to
+the ``log`` callable. Batches keep a prompt's pairs together and similar lengths
+together (``PromptGroupedBatches``), so a step scores each distinct response once and
+little of it is padding.
 """
 
 from __future__ import annotations

@@ -29,11 +29,13 @@ class PPOConfig:
     batched, so a larger batch costs little more wall time on CPU until ~64 rows."""
     minibatch_size: int = 16
     """Episodes per optimiser step; must divide ``rollout_batch_size``."""
-    ppo_epochs: int = 4
-    """Passes over each rollout batch (Stiennon et al. 2020 use 4, Ouyang et al. 2022 1–4)."""
-    learning_rate: float = 3e-5
-    """Peak AdamW rate. PPO moves a policy that already writes well: a rate much above
-    SFT's end-of-schedule rate makes ``policy/approxkl`` jump and the replies degrade."""
+    ppo_epochs: int = 2
+    """Passes over each rollout batch (Stiennon et al. 2020 use 4, Ouyang et al. 2022 1–4).
+    The optimiser steps are ~60% of an iteration's CPU time; on the embedded world 2 epochs
+    at twice the rate reach the reward of 4 epochs (same KL) in 30% less time."""
+    learning_rate: float = 6e-5
+    """Peak AdamW rate of the policy. ``policy/approxkl`` stays ~1e-3 and ``policy/clipfrac``
+    ~1% at this rate; much higher and the replies degrade before the KL penalty bites."""
     value_learning_rate: float = 1e-3
     """Peak rate of the value head (a single linear layer that starts at zero). At the
     policy's rate it would need thousands of updates to reach the scores' scale, and
