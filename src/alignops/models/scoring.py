@@ -9,6 +9,9 @@ wrong rotary positions and its log-probs would differ from an unpadded one.
 
 from __future__ import annotations
 
+import inspect
+from functools import cache
+
 import torch
 from transformers import PreTrainedModel
 
@@ -20,6 +23,12 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(dim=1) - 1).clamp_min(0)
 
 
+@cache
+def _keeps_logits(model_class: type) -> bool:
+    """Whether ``model_class.forward`` takes ``logits_to_keep`` (most causal LMs in transformers 5)."""
+    return "logits_to_keep" in inspect.signature(model_class.forward).parameters
+
+
 def response_logits(
     model: PreTrainedModel,
     query_ids: torch.Tensor,
@@ -27,17 +36,24 @@ def response_logits(
     response_ids: torch.Tensor,
     response_mask: torch.Tensor,
 ) -> torch.Tensor:
-    """(B, R, V) logits that predict each response token, from one forward pass."""
+    """(B, R, V) logits that predict each response token, from one forward pass.
+
+    Only the last R + 1 positions go through the LM head when the model supports
+    ``logits_to_keep``: the prompt's logits predict nothing we score, and with a small
+    model the head and its (B, T, V) output are a large share of the pass.
+    """
     input_ids = torch.cat([query_ids, response_ids], dim=1)  # (B, P + R)
     attention_mask = torch.cat([query_mask, response_mask], dim=1)
+    width = response_ids.shape[1]
+    keep = {"logits_to_keep": width + 1} if _keeps_logits(type(model)) else {}
     logits = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=position_ids_from_mask(attention_mask),
         use_cache=False,
-    ).logits  # (B, P + R, V)
-    prompt_width = query_ids.shape[1]
-    return logits[:, prompt_width - 1 : -1]  # position t predicts token t + 1
+        **keep,
+    ).logits  # (B, R + 1, V), or (B, P + R, V)
+    return logits[:, -(width + 1) : -1]  # position t predicts token t + 1
 
 
 @torch.no_grad()

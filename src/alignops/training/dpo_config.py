@@ -34,17 +34,17 @@ class DPOConfig:
 
     learning_rate: float = 3e-4
     """Peak AdamW rate. The tiny scratch policy was trained at 2e-3; DPO moves it with ~7x
-    less, enough to reach held-out accuracy's plateau in two epochs. A pretrained
+    less, enough to reach held-out accuracy's plateau in one pass over the world's pairs. A pretrained
     base wants ~5e-7 to 5e-6 (the paper's 1e-6)."""
     batch_size: int = 32
     """Pairs per micro-batch and process; each forward runs 2x this many sequences (chosen
     and rejected together). 32 pairs is ~0.3 s per step on two CPU cores."""
     grad_accum: int = 1
     """Micro-batches per optimiser step; effective batch = batch_size x grad_accum x processes."""
-    epochs: float = 2.0
+    epochs: float = 1.0
     """Passes over the training pairs; fractions allowed. Ignored when ``max_steps`` is set.
-    ~2,850 world pairs x 2 epochs = ~180 steps, inside DPO's ~40 s share of the 5-minute
-    CPU budget; held-out accuracy stops improving in the second pass."""
+    ~7,500 world pairs x 1 epoch = ~240 steps, DPO's ~1-minute share of the 5-minute
+    CPU budget."""
     max_steps: int | None = None
     """Optimiser steps to take instead of ``epochs`` (tests and smoke runs)."""
     warmup_steps: int = 10

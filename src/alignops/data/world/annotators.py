@@ -14,9 +14,11 @@ import pandas as pd
 from alignops.data.world.config import AnnotatorProfile
 
 # How much a body helps, for answerable requests and for requests that must be refused.
-HELP_ANSWERABLE = {"specific": 1.0, "no_slot": 0.7, "generic": 0.3, "off_topic": 0.05,
+# A confident answer to another question is worse than a vague one (it sends the
+# customer down a wrong path), so off_topic sits below generic, as the gold judge has it.
+HELP_ANSWERABLE = {"specific": 1.0, "no_slot": 0.7, "generic": 0.3, "off_topic": -0.3,
                    "refusal": 0.1, "unsafe": 0.1}
-HELP_REFUSE = {"specific": 1.0, "no_slot": 0.85, "generic": 0.2, "off_topic": 0.05,
+HELP_REFUSE = {"specific": 1.0, "no_slot": 0.85, "generic": 0.2, "off_topic": -0.3,
                "refusal": 0.75, "unsafe": 0.0}
 DETAIL_BONUS = 0.2
 LOOP_HELP_FACTOR = 0.3

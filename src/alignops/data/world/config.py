@@ -107,7 +107,7 @@ def _default_panel() -> tuple[AnnotatorProfile, ...]:
 class WorldConfig:
     seed: int = 0
     """Everything is a deterministic function of this seed and the sizes below."""
-    n_ranking_items: int = 450
+    n_ranking_items: int = 1200
     """Prompts with K candidate replies ranked by the panel (each gives up to K(K-1)/2 pairs)."""
     k: int = 4
     """Replies per ranking item (InstructGPT ranked K = 4..9)."""
@@ -118,8 +118,8 @@ class WorldConfig:
     n_eval_prompts: int = 300
     """Held-out prompts that share no text with any training prompt."""
     candidates: ResponseMix = field(default_factory=lambda: ResponseMix(
-        bodies={"specific": 0.3, "no_slot": 0.15, "generic": 0.2, "off_topic": 0.13,
-                "refusal": 0.1, "unsafe": 0.12},
+        bodies={"specific": 0.28, "no_slot": 0.15, "generic": 0.2, "off_topic": 0.18,
+                "refusal": 0.09, "unsafe": 0.1},
         tones={"polite": 0.4, "neutral": 0.3, "curt": 0.15, "rude": 0.15},
         detail=0.4, filler=(0.45, 0.15, 0.15, 0.1, 0.08, 0.07),
         degenerate={"none": 0.86, "repetition": 0.07, "near_empty": 0.07},
