@@ -22,16 +22,16 @@ class RewardConfig:
     head (Ouyang et al. 2022: the RM knows what the policy knows). Anything else is a
     local folder or hub id loaded as a sequence classifier with ITS OWN tokenizer;
     texts are re-tokenised from strings either way."""
-    learning_rate: float = 5e-4
-    """Peak AdamW rate. The SFT body is tiny (~0.35M parameters) and gets ~240 steps, so
-    it takes a rate ~20x a pretrained RM's (1e-5 to 3e-5 there). On the world's ~7,500
-    comparisons 5e-4 gave held-out gold accuracy 0.78 and 1e-3 0.76."""
-    batch_size: int = 32
+    learning_rate: float = 1e-3
+    """Peak AdamW rate. The SFT body is tiny (~0.35M parameters) and gets ~480 steps, so
+    it takes a rate ~50x a pretrained RM's (1e-5 to 3e-5 there). At batch 16 on the
+    world's ~7,500 comparisons, 1e-3 gave held-out gold accuracy 0.76-0.77 and 5e-4 0.75."""
+    batch_size: int = 16
     """Comparisons per micro-batch and process. A ranking's comparisons stay together, so
-    32 pairs are ~5 rankings and ~20 distinct replies: each reply is scored once and
+    16 pairs are ~3 rankings and ~10 distinct replies: each reply is scored once and
     feeds every pair it is in (Ouyang et al. 2022, sec. 3.5). An epoch therefore costs
-    about the same at any batch size; 32 gave the best and steadiest gold accuracy
-    (64: fewer, noisier updates; 16: no better, more per-step overhead)."""
+    about the same at any batch size, and steps are what the small body needs: 16 gave
+    held-out gold accuracy 0.76-0.77 over two seeds where 32 gave 0.72 (8: 0.77, slower)."""
     grad_accum: int = 1
     """Micro-batches per optimiser step; effective batch = batch_size x grad_accum x processes."""
     epochs: float = 1.0
