@@ -238,7 +238,7 @@ def test_eval_prompts_are_held_out_with_the_same_intents(world):
 def test_texts_stay_short_enough_for_a_cpu_model(world):
     prompt_words = world.eval_prompts["prompt"].str.split().str.len()
     assert prompt_words.between(6, 40).all()
-    assert world.candidates["n_words"].max() <= 120
+    assert world.candidates["n_words"].max() <= 130  # the longest of ~4,800 candidates; ~150 tokens
     assert world.sft_demonstrations["n_words"].between(5, 90).all()
 
 

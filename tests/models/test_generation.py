@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from alignops.models import ModelConfig, build_causal_lm, build_tokenizer, generate
-from alignops.models.generation import response_mask_from_ids
+from alignops.models.generation import decode, response_mask_from_ids, sample_tokens
 
 TEXTS = [
     "Hello. Please reset your password from the login page.",
@@ -84,3 +84,39 @@ def test_long_prompts_keep_their_last_tokens(model, tokenizer):
     assert out.query_ids.shape[1] == 4
     last = tokenizer(PROMPTS[2], add_special_tokens=False)["input_ids"][-4:]
     assert out.query_ids[2].tolist() == last
+
+
+# --- our decode loop against Hugging Face's generate, and the sampler against softmax ---------------
+
+def test_greedy_decode_matches_hugging_face_generate(model, tokenizer):
+    encoded = tokenizer(PROMPTS, add_special_tokens=False, padding=True, padding_side="left", return_tensors="pt")
+    reference = model.generate(
+        **encoded, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )[:, encoded["input_ids"].shape[1]:]
+    ours = decode(
+        model, encoded["input_ids"], encoded["attention_mask"], 12, tokenizer.eos_token_id, tokenizer.pad_token_id,
+        do_sample=False,
+    )
+    assert ours.shape[1] <= 12
+    width = min(ours.shape[1], reference.shape[1])
+    assert torch.equal(ours[:, :width], reference[:, :width])
+
+
+def test_sampler_draws_from_the_softmax_at_the_temperature():
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, -30.0]]).expand(200_000, -1)
+    torch.manual_seed(0)
+    tokens = sample_tokens(logits, temperature=0.7)
+    frequency = torch.bincount(tokens, minlength=5).double() / len(tokens)
+    expected = (logits[0].double() / 0.7).softmax(-1)
+    assert torch.allclose(frequency, expected, atol=4e-3)  # ~4 standard errors at p = 0.5
+
+
+def test_top_k_and_top_p_never_pick_a_token_outside_the_kept_set():
+    logits = torch.tensor([[3.0, 2.5, 1.0, 0.5, 0.0, -1.0]]).expand(20_000, -1)
+    torch.manual_seed(1)
+    assert set(sample_tokens(logits, top_k=2).tolist()) == {0, 1}
+    probs = logits[0].softmax(-1)  # 0.53, 0.32, 0.07, ...: top_p 0.8 keeps the first two
+    assert probs[:1].sum() < 0.8 < probs[:2].sum()
+    assert set(sample_tokens(logits, top_p=0.8).tolist()) == {0, 1}
+    assert torch.equal(sample_tokens(logits[:3], do_sample=False), torch.zeros(3, dtype=torch.long))

@@ -34,8 +34,9 @@ class EvaluationConfig:
     """Responses per prompt and policy; more lowers the variance of every figure."""
     best_of_n: int = 4
     """Best-of-N baseline: N SFT samples per prompt, the reward model keeps one. 0 skips it."""
-    batch_size: int = 64
-    """Prompts per generation / scoring batch."""
+    batch_size: int = 256
+    """Prompts per generation / scoring batch. Large: a decode step's cost is mostly fixed
+    per call on a CPU, so 256 rows sample ~2x faster per token than 64."""
     seed: int = 0
     """Sampling seed; the same seed gives the same samples for the same models."""
 
