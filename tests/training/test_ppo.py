@@ -261,3 +261,30 @@ def test_parameters_file_mirrors_the_config(env):
     config = PPOConfig(**params)
     if env == "base":
         assert config == PPOConfig()  # the YAML states the defaults, not other values
+
+
+def test_trimmed_rollout_forward_equals_the_full_width_pass(sft_model, tokenizer):
+    """Chunks sorted by length and cut to their own widths change no number."""
+    from alignops.models.generation import generate
+    from alignops.models.value_head import response_forward
+    from alignops.core import selective_log_softmax
+
+    torch.manual_seed(0)
+    policy = PolicyWithValueHead(sft_model).eval()
+    prompts = ["Hi", "Where is my order? It was due on May 3.", "refund please", "My password fails."] * 3
+    out = generate(sft_model, tokenizer, prompts, max_new_tokens=12, temperature=1.0, seed=3)
+    rollout = {k: getattr(out, k) for k in ppo_module.ROLLOUT_KEYS}
+    assert out.response_mask.sum(1).unique().numel() > 1  # rows of several lengths, so trimming happens
+    widths = torch.stack([out.query_mask.sum(1), out.response_mask.sum(1)], dim=1)
+    trimmed = ppo_module._rollout_forward(policy, sft_model, rollout, widths, chunk=5, temperature=0.7)
+    with torch.no_grad():
+        logits, values = policy(**rollout)
+        ref_logits = response_forward(sft_model, **rollout)[0]
+    mask = out.response_mask.bool()
+    full = (
+        selective_log_softmax(logits / 0.7, out.response_ids),
+        selective_log_softmax(ref_logits / 0.7, out.response_ids),
+        values,
+    )
+    for got, want in zip(trimmed[:3], full, strict=False):
+        torch.testing.assert_close(got[mask], want[mask].float(), atol=1e-5, rtol=1e-5)

@@ -87,26 +87,57 @@ def prompt_batches(n_prompts: int, batch_size: int, generator: torch.Generator) 
         order = order[batch_size:]
 
 
+def _trim(rollout: dict[str, torch.Tensor], rows: torch.Tensor, widths: torch.Tensor) -> tuple[dict[str, torch.Tensor], int]:
+    """Rows ``rows`` of the rollout cut to their own widths, and that response width.
+
+    ``widths`` is (B, 2) on the CPU: each row's real prompt and response lengths.
+    Prompts are left-padded and responses right-padded, so the columns dropped are
+    padding in every selected row: the forward pass and every masked mean are
+    unchanged, and a minibatch of short replies no longer pays for the longest one.
+    """
+    query_width, response_width = (int(w) for w in widths[rows.cpu()].amax(0).clamp_min(1))
+    device_rows = rows.to(rollout["query_ids"].device)
+    trimmed = {
+        "query_ids": rollout["query_ids"][device_rows, -query_width:],
+        "query_mask": rollout["query_mask"][device_rows, -query_width:],
+        "response_ids": rollout["response_ids"][device_rows, :response_width],
+        "response_mask": rollout["response_mask"][device_rows, :response_width],
+    }
+    return trimmed, response_width
+
+
 @torch.no_grad()
 def _rollout_forward(
-    policy: torch.nn.Module, reference: PreTrainedModel, rollout: dict[str, torch.Tensor], chunk: int, temperature: float
+    policy: torch.nn.Module,
+    reference: PreTrainedModel,
+    rollout: dict[str, torch.Tensor],
+    widths: torch.Tensor,
+    chunk: int,
+    temperature: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(logprobs, ref_logprobs, values, entropy), each (B, R), in row chunks of ``chunk``."""
-    pieces = []
-    for start in range(0, rollout["query_ids"].shape[0], chunk):
-        rows = {k: rollout[k][start : start + chunk] for k in ROLLOUT_KEYS}
-        logits, values = policy(**rows)  # (b, R, V), (b, R)
+    """(logprobs, ref_logprobs, values, entropy), each (B, R); past a row's response they
+    are filler (every consumer masks them).
+
+    Rows go through in chunks of ``chunk`` sorted by response length (order does not
+    matter without gradients), each chunk trimmed to its own widths.
+    """
+    batch, width = rollout["response_ids"].shape
+    device = rollout["response_ids"].device
+    outputs = [torch.zeros(batch, width, device=device) for _ in range(4)]
+    for rows in widths[:, 1].argsort(descending=True).split(chunk):
+        trimmed, w = _trim(rollout, rows, widths)
+        logits, values = policy(**trimmed)  # (b, w, V), (b, w)
         logits = logits / temperature
-        ref_logits = response_forward(reference, **rows)[0] / temperature
-        pieces.append(
-            (
-                selective_log_softmax(logits, rows["response_ids"]),
-                selective_log_softmax(ref_logits, rows["response_ids"]),
-                values.float(),
-                entropy_from_logits(logits),
-            )
+        ref_logits = response_forward(reference, **trimmed)[0] / temperature
+        pieces = (
+            selective_log_softmax(logits, trimmed["response_ids"]),
+            selective_log_softmax(ref_logits, trimmed["response_ids"]),
+            values.float(),
+            entropy_from_logits(logits),
         )
-    return tuple(torch.cat(column) for column in zip(*pieces))
+        for output, piece in zip(outputs, pieces, strict=True):
+            output[rows.to(device), :w] = piece.float()
+    return tuple(outputs)
 
 
 def train_ppo(
@@ -180,10 +211,11 @@ def train_ppo(
             )
         generation_s = time.perf_counter() - step_start
         rollout = {k: getattr(out, k).to(device) for k in ROLLOUT_KEYS}
+        widths = torch.stack([out.query_mask.sum(1), out.response_mask.sum(1)], dim=1)  # (B, 2) on the CPU
         mask = rollout["response_mask"].bool()  # (B, R)
         with accelerator.autocast():
             logprobs, ref_logprobs, values, entropy = _rollout_forward(
-                policy, reference, rollout, config.minibatch_size, config.temperature
+                policy, reference, rollout, widths, config.minibatch_size, config.temperature
             )
         scores = reward_model.score(batch_prompts, out.texts, batch_size=config.reward_batch_size, normalise=True)
         scores = scores.to(device=device, dtype=torch.float32)  # (B,)
@@ -201,14 +233,16 @@ def train_ppo(
         update_stats = []
         for _ in range(config.ppo_epochs):
             for rows in torch.randperm(len(index), generator=seeds).split(config.minibatch_size):
+                trimmed, w = _trim(rollout, rows, widths)
                 rows = rows.to(device)
-                logits, vpred = policy(**{k: v[rows] for k, v in rollout.items()})  # (b, R, V), (b, R)
-                new_logprobs = selective_log_softmax(logits / config.temperature, rollout["response_ids"][rows])
+                logits, vpred = policy(**trimmed)  # (b, w, V), (b, w)
+                new_logprobs = selective_log_softmax(logits / config.temperature, trimmed["response_ids"])
+                rows_mask = mask[rows, :w]
                 pg_loss, pg_stats = ppo_clip_loss(
-                    new_logprobs, logprobs[rows], advantages[rows], mask[rows], config.cliprange
+                    new_logprobs, logprobs[rows, :w], advantages[rows, :w], rows_mask, config.cliprange
                 )
                 vf_loss, vf_stats = value_loss_clipped(
-                    vpred, values[rows], returns[rows], mask[rows], config.cliprange_value
+                    vpred, values[rows, :w], returns[rows, :w], rows_mask, config.cliprange_value
                 )
                 loss = pg_loss + config.vf_coef * vf_loss
                 check_finite(loss, "ppo", step)
