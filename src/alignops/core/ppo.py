@@ -8,6 +8,7 @@ policy did not choose, e.g. tool output inside a response).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from alignops.core._dtypes import at_least_float32
 from alignops.core.kl import kl_penalty
@@ -54,22 +55,25 @@ def gae(
     Only valid positions are steps: "t+1" is the NEXT VALID position of the row, and
     after the last valid token V and A are 0 (the episode ends). Rewards and values
     at masked positions are ignored; advantages and returns there are 0. The result
-    is a constant target (computed without grad). One loop over T, vectorised over B.
+    is a constant target (computed without grad). No loop over T: the recursion is
+    unrolled into a matrix product over each row's valid steps.
     """
     valid = mask.bool()  # (B, T)
     rewards, values = at_least_float32(rewards), at_least_float32(values)  # (B, T)
-    next_value = torch.zeros_like(values[:, 0])  # (B,)
-    next_advantage = torch.zeros_like(values[:, 0])  # (B,)
-    advantages_reversed = []
-    for t in reversed(range(values.shape[1])):
-        step_valid = valid[:, t]  # (B,)
-        delta = rewards[:, t] + gamma * next_value - values[:, t]  # (B,)
-        advantage = delta + gamma * lam * next_advantage  # (B,)
-        advantages_reversed.append(_zeros_off_mask(advantage, step_valid))
-        # A masked step is skipped: the carried V_{t+1} and A_{t+1} pass through it.
-        next_value = torch.where(step_valid, values[:, t], next_value)
-        next_advantage = torch.where(step_valid, advantage, next_advantage)
-    advantages = torch.stack(advantages_reversed[::-1], dim=1)  # (B, T)
+    # Move each row's valid steps to the front (stable), so "next valid" is "next column".
+    order = torch.argsort((~valid).to(torch.int8), dim=1, stable=True)  # (B, T)
+    packed_valid = valid.gather(1, order)  # (B, T), a prefix mask
+    packed_rewards = torch.where(packed_valid, rewards.gather(1, order), 0.0)
+    packed_values = torch.where(packed_valid, values.gather(1, order), 0.0)  # V = 0 after the end
+    next_values = F.pad(packed_values[:, 1:], (0, 1))  # (B, T)
+    delta = torch.where(packed_valid, packed_rewards + gamma * next_values - packed_values, 0.0)
+    # A_t = sum_{k >= t} (γλ)^(k-t) δ_k: one (T, T) upper-triangular discount matrix, no loop.
+    steps = torch.arange(delta.shape[1], device=delta.device, dtype=delta.dtype)
+    gaps = steps.unsqueeze(0) - steps.unsqueeze(1)  # (T, T): k - t
+    discount = torch.where(gaps >= 0, torch.full_like(gaps, gamma * lam).pow(gaps.clamp_min(0)), 0.0)
+    packed_advantages = delta @ discount.T  # (B, T)
+    advantages = torch.zeros_like(delta).scatter(1, order, packed_advantages)
+    advantages = _zeros_off_mask(advantages, valid)
     returns = _zeros_off_mask(advantages + values, valid)  # (B, T)
     return advantages, returns
 
