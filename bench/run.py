@@ -61,7 +61,7 @@ from bench.ours import (  # noqa: E402
 from bench.workspace import build_workload, write_workspace  # noqa: E402
 
 STAGES = ("sft", "reward", "ppo", "dpo")
-DEFAULT_STEPS = {"sft": 20, "reward": 20, "ppo": 4, "dpo": 20}
+DEFAULT_STEPS = {"sft": 20, "reward": 20, "ppo": 12, "dpo": 20}
 """Timed steps after the warm-up: optimiser steps, or PPO iterations (each a rollout of
 ``rollout_batch_size`` episodes and ``ppo_epochs x minibatches`` optimiser steps)."""
 SMOKE_STEPS = {stage: 2 for stage in STAGES}
