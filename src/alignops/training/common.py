@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,26 @@ CHECKPOINT_PREFIX = "step_"
 
 class NonFiniteLossError(FloatingPointError):
     """A loss became nan or inf; the message names the stage and the optimiser step."""
+
+
+def check_epoch_loop_settings(config: Any) -> None:
+    """The checks every epoch-based loop config (SFT, reward model, DPO) shares; ValueError naming the field.
+
+    ``config`` has learning_rate, epochs, max_steps, warmup_steps, checkpoint_every,
+    keep_checkpoints, schedule, weight_decay, max_grad_norm and adam_beta2.
+    """
+    if config.learning_rate <= 0:
+        raise ValueError(f"learning_rate must be positive, got {config.learning_rate}")
+    if config.max_steps is None and config.epochs <= 0:
+        raise ValueError(f"epochs must be positive when max_steps is not set, got {config.epochs}")
+    if config.max_steps is not None and config.max_steps < 1:
+        raise ValueError(f"max_steps must be >= 1 (or null to use epochs), got {config.max_steps}")
+    if config.warmup_steps < 0 or config.checkpoint_every < 0 or config.keep_checkpoints < 1:
+        raise ValueError("warmup_steps and checkpoint_every must be >= 0, keep_checkpoints >= 1")
+    if config.schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {sorted(SCHEDULES)}, got {config.schedule!r}")
+    if config.weight_decay < 0 or config.max_grad_norm <= 0 or not 0.0 < config.adam_beta2 < 1.0:
+        raise ValueError("weight_decay must be >= 0, max_grad_norm > 0 and adam_beta2 in (0, 1)")
 
 
 def make_accelerator(mixed_precision: str = "no", grad_accum: int = 1, seed: int = 0, cpu: bool = False) -> Accelerator:
@@ -126,6 +147,39 @@ def load_checkpoint(accelerator: Accelerator, directory: str | Path) -> dict:
         folder = found
     accelerator.load_state(str(folder))
     return json.loads((folder / "step.json").read_text())
+
+
+def evaluate_and_checkpoint(
+    accelerator: Accelerator,
+    config: Any,
+    stage: str,
+    step: int,
+    total_steps: int,
+    checkpoint_dir: str | Path | None,
+    evaluate: Callable[[], dict[str, float]] | None,
+    log: Callable[[dict[str, float], int], None],
+) -> float:
+    """The held-out evaluation and checkpoint due after optimiser step ``step``; the seconds they took.
+
+    Evaluation runs every ``config.eval_every`` steps and at the last one (``evaluate``
+    None: no held-out set); a checkpoint every ``config.checkpoint_every`` steps. Loops
+    subtract the returned time from their throughput clocks.
+    """
+    started = time.perf_counter()
+    if evaluate is not None and (step % config.eval_every == 0 or step == total_steps):
+        log(evaluate(), step)
+    if checkpoint_dir and config.checkpoint_every and step % config.checkpoint_every == 0:
+        save_checkpoint(accelerator, checkpoint_dir, step, {"stage": stage}, config.keep_checkpoints)
+    return time.perf_counter() - started
+
+
+def finish_loop(accelerator: Accelerator, bar: tqdm, model: torch.nn.Module) -> torch.nn.Module:
+    """Close the bar, wait for every process and hand back the bare trained model."""
+    bar.close()
+    accelerator.wait_for_everyone()
+    trained = accelerator.unwrap_model(model)
+    accelerator.free_memory()
+    return trained
 
 
 def progress_bar(accelerator: Accelerator, total: int, desc: str) -> tqdm:

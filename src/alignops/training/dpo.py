@@ -35,7 +35,8 @@ from alignops.training.common import (
     make_accelerator,
     make_scheduler,
     progress_bar,
-    save_checkpoint,
+    evaluate_and_checkpoint,
+    finish_loop,
 )
 from alignops.training.dpo_config import DPOConfig
 
@@ -339,16 +340,11 @@ def train_dpo(
                 interval.zero_()
                 interval_pairs = 0
                 interval_start = time.perf_counter()
-            paused = time.perf_counter()  # evaluation and checkpoints do not count towards pairs/s
-            if eval_loader is not None and (step % config.eval_every == 0 or step == total_steps):
-                log(evaluate_dpo(policy, eval_loader, config, accelerator), step)
-            if checkpoint_dir and config.checkpoint_every and step % config.checkpoint_every == 0:
-                save_checkpoint(accelerator, checkpoint_dir, step, {"stage": "dpo"}, config.keep_checkpoints)
-            interval_start += time.perf_counter() - paused
+            evaluate = None if eval_loader is None else lambda: evaluate_dpo(policy, eval_loader, config, accelerator)
+            # evaluation and checkpoints do not count towards pairs/s
+            interval_start += evaluate_and_checkpoint(
+                accelerator, config, "dpo", step, total_steps, checkpoint_dir, evaluate, log
+            )
             if step >= total_steps:
                 break
-    bar.close()
-    accelerator.wait_for_everyone()
-    trained = accelerator.unwrap_model(policy)
-    accelerator.free_memory()
-    return trained
+    return finish_loop(accelerator, bar, policy)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from alignops.core.losses import DPO_LOSSES
-from alignops.training.common import SCHEDULES
+from alignops.training.common import check_epoch_loop_settings
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
 
@@ -92,21 +92,10 @@ class DPOConfig:
             raise ValueError(f"label_smoothing applies to the sigmoid loss only, not {self.loss_type!r}")
         if self.rpo_alpha < 0:
             raise ValueError(f"rpo_alpha must be >= 0, got {self.rpo_alpha}")
-        if self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+        check_epoch_loop_settings(self)
         sizes = (self.batch_size, self.grad_accum, self.ref_batch_size, self.eval_batch_size)
         if min(*sizes, self.eval_every, self.log_every) < 1:
             raise ValueError("batch sizes, grad_accum, eval_every and log_every must be >= 1")
-        if self.max_steps is None and self.epochs <= 0:
-            raise ValueError(f"epochs must be positive when max_steps is not set, got {self.epochs}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"max_steps must be >= 1 (or null to use epochs), got {self.max_steps}")
-        if self.warmup_steps < 0 or self.checkpoint_every < 0 or self.keep_checkpoints < 1:
-            raise ValueError("warmup_steps and checkpoint_every must be >= 0, keep_checkpoints >= 1")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {sorted(SCHEDULES)}, got {self.schedule!r}")
-        if self.weight_decay < 0 or self.max_grad_norm <= 0 or not 0.0 < self.adam_beta2 < 1.0:
-            raise ValueError("weight_decay must be >= 0, max_grad_norm > 0 and adam_beta2 in (0, 1)")
         if self.mixed_precision not in MIXED_PRECISION:
             raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
 

@@ -36,7 +36,8 @@ from alignops.training.common import (
     make_accelerator,
     make_scheduler,
     progress_bar,
-    save_checkpoint,
+    evaluate_and_checkpoint,
+    finish_loop,
 )
 from alignops.training.reward_config import RewardConfig
 
@@ -255,19 +256,14 @@ def train_reward_model(
                 bar.set_postfix(loss=f"{metrics['loss/reward']:.3f}", acc=f"{metrics['reward/accuracy']:.2f}")
                 interval.zero_()
                 interval_start = time.perf_counter()
-            paused = time.perf_counter()  # evaluation and checkpoints do not count towards pairs/s
-            if eval_loader is not None and (step % config.eval_every == 0 or step == total_steps):
-                log(evaluate_reward(model, eval_loader, accelerator), step)
-            if checkpoint_dir and config.checkpoint_every and step % config.checkpoint_every == 0:
-                save_checkpoint(accelerator, checkpoint_dir, step, {"stage": "reward"}, config.keep_checkpoints)
-            interval_start += time.perf_counter() - paused
+            evaluate = None if eval_loader is None else lambda: evaluate_reward(model, eval_loader, accelerator)
+            # evaluation and checkpoints do not count towards pairs/s
+            interval_start += evaluate_and_checkpoint(
+                accelerator, config, "reward", step, total_steps, checkpoint_dir, evaluate, log
+            )
             if step >= total_steps:
                 break
-    bar.close()
-    accelerator.wait_for_everyone()
-    trained = accelerator.unwrap_model(model)
-    accelerator.free_memory()
-    return dataclasses.replace(reward_model, model=trained)
+    return dataclasses.replace(reward_model, model=finish_loop(accelerator, bar, model))
 
 
 def policy_samples(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from alignops.training.common import SCHEDULES
+from alignops.training.common import check_epoch_loop_settings
 from alignops.training.config import MIXED_PRECISION
 
 
@@ -90,20 +90,9 @@ class RewardConfig:
     def __post_init__(self) -> None:
         if not self.base:
             raise ValueError("reward.base must be 'sft', a local path or a hub id")
-        if self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+        check_epoch_loop_settings(self)
         if min(self.batch_size, self.grad_accum, self.eval_batch_size, self.log_every, self.eval_every) < 1:
             raise ValueError("batch sizes, grad_accum, log_every and eval_every must be >= 1")
-        if self.max_steps is None and self.epochs <= 0:
-            raise ValueError(f"epochs must be positive when max_steps is not set, got {self.epochs}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"max_steps must be >= 1 (or null to use epochs), got {self.max_steps}")
-        if self.warmup_steps < 0 or self.checkpoint_every < 0 or self.keep_checkpoints < 1:
-            raise ValueError("warmup_steps and checkpoint_every must be >= 0, keep_checkpoints >= 1")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {sorted(SCHEDULES)}, got {self.schedule!r}")
-        if self.weight_decay < 0 or self.max_grad_norm <= 0 or not 0.0 < self.adam_beta2 < 1.0:
-            raise ValueError("weight_decay must be >= 0, max_grad_norm > 0 and adam_beta2 in (0, 1)")
         if self.margin_scale < 0:
             raise ValueError(f"margin_scale must be >= 0, got {self.margin_scale}")
         if self.mixed_precision not in MIXED_PRECISION:

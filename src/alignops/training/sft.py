@@ -28,7 +28,8 @@ from alignops.training.common import (
     make_accelerator,
     make_scheduler,
     progress_bar,
-    save_checkpoint,
+    evaluate_and_checkpoint,
+    finish_loop,
 )
 from alignops.training.config import SFTConfig
 
@@ -154,16 +155,11 @@ def train_sft(
                 bar.set_postfix(loss=f"{loss_sum / max(loss_tokens, 1.0):.3f}")
                 interval.zero_()
                 interval_start = time.perf_counter()
-            paused = time.perf_counter()  # evaluation and checkpoints do not count towards tokens/s
-            if n_eval and (step % config.eval_every == 0 or step == total_steps):
-                log(evaluate_sft(model, eval_loader, accelerator), step)
-            if checkpoint_dir and config.checkpoint_every and step % config.checkpoint_every == 0:
-                save_checkpoint(accelerator, checkpoint_dir, step, {"stage": "sft"}, config.keep_checkpoints)
-            interval_start += time.perf_counter() - paused
+            evaluate = (lambda: evaluate_sft(model, eval_loader, accelerator)) if n_eval else None
+            # evaluation and checkpoints do not count towards tokens/s
+            interval_start += evaluate_and_checkpoint(
+                accelerator, config, "sft", step, total_steps, checkpoint_dir, evaluate, log
+            )
             if step >= total_steps:
                 break
-    bar.close()
-    accelerator.wait_for_everyone()
-    trained = accelerator.unwrap_model(model)
-    accelerator.free_memory()
-    return trained
+    return finish_loop(accelerator, bar, model)
