@@ -12,6 +12,7 @@ from alignops.pipelines import (
     evaluation,
     ingestion,
     ppo,
+    registry,
     reward_model,
     sft,
 )
@@ -28,6 +29,7 @@ STAGES = {
     "ppo": ppo.create_pipeline,
     "dpo": dpo.create_pipeline,
     "evaluation": evaluation.create_pipeline,
+    "registry": registry.create_pipeline,
 }
 
 

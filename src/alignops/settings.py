@@ -1,5 +1,11 @@
 """Kedro project settings (see https://docs.kedro.org/en/stable/configure/configuration_basics/)."""
 
+import os
+
+# MLflow's sqlite store without a connection pool: a pooled connection inherited by a
+# forked ParallelRunner worker is not safe to use (sqlite forbids it), a fresh one is.
+os.environ.setdefault("MLFLOW_SQLALCHEMYSTORE_POOLCLASS", "NullPool")
+
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
     "default_run_env": "local",
@@ -12,3 +18,10 @@ CONFIG_LOADER_ARGS = {
     # base, instead of having to restate whole blocks.
     "merge_strategy": {"parameters": "soft", "catalog": "soft"},
 }
+
+# Tracking: kedro-mlflow's run lifecycle through alignops' subclass of its hook (tags,
+# data hashes, secret redaction, main process only), which replaces the plugin's own.
+from alignops.tracking.hooks import mlflow_hook  # noqa: E402
+
+HOOKS = (mlflow_hook,)
+DISABLE_HOOKS_FOR_PLUGINS = ("kedro_mlflow",)

@@ -61,6 +61,10 @@ class PreferenceSourceDataset(AbstractDataset[list[dict] | pd.DataFrame, pd.Data
             raise DatasetError(f"can only save to one file, not {self._filepath}")
         write_jsonl(data, Path(self._filepath))
 
+    def source_files(self) -> list[Path]:
+        """The files this dataset reads (a glob or a list gives several)."""
+        return resolve_sources(self._filepath)
+
     def _exists(self) -> bool:
         try:
             return all(path.is_file() for path in resolve_sources(self._filepath))

@@ -190,8 +190,9 @@ def progress_bar(accelerator: Accelerator, total: int, desc: str) -> tqdm:
 class MetricHistory:
     """A ``log(metrics, step)`` callable that keeps every call as a row, and passes it on.
 
-    Loops log into it; nodes return ``rows`` (JSON-ready) so a tracking stage can replay
-    them into MLflow later. ``sink`` is another log callable to forward to as well.
+    Loops log into it; nodes return ``rows`` (JSON-ready) for the stage's history file and
+    curves. ``sink`` is another log callable to forward to as well (the MLflow logger);
+    used as a context manager, a sink's ``flush`` runs on exit.
     """
 
     def __init__(self, sink: LogFn | None = None) -> None:
@@ -203,6 +204,15 @@ class MetricHistory:
         self.rows.append({"step": int(step), **values})
         if self._sink is not None:
             self._sink(values, step)
+
+    def __enter__(self) -> MetricHistory:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        """Sends whatever a buffering sink (the MLflow logger) still holds, even after an error."""
+        flush = getattr(self._sink, "flush", None)
+        if flush is not None:
+            flush()
 
     def last(self, name: str) -> float | None:
         """The most recent value logged under ``name``."""

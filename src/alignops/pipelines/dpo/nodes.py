@@ -6,6 +6,7 @@ import pandas as pd
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from alignops.models.config import ModelConfig
+from alignops.tracking.logger import metric_logger
 from alignops.training.common import MetricHistory
 from alignops.training.dpo import PreferencePairs, train_dpo
 from alignops.training.dpo_config import DPOConfig
@@ -26,15 +27,15 @@ def train(
     params: dict,
 ) -> tuple[PreTrainedModel, list[dict]]:
     """The DPO policy (trained from a copy of ``sft_model``) and every logged metric row."""
-    history = MetricHistory()
-    policy = train_dpo(
-        sft_model,
-        tokenizer,
-        preference_pairs(preferences_train),
-        preference_pairs(preferences_heldout),
-        ModelConfig(**model_params),
-        DPOConfig(**params),
-        history,
-        checkpoint_dir=checkpoint_dir,
-    )
+    with MetricHistory(sink=metric_logger("dpo")) as history:
+        policy = train_dpo(
+            sft_model,
+            tokenizer,
+            preference_pairs(preferences_train),
+            preference_pairs(preferences_heldout),
+            ModelConfig(**model_params),
+            DPOConfig(**params),
+            history,
+            checkpoint_dir=checkpoint_dir,
+        )
     return policy, history.rows

@@ -2,6 +2,8 @@
 
 from kedro.pipeline import Pipeline, node
 
+from alignops.evaluation.curves import plot_dpo_curves
+
 from .nodes import train
 
 
@@ -21,6 +23,12 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ],
                 outputs=["dpo_model", "dpo_history"],
                 name="train_dpo",
+            ),
+            node(
+                plot_dpo_curves,
+                inputs="dpo_history",
+                outputs="dpo_curves",
+                name="plot_dpo_curves",
             ),
         ]
     )

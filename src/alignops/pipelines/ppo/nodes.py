@@ -6,6 +6,7 @@ import pandas as pd
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from alignops.models.config import ModelConfig
+from alignops.tracking.logger import metric_logger
 from alignops.training.common import MetricHistory
 from alignops.training.ppo import train_ppo
 from alignops.training.ppo_config import PPOConfig
@@ -31,15 +32,15 @@ def train(
     params: dict,
 ) -> tuple[PreTrainedModel, list[dict], pd.DataFrame]:
     """The PPO policy, every iteration's metrics, and the sampled generations."""
-    history = MetricHistory()
-    result = train_ppo(
-        sft_model,
-        tokenizer,
-        reward_model,
-        prompts,
-        ModelConfig(**model_params),
-        PPOConfig(**params),
-        history,
-        checkpoint_dir=checkpoint_dir,
-    )
+    with MetricHistory(sink=metric_logger("ppo")) as history:
+        result = train_ppo(
+            sft_model,
+            tokenizer,
+            reward_model,
+            prompts,
+            ModelConfig(**model_params),
+            PPOConfig(**params),
+            history,
+            checkpoint_dir=checkpoint_dir,
+        )
     return result.policy, history.rows, pd.DataFrame(result.samples, columns=SAMPLE_COLUMNS)

@@ -2,6 +2,8 @@
 
 from kedro.pipeline import Pipeline, node
 
+from alignops.evaluation.curves import plot_ppo_curves
+
 from .nodes import collect_prompts, train
 
 
@@ -27,6 +29,12 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ],
                 outputs=["ppo_model", "ppo_history", "ppo_samples"],
                 name="train_ppo",
+            ),
+            node(
+                plot_ppo_curves,
+                inputs="ppo_history",
+                outputs="ppo_curves",
+                name="plot_ppo_curves",
             ),
         ]
     )

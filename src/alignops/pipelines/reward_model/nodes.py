@@ -7,6 +7,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from alignops.models.config import ModelConfig
 from alignops.models.reward import RewardModel
+from alignops.tracking.logger import metric_logger
 from alignops.training.common import MetricHistory
 from alignops.training.reward import normalise_reward_model, train_reward_model
 from alignops.training.reward_config import RewardConfig
@@ -27,20 +28,20 @@ def train(
     normalisation samples the SFT policy on the training prompts.
     """
     model_config, config = ModelConfig(**model), RewardConfig(**reward)
-    history = MetricHistory()
-    reward_model = train_reward_model(
-        sft_model,
-        tokenizer,
-        preferences_train,
-        preferences_heldout,
-        model_config,
-        config,
-        history,
-        checkpoint_dir=reward_checkpoints,
-    )
-    prompts = preferences_train["prompt"].astype(str).tolist()
-    last_step = history.rows[-1]["step"] if history.rows else 0
-    reward_model = normalise_reward_model(
-        reward_model, sft_model, tokenizer, prompts, model_config, config, history, step=last_step
-    )
+    with MetricHistory(sink=metric_logger("reward_model")) as history:
+        reward_model = train_reward_model(
+            sft_model,
+            tokenizer,
+            preferences_train,
+            preferences_heldout,
+            model_config,
+            config,
+            history,
+            checkpoint_dir=reward_checkpoints,
+        )
+        prompts = preferences_train["prompt"].astype(str).tolist()
+        last_step = history.rows[-1]["step"] if history.rows else 0
+        reward_model = normalise_reward_model(
+            reward_model, sft_model, tokenizer, prompts, model_config, config, history, step=last_step
+        )
     return reward_model, history.rows

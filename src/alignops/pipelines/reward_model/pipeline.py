@@ -2,6 +2,8 @@
 
 from kedro.pipeline import Pipeline, node
 
+from alignops.evaluation.curves import plot_reward_model_curves
+
 from .nodes import train
 
 
@@ -21,6 +23,12 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ],
                 outputs=["reward_model", "reward_history"],
                 name="train_reward_model",
+            ),
+            node(
+                plot_reward_model_curves,
+                inputs="reward_history",
+                outputs="reward_model_curves",
+                name="plot_reward_model_curves",
             ),
         ]
     )

@@ -6,6 +6,7 @@ import pandas as pd
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from alignops.models import ModelConfig, build_tokenizer
+from alignops.tracking.logger import metric_logger
 from alignops.training.common import MetricHistory
 from alignops.training.config import SFTConfig
 from alignops.training.sft import train_sft
@@ -31,14 +32,14 @@ def train(
     sft_checkpoints: str,
 ) -> tuple[PreTrainedModel, list[dict]]:
     """The fine-tuned policy and every metric row the loop logged."""
-    history = MetricHistory()
-    trained = train_sft(
-        tokenizer,
-        sft_demonstrations["prompt"].astype(str).tolist(),
-        sft_demonstrations["response"].astype(str).tolist(),
-        ModelConfig(**model),
-        SFTConfig(**sft),
-        history,
-        checkpoint_dir=sft_checkpoints,
-    )
+    with MetricHistory(sink=metric_logger("sft")) as history:
+        trained = train_sft(
+            tokenizer,
+            sft_demonstrations["prompt"].astype(str).tolist(),
+            sft_demonstrations["response"].astype(str).tolist(),
+            ModelConfig(**model),
+            SFTConfig(**sft),
+            history,
+            checkpoint_dir=sft_checkpoints,
+        )
     return trained, history.rows

@@ -2,6 +2,8 @@
 
 from kedro.pipeline import Pipeline, node
 
+from alignops.evaluation.curves import plot_sft_curves
+
 from .nodes import make_tokenizer, train
 
 
@@ -19,6 +21,12 @@ def create_pipeline(**kwargs) -> Pipeline:
                 inputs=["sft_demonstrations", "tokenizer", "params:model", "params:sft", "sft_checkpoints"],
                 outputs=["sft_model", "sft_history"],
                 name="train_sft",
+            ),
+            node(
+                plot_sft_curves,
+                inputs="sft_history",
+                outputs="sft_curves",
+                name="plot_sft_curves",
             ),
         ]
     )

@@ -1,0 +1,94 @@
+"""One picture of a training stage's curves, from the metric rows its loop logged."""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: rendered to a file (and an MLflow artifact), never a window
+import matplotlib.pyplot as plt  # noqa: E402
+
+PANELS: dict[str, list[tuple[str, list[str]]]] = {
+    "sft": [
+        ("loss", ["loss/sft", "eval/loss"]),
+        ("held-out perplexity", ["eval/perplexity"]),
+        ("learning rate", ["sft/lr"]),
+        ("gradient norm", ["sft/grad_norm"]),
+    ],
+    "reward_model": [
+        ("loss", ["loss/reward", "eval/loss"]),
+        ("pair accuracy", ["reward/accuracy", "eval/reward_accuracy"]),
+        ("reward margin", ["reward/margin", "eval/reward_margin"]),
+        ("learning rate", ["reward/lr"]),
+    ],
+    "ppo": [
+        ("reward", ["objective/scores", "objective/rlhf_reward"]),
+        ("KL to the SFT policy", ["objective/kl"]),
+        ("losses", ["loss/policy", "loss/value"]),
+        ("clip fraction", ["policy/clipfrac", "val/clipfrac"]),
+        ("response length (tokens)", ["ppo/mean_response_length"]),
+        ("value explained variance", ["val/explained_variance"]),
+    ],
+    "dpo": [
+        ("loss", ["loss/dpo", "eval/loss"]),
+        ("implicit-reward accuracy", ["rewards/accuracies", "eval/rewards/accuracies"]),
+        ("implicit-reward margin", ["rewards/margins", "eval/rewards/margins"]),
+        ("log-probabilities", ["logps/chosen", "logps/rejected"]),
+    ],
+}
+"""Per stage: (panel title, metric names drawn in it). Names a run did not log are skipped."""
+
+TITLES = {"sft": "Supervised fine-tuning", "reward_model": "Reward model", "ppo": "PPO", "dpo": "DPO"}
+
+
+def plot_training_curves(rows: list[dict], stage: str) -> plt.Figure:
+    """A grid of ``PANELS[stage]``, each metric against the step it was logged at.
+
+    Training metrics are drawn as lines, held-out (``eval/``) ones with markers: they are
+    logged every few steps and a line between them would suggest values never measured.
+    """
+    if stage not in PANELS:
+        raise ValueError(f"no curves defined for stage {stage!r}; expected one of {sorted(PANELS)}")
+    panels = PANELS[stage]
+    columns = 2 if len(panels) <= 4 else 3
+    fig, axes = plt.subplots(math.ceil(len(panels) / columns), columns, figsize=(5.2 * columns, 3.6 * math.ceil(len(panels) / columns)))
+    for ax, (title, names) in zip(axes.flat, panels):
+        for name in names:
+            points = [(row["step"], row[name]) for row in rows if name in row]
+            if not points:
+                continue
+            steps, values = zip(*points)
+            style = {"marker": "o", "markersize": 4} if name.startswith("eval/") else {"linewidth": 1.4}
+            ax.plot(steps, values, label=name, **style)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="grey")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    fig.suptitle(f"{TITLES[stage]}: training curves ({len(rows)} logged rows)")
+    fig.tight_layout()
+    return fig
+
+
+
+# One module-level function per stage: Kedro's ParallelRunner pickles nodes, and closures
+# do not pickle.
+def plot_sft_curves(sft_history: list[dict]) -> plt.Figure:
+    return plot_training_curves(sft_history, "sft")
+
+
+def plot_reward_model_curves(reward_history: list[dict]) -> plt.Figure:
+    return plot_training_curves(reward_history, "reward_model")
+
+
+def plot_ppo_curves(ppo_history: list[dict]) -> plt.Figure:
+    return plot_training_curves(ppo_history, "ppo")
+
+
+def plot_dpo_curves(dpo_history: list[dict]) -> plt.Figure:
+    return plot_training_curves(dpo_history, "dpo")

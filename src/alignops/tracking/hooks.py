@@ -1,0 +1,183 @@
+"""kedro-mlflow's run lifecycle, plus what alignops records about every run.
+
+kedro-mlflow opens one MLflow run per ``kedro run`` (named after its pipelines) and logs
+every ``params:`` input, flattened (``sft.learning_rate``). On top of that this hook:
+
+- tags the run with the git commit and whether the tree was dirty, the Kedro
+  environment and the pipelines;
+- tags the md5 of every file behind the datasets named in ``tracking.hash_datasets``
+  when a node loads them (the same digest DVC keeps in ``dvc.lock``), so a run says
+  which preference data it saw even when the data was written earlier in that run;
+- exports the run id for the run's length, so worker processes find it however they
+  were started (see ``alignops.tracking.logger``);
+- keeps tokens and secrets out of logged parameters;
+- logs only on the main process of a distributed launch.
+
+It replaces kedro-mlflow's own hook (``DISABLE_HOOKS_FOR_PLUGINS`` in settings.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from kedro.framework.hooks import hook_impl
+from kedro.io import DataCatalog
+from kedro.pipeline import Pipeline
+from kedro.pipeline.node import Node
+from kedro_mlflow.framework.hooks.mlflow_hook import MlflowHook
+from kedro_mlflow.io.catalog.switch_catalog_logging import switch_catalog_logging
+from mlflow.tracking import MlflowClient
+
+from alignops.tracking.logger import RUN_ID_ENV, is_main_process
+from alignops.tracking.registry import DATA_TAG_PREFIX
+
+logger = logging.getLogger(__name__)
+
+SECRET_NAME = re.compile(r"token|secret|password|passwd|api[_-]?key|credential|private[_-]?key", re.IGNORECASE)
+"""Parameter names whose values never reach the tracking server."""
+REDACTED = "***"
+DEFAULT_HASH_DATASETS = ("raw_preferences", "sft_demonstrations")
+
+
+def git_state(path: Path) -> dict[str, str]:
+    """Commit and dirtiness of the git tree at ``path`` (tracked files only); empty outside git."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=path, capture_output=True, text=True, check=True, timeout=30
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"git.commit": commit, "git.dirty": str(dirty).lower(), "mlflow.source.git.commit": commit}
+
+
+def file_md5(path: Path, chunk: int = 1 << 20) -> str:
+    """The md5 of a file's bytes, as DVC computes it."""
+    digest = hashlib.md5()
+    with path.open("rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def dataset_files(dataset: Any) -> list[Path]:
+    """The local files behind a catalog dataset (several for a glob), or none it can name."""
+    if hasattr(dataset, "source_files"):
+        return list(dataset.source_files())
+    filepath = getattr(dataset, "_filepath", None)
+    if filepath is None:
+        return []
+    path = Path(str(filepath))
+    return [path] if path.is_file() else []
+
+
+def _tag_safe(name: str) -> str:
+    return re.sub(r"[^\w./\- ]", "_", name)
+
+
+class AlignopsMlflowHook(MlflowHook):
+    """kedro-mlflow's ``MlflowHook`` with alignops' tags, data hashes and secret redaction."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._env = "local"
+        self._project_path = Path.cwd()
+        self._hash_datasets: tuple[str, ...] = DEFAULT_HASH_DATASETS
+        self._catalog: DataCatalog | None = None
+        self._exported: dict[str, str | None] = {}
+        self._hashed: dict[tuple[str, int, int], str] = {}
+
+    @hook_impl
+    def after_context_created(self, context) -> None:
+        super().after_context_created(context)
+        self._env = context.env or "local"
+        self._project_path = Path(context.project_path)
+        tracking = context.params.get("tracking") or {}
+        self._hash_datasets = tuple(tracking.get("hash_datasets", DEFAULT_HASH_DATASETS))
+
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Pipeline, catalog: DataCatalog) -> None:
+        if not is_main_process():
+            # Under a distributed launch every rank runs Kedro; only rank 0 opens a run.
+            self._is_mlflow_enabled = False
+            self.run_id = None
+            switch_catalog_logging(catalog, False)
+            return
+        super().before_pipeline_run(run_params, pipeline, catalog)
+        if self.run_id is None:
+            return
+        names = run_params.get("pipeline_names") or ["__default__"]
+        mlflow.set_tags(
+            {
+                "kedro.env": self._env,
+                "kedro.pipelines": ",".join([names] if isinstance(names, str) else names),
+                **git_state(self._project_path),
+            }
+        )
+        self._catalog = catalog
+        self._export({RUN_ID_ENV: self.run_id, "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()})
+
+    @hook_impl
+    def after_dataset_loaded(self, dataset_name: str, data: Any, node: Node) -> None:
+        if self.run_id is None or self._catalog is None or dataset_name not in self._hash_datasets:
+            return
+        tags = {}
+        for path in dataset_files(self._catalog.get(dataset_name)):
+            stat = path.stat()
+            key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+            if key not in self._hashed:
+                self._hashed[key] = file_md5(path)
+            tags[_tag_safe(f"{DATA_TAG_PREFIX}{dataset_name}/{path.name}")] = self._hashed[key]
+        client = MlflowClient()
+        for name, value in tags.items():
+            client.set_tag(self.run_id, name, value)
+
+    @hook_impl
+    def after_pipeline_run(self, run_params: dict[str, Any], pipeline: Pipeline, catalog: DataCatalog) -> None:
+        try:
+            super().after_pipeline_run(run_params, pipeline, catalog)
+        finally:
+            self._restore()
+
+    @hook_impl
+    def on_pipeline_error(self, error: Exception, run_params: dict[str, Any], pipeline: Pipeline, catalog) -> None:
+        try:
+            if self.run_id is not None:
+                super().on_pipeline_error(error, run_params, pipeline, catalog)
+        finally:
+            self._restore()
+
+    def _log_param(self, name: str, value: Any) -> None:
+        if SECRET_NAME.search(name):
+            value = REDACTED
+        return super()._log_param(name, value)
+
+    def _export(self, variables: dict[str, str]) -> None:
+        for name, value in variables.items():
+            self._exported.setdefault(name, os.environ.get(name))
+            os.environ[name] = value
+
+    def _restore(self) -> None:
+        """Put back the environment as it was, so the next session in this process opens its own run."""
+        for name, value in self._exported.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        self._exported = {}
+        self._catalog = None
+        self.run_id = None
+
+
+mlflow_hook = AlignopsMlflowHook()

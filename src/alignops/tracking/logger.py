@@ -1,0 +1,124 @@
+"""Per-step metrics into the MLflow run that kedro-mlflow opened for this ``kedro run``.
+
+Training loops only know a ``log(metrics, step)`` callable; ``metric_logger(stage)``
+is the one that reaches MLflow. It writes to the run by id through ``MlflowClient``
+(not the fluent API's thread-local "active run"), so it works the same in Kedro's
+SequentialRunner, in ParallelRunner's worker processes and in a later
+``accelerate launch`` where only the main process may log.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import mlflow
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+
+LogFn = Callable[[dict[str, float], int], None]
+
+RUN_ID_ENV = "MLFLOW_RUN_ID"
+"""Set by the tracking hook for the length of a pipeline run, so worker processes
+started with ``spawn`` (not only ``fork``) find the run."""
+
+SHARED_NAMESPACES = ("eval/",)
+"""Metric families several stages log under the same names (``eval/loss`` is logged by
+SFT, the reward model and DPO): the stage goes in after the family, ``eval/sft/loss``,
+so their curves do not share one chart. Every other name is already stage-specific
+(``objective/kl``, ``loss/reward``, ``rewards/margins``) and is kept as the loop wrote it."""
+
+MAX_BATCH = 1000
+"""MLflow's limit on metrics per ``log_batch`` call."""
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a distributed launch (``accelerate launch`` sets ``RANK``), or a plain process."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def current_run_id() -> str | None:
+    """The run this process should log to: the active one, else the one the hook exported."""
+    active = mlflow.active_run()
+    if active is not None:
+        return active.info.run_id
+    return os.environ.get(RUN_ID_ENV) or None
+
+
+def tracked_name(stage: str, name: str) -> str:
+    """The MLflow metric key for one of ``stage``'s metric names (see ``SHARED_NAMESPACES``)."""
+    for namespace in SHARED_NAMESPACES:
+        if name.startswith(namespace):
+            return f"{namespace}{stage}/{name[len(namespace):]}"
+    return name
+
+
+class MlflowMetricLogger:
+    """A ``log(metrics, step)`` callable that batches rows into ``log_batch`` calls.
+
+    A sqlite-backed store takes ~10 ms a write; a loop logging every few steps would pay
+    that each time, so rows are buffered and sent every ``flush_every_s`` seconds (and on
+    ``flush``/``close``), and the curves still fill in while a stage trains.
+    """
+
+    def __init__(self, run_id: str, stage: str, client: MlflowClient | None = None, flush_every_s: float = 2.0):
+        self.run_id = run_id
+        self.stage = stage
+        self._client = client or MlflowClient()
+        self._flush_every_s = flush_every_s
+        self._pending: list[Metric] = []
+        self._last_flush = time.monotonic()
+
+    def __call__(self, metrics: dict[str, Any], step: int) -> None:
+        timestamp = int(time.time() * 1000)
+        self._pending.extend(
+            Metric(tracked_name(self.stage, name), float(value), timestamp, int(step))
+            for name, value in metrics.items()
+        )
+        if time.monotonic() - self._last_flush >= self._flush_every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        for start in range(0, len(self._pending), MAX_BATCH):
+            self._client.log_batch(self.run_id, metrics=self._pending[start : start + MAX_BATCH])
+        self._pending = []
+        self._last_flush = time.monotonic()
+
+    close = flush
+
+
+class _NoTracking:
+    """What ``metric_logger`` gives when there is no run to log to: rows stay in the history."""
+
+    def __call__(self, metrics: dict[str, Any], step: int) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    close = flush
+
+
+def metric_logger(stage: str) -> LogFn:
+    """The logger for ``stage`` in this process: MLflow on the main process during a tracked
+    run, otherwise one that drops rows (the node's ``MetricHistory`` still keeps them)."""
+    run_id = current_run_id()
+    if run_id is None or not is_main_process():
+        return _NoTracking()
+    return MlflowMetricLogger(run_id, stage)
+
+
+def require_run() -> str:
+    """The current run's id, attached as the active run in this process if it is not yet
+    (a spawned worker); never ended here, kedro-mlflow ends it with the pipeline."""
+    run_id = current_run_id()
+    if run_id is None:
+        raise RuntimeError(
+            "no MLflow run to log to: this node needs the run kedro-mlflow opens for `kedro run` "
+            "(is tracking disabled for this pipeline in conf/*/mlflow.yml?)"
+        )
+    if mlflow.active_run() is None:
+        mlflow.start_run(run_id=run_id)
+    return run_id
