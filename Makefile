@@ -9,13 +9,14 @@ BIN := $(VENV)/bin
 # The network is closed: no telemetry, no analytics, no hub downloads.
 export KEDRO_DISABLE_TELEMETRY := true
 export GX_ANALYTICS_ENABLED := false
+export MLFLOW_DISABLE_TELEMETRY := true
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 # Idle OpenMP threads sleep instead of spinning: on a shared or busy CPU, spinning
 # threads fight each other and training runs several times slower.
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: setup run test viz viz-build lock clean-data bench bench-trl
+.PHONY: setup run test ui viz viz-build lock clean-data bench bench-trl
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +36,12 @@ run: setup
 
 ## The test suite (tiny sizes from the Kedro `test` environment).
 test: setup
-	$(BIN)/pytest -n 2 --durations=10
+	$(BIN)/pytest -n 2 --dist loadgroup --durations=10
+
+## The MLflow UI on loopback: runs, per-step curves, artifacts, the model registry.
+UI_PORT ?= 5000
+ui: setup
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(UI_PORT)
 
 ## The DAG in kedro-viz, served on loopback.
 viz: setup

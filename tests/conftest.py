@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ import pytest
 # The network is closed: nothing may phone home or reach a hub while tests run.
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
@@ -78,7 +81,51 @@ def run_kedro(
     from kedro.framework.startup import bootstrap_project
 
     bootstrap_project(project_path)
-    with KedroSession.create(
-        project_path=project_path, env=env, runtime_params=runtime_params or {}
-    ) as session:
-        return session.run(pipeline_names=pipeline_names, **run_kwargs)
+    # Kedro commands run from the project root, and the MLflow store in conf/base/mlflow.yml
+    # (sqlite:///mlflow.db) is relative to it: the run is tracked inside the copy.
+    previous = Path.cwd()
+    os.chdir(project_path)
+    try:
+        with KedroSession.create(
+            project_path=project_path, env=env, runtime_params=runtime_params or {}
+        ) as session:
+            return session.run(pipeline_names=pipeline_names, **run_kwargs)
+    finally:
+        os.chdir(previous)
+
+
+KEDRO = Path(sys.executable).parent / "kedro"
+
+
+def kedro_cli(project: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``kedro <args>`` in ``project``, as a user types it (offline, one torch thread)."""
+    return subprocess.run(
+        [str(KEDRO), *args],
+        cwd=project,
+        env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "GX_ANALYTICS_ENABLED": "false",
+             "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="session")
+def tracked_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project (in a git repository) after two tracked ``kedro run`` of the test env.
+
+    The first runs the whole DAG with ParallelRunner; the second registers the SFT
+    policy (``registry.policy=sft``), which the gate must hold back. Each run's
+    ``registry_decision.json`` is kept in ``decisions/``.
+    """
+    project = make_project_copy(tmp_path_factory.mktemp("tracked") / "project")
+    for args in (["init", "-q"], ["add", "conf", "pyproject.toml"],
+                 ["-c", "user.name=alignops", "-c", "user.email=ci@example.com", "commit", "-qm", "project"]):
+        subprocess.run(["git", *args], cwd=project, check=True, capture_output=True)
+    decisions = project / "decisions"
+    decisions.mkdir()
+    for number, extra in enumerate([["--runner", "ParallelRunner"], ["--params", "registry.policy=sft"]], 1):
+        result = kedro_cli(project, "run", "--env", "test", *extra)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        shutil.copy2(project / "data" / "08_reporting" / "registry_decision.json", decisions / f"{number}.json")
+    return project

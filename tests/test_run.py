@@ -13,23 +13,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import make_project_copy, run_kedro
+from tests.conftest import kedro_cli, make_project_copy, run_kedro
 
-KEDRO = Path(sys.executable).parent / "kedro"
 STAGES = {"data_generation", "ingestion", "data_validation", "data_report",
-          "sft", "reward_model", "ppo", "dpo", "evaluation"}
+          "sft", "reward_model", "ppo", "dpo", "evaluation", "registry"}
 DATA_STAGES = {"ingestion", "data_validation", "data_report"}
-
-
-def _cli(project: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(KEDRO), *args],
-        cwd=project,
-        env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "GX_ANALYTICS_ENABLED": "false"},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def _write_env(project: Path, env: str, catalog: dict, parameters: dict | None = None) -> None:
@@ -53,7 +41,7 @@ def test_registry_has_every_stage_and_the_compositions():
 
 @pytest.mark.slow
 def test_kedro_run_cli_runs_the_default_dag_end_to_end(project_copy):
-    result = _cli(project_copy, "run", "--env", "test")
+    result = kedro_cli(project_copy, "run", "--env", "test")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     data = project_copy / "data"
@@ -124,7 +112,7 @@ def test_hh_rlhf_environment_quarantines_the_malformed_rows(project_copy, hh_rlh
 
 @pytest.mark.slow
 def test_kedro_viz_build_shows_every_pipeline(project_copy):
-    result = _cli(project_copy, "viz", "build")
+    result = kedro_cli(project_copy, "viz", "build")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     api = project_copy / "build" / "api"
     registered = {p["id"] for p in json.loads((api / "main").read_text())["pipelines"]}

@@ -1,0 +1,136 @@
+"""`kedro run` as a user runs it, twice, then everything MLflow should hold afterwards.
+
+One throwaway project (a git repository, so the commit is tagged) runs the whole
+default DAG in the tiny `test` environment with Kedro's ParallelRunner (worker
+processes log into the parent's run), then runs it again registering the SFT policy,
+which can never beat the first run's best by the gate's margin.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from alignops.tracking.hooks import file_md5
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("tracked_project")]
+
+
+@pytest.fixture(scope="module")
+def client(tracked_project: Path) -> MlflowClient:
+    uri = f"sqlite:///{tracked_project / 'mlflow.db'}"
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+@pytest.fixture(scope="module")
+def runs(client: MlflowClient) -> list:
+    experiment = client.get_experiment_by_name("alignops")
+    return client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+
+
+def test_one_finished_run_per_kedro_run_named_after_its_pipelines(runs):
+    assert [r.info.run_name for r in runs] == ["__default__", "__default__"]
+    assert {r.info.status for r in runs} == {"FINISHED"}
+
+
+def test_parameters_are_flattened_and_namespaced(runs, tracked_project):
+    params = runs[0].data.params
+    assert params["sft.learning_rate"] == "0.003"
+    assert params["ppo.kl_coef"] == str(json.loads(json.dumps(0.05)))
+    assert params["model.prompt_template"].strip().startswith("Human:")
+    assert params["registry.margin"] == "0.02"
+    assert runs[1].data.params["registry.policy"] == "sft"
+
+
+def test_tags_name_commit_environment_pipelines_and_input_digests(runs, tracked_project):
+    tags = runs[0].data.tags
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tracked_project, capture_output=True, text=True)
+    assert tags["git.commit"] == head.stdout.strip() and tags["git.dirty"] == "false"
+    assert tags["kedro.env"] == "test" and tags["kedro.pipelines"] == "__default__"
+    world = tracked_project / "data" / "01_raw" / "world"
+    assert tags["data/raw_preferences/preference_rankings.jsonl"] == file_md5(world / "preference_rankings.jsonl")
+    assert tags["data/sft_demonstrations/sft_demonstrations.jsonl"] == file_md5(world / "sft_demonstrations.jsonl")
+    assert len(tags["data.hash"]) == 32
+
+
+def test_every_loop_metric_is_logged_per_step(runs, client, tracked_project):
+    run_id = runs[0].info.run_id
+    reporting = tracked_project / "data" / "08_reporting"
+    for stage, metric, tracked in [
+        ("sft", "loss/sft", "loss/sft"),
+        ("sft", "eval/loss", "eval/sft/loss"),
+        ("reward", "loss/reward", "loss/reward"),
+        ("ppo", "objective/kl", "objective/kl"),
+        ("ppo", "policy/clipfrac", "policy/clipfrac"),
+        ("dpo", "loss/dpo", "loss/dpo"),
+        ("dpo", "eval/rewards/accuracies", "eval/dpo/rewards/accuracies"),
+    ]:
+        rows = json.loads((reporting / f"{stage}_history.json").read_text())
+        expected = [(row["step"], pytest.approx(row[metric], rel=1e-6)) for row in rows if metric in row]
+        logged = sorted((m.step, m.value) for m in client.get_metric_history(run_id, tracked))
+        assert len(expected) >= 2 and logged == expected, tracked
+    metrics = runs[0].data.metrics
+    summary = json.loads((reporting / "evaluation_summary.json").read_text())
+    assert metrics["evaluation/ppo/gold_win_rate_vs_sft"] == pytest.approx(
+        summary["policies"]["ppo"]["gold_win_rate_vs_sft"])
+    assert metrics["evaluation/reward_model/heldout_accuracy"] == pytest.approx(
+        summary["reward_model"]["heldout_accuracy"])
+
+
+def test_artifacts_hold_curves_reports_data_docs_and_the_sample_table(runs, client):
+    run_id = runs[0].info.run_id
+    listed = {folder: {Path(a.path).name for a in client.list_artifacts(run_id, folder)}
+              for folder in ("curves", "reports", "data_docs", "tables")}
+    assert listed["curves"] == {"sft.png", "reward_model.png", "ppo.png", "dpo.png"}
+    assert {"evaluation_summary.json", "evaluation.png", "data_report.json", "data_report.png",
+            "validation_report.json"} <= listed["reports"]
+    assert "index.html" in listed["data_docs"]
+    table = mlflow.load_table("tables/sample_generations.json", run_ids=[run_id])
+    assert {"prompt", "response", "reward_model_score", "gold_score", "step"} <= set(table.columns)
+    assert set(table["source"]) == {"ppo_rollout", "evaluation"}
+    evaluated = table[table["source"] == "evaluation"]
+    assert evaluated["gold_score"].notna().all() and evaluated["reward_model_score"].notna().all()
+
+
+def test_registry_has_both_models_and_the_gate_kept_the_champion(runs, client, tracked_project):
+    first, second = (json.loads(p.read_text()) for p in sorted((tracked_project / "decisions").glob("*.json")))
+    assert first["promoted"] and first["policy_version"] == "1"
+    assert not second["promoted"] and second["method"] == "sft" and second["policy_version"] == "2"
+
+    assert client.get_model_version_by_alias("alignops-policy", "champion").version == "1"
+    assert client.get_model_version_by_alias("alignops-policy", "candidate").version == "2"
+    assert client.get_model_version_by_alias("alignops-reward-model", "champion").version == "1"
+    held = client.get_model_version("alignops-policy", "2").tags
+    assert held["method"] == "sft" and held["promotion.decision"] == "held"
+    assert "under the margin" in held["promotion.reason"] and held["promotion.compared_to"] == "v1"
+    champion = client.get_model_version("alignops-policy", "1").tags
+    assert champion["method"] in {"sft", "ppo", "dpo"} and champion["data_hash"] == runs[0].data.tags["data.hash"]
+    assert float(champion["eval.gold_win_rate"]) == pytest.approx(first["figures"]["gold_win_rate"], abs=1e-4)
+
+
+def test_champion_policy_and_reward_model_load_in_a_fresh_process(tracked_project):
+    script = """
+import json, sys
+import mlflow, pandas as pd
+mlflow.set_tracking_uri(sys.argv[1])
+policy = mlflow.pyfunc.load_model("models:/alignops-policy@champion")
+reply = policy.predict(["Where is my order?"])
+rm = mlflow.pyfunc.load_model("models:/alignops-reward-model@champion")
+rewards = rm.predict(pd.DataFrame({"prompt": ["Where is my order?"] * 2,
+                                   "response": [reply[0], "It ships tomorrow."]}))
+print(json.dumps({"reply": reply, "rewards": rewards["reward"].tolist()}))
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script, f"sqlite:///{tracked_project / 'mlflow.db'}"],
+        cwd=tracked_project.parent, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert len(out["reply"]) == 1 and isinstance(out["reply"][0], str) and out["reply"][0].strip()
+    assert len(out["rewards"]) == 2 and all(abs(r) < 1e6 for r in out["rewards"])

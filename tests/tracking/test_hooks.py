@@ -1,0 +1,46 @@
+"""The tracking hook's own pieces: secrets redacted, git state, file digests."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+
+import mlflow
+
+from alignops.data.datasets import PreferenceSourceDataset
+from alignops.tracking.hooks import REDACTED, AlignopsMlflowHook, dataset_files, file_md5, git_state
+
+
+def test_secret_looking_parameters_are_redacted(tracking_uri):
+    hook = AlignopsMlflowHook()
+    with mlflow.start_run() as run:
+        hook._log_param("model.hub_token", "hf_abcdef")
+        hook._log_param("credentials.api_key", "sk-123")
+        hook._log_param("sft.learning_rate", 0.007)
+    params = mlflow.get_run(run.info.run_id).data.params
+    assert params == {"model.hub_token": REDACTED, "credentials.api_key": REDACTED, "sft.learning_rate": "0.007"}
+
+
+def test_git_state_reports_commit_and_dirtiness(tmp_path):
+    assert git_state(tmp_path) == {}  # not a repository
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+    git("init", "-q")
+    (tmp_path / "a.txt").write_text("one\n")
+    git("add", "a.txt")
+    git("-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "first")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+    assert git_state(tmp_path)["git.commit"] == head and git_state(tmp_path)["git.dirty"] == "false"
+    (tmp_path / "untracked.txt").write_text("ignored\n")
+    assert git_state(tmp_path)["git.dirty"] == "false"
+    (tmp_path / "a.txt").write_text("two\n")
+    assert git_state(tmp_path)["git.dirty"] == "true"
+
+
+def test_every_file_behind_a_glob_is_hashed_like_dvc(tmp_path):
+    for name, text in {"a.jsonl": "{}\n", "b.jsonl": "{}\n{}\n"}.items():
+        (tmp_path / name).write_text(text)
+    dataset = PreferenceSourceDataset(filepath=str(tmp_path / "*.jsonl"), format="auto")
+    files = dataset_files(dataset)
+    assert [f.name for f in files] == ["a.jsonl", "b.jsonl"]
+    assert file_md5(files[1]) == hashlib.md5(b"{}\n{}\n").hexdigest()
