@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
-import mlflow
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -39,12 +40,32 @@ def test_one_finished_run_per_kedro_run_named_after_its_pipelines(runs):
     assert {r.info.status for r in runs} == {"FINISHED"}
 
 
-def test_parameters_are_flattened_and_namespaced(runs, tracked_project):
+def flatten(params: dict, prefix: str = "") -> dict[str, str]:
+    flat = {}
+    for key, value in params.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = str(value)
+    return flat
+
+
+def test_every_parameter_the_run_used_is_logged_flattened_and_namespaced(runs, tracked_project):
+    from kedro.config import OmegaConfigLoader
+    from kedro.framework.project import configure_project, pipelines
+
+    from alignops.settings import CONFIG_LOADER_ARGS
+
+    configure_project("alignops")
+    used = {name[len("params:"):] for name in pipelines["__default__"].inputs() if name.startswith("params:")}
+    loader = OmegaConfigLoader(str(tracked_project / "conf"), env="test", **CONFIG_LOADER_ARGS)
+    expected = flatten({name: loader["parameters"][name] for name in used})
+    assert {"sft.learning_rate", "ppo.kl_coef", "reward.learning_rate", "dpo.beta", "registry.margin"} <= set(expected)
     params = runs[0].data.params
-    assert params["sft.learning_rate"] == "0.003"
-    assert params["ppo.kl_coef"] == str(json.loads(json.dumps(0.05)))
-    assert params["model.prompt_template"].strip().startswith("Human:")
-    assert params["registry.margin"] == "0.02"
+    assert {k: params.get(k) for k in expected} == expected
+    # MLflow's transformers flavour adds the logged policy's generation settings, unprefixed
+    generation = {k: str(v) for k, v in loader["parameters"]["registry"]["generation"].items()}
+    assert {k: v for k, v in params.items() if k not in expected} == {**generation, "return_full_text": "False"}
     assert runs[1].data.params["registry.policy"] == "sft"
 
 
@@ -91,7 +112,9 @@ def test_artifacts_hold_curves_reports_data_docs_and_the_sample_table(runs, clie
     assert {"evaluation_summary.json", "evaluation.png", "data_report.json", "data_report.png",
             "validation_report.json"} <= listed["reports"]
     assert "index.html" in listed["data_docs"]
-    table = mlflow.load_table("tables/sample_generations.json", run_ids=[run_id])
+    with tempfile.TemporaryDirectory() as folder:
+        logged = json.loads(Path(client.download_artifacts(run_id, "tables/sample_generations.json", folder)).read_text())
+    table = pd.DataFrame(logged["data"], columns=logged["columns"])
     assert {"prompt", "response", "reward_model_score", "gold_score", "step"} <= set(table.columns)
     assert set(table["source"]) == {"ppo_rollout", "evaluation"}
     evaluated = table[table["source"] == "evaluation"]
@@ -103,9 +126,9 @@ def test_registry_has_both_models_and_the_gate_kept_the_champion(runs, client, t
     assert first["promoted"] and first["policy_version"] == "1"
     assert not second["promoted"] and second["method"] == "sft" and second["policy_version"] == "2"
 
-    assert client.get_model_version_by_alias("alignops-policy", "champion").version == "1"
-    assert client.get_model_version_by_alias("alignops-policy", "candidate").version == "2"
-    assert client.get_model_version_by_alias("alignops-reward-model", "champion").version == "1"
+    assert str(client.get_model_version_by_alias("alignops-policy", "champion").version) == "1"
+    assert str(client.get_model_version_by_alias("alignops-policy", "candidate").version) == "2"
+    assert str(client.get_model_version_by_alias("alignops-reward-model", "champion").version) == "1"
     held = client.get_model_version("alignops-policy", "2").tags
     assert held["method"] == "sft" and held["promotion.decision"] == "held"
     assert "under the margin" in held["promotion.reason"] and held["promotion.compared_to"] == "v1"

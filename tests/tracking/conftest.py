@@ -13,6 +13,10 @@ from mlflow.tracking import MlflowClient
 def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    # mlflow.set_*_uri also export these variables: set them through monkeypatch so they
+    # are restored, or every later `kedro run` subprocess of this worker would inherit them.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     mlflow.set_experiment("alignops-test")

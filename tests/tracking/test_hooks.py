@@ -16,9 +16,14 @@ def test_secret_looking_parameters_are_redacted(tracking_uri):
     with mlflow.start_run() as run:
         hook._log_param("model.hub_token", "hf_abcdef")
         hook._log_param("credentials.api_key", "sk-123")
+        hook._log_param("server.client_secret", "s3cr3t")
         hook._log_param("sft.learning_rate", 0.007)
+        hook._log_param("model.max_prompt_tokens", 64)
+        hook._log_param("model.tokenizer_min_frequency", 2)
     params = mlflow.get_run(run.info.run_id).data.params
-    assert params == {"model.hub_token": REDACTED, "credentials.api_key": REDACTED, "sft.learning_rate": "0.007"}
+    assert params == {"model.hub_token": REDACTED, "credentials.api_key": REDACTED, "server.client_secret": REDACTED,
+                      "sft.learning_rate": "0.007", "model.max_prompt_tokens": "64",
+                      "model.tokenizer_min_frequency": "2"}
 
 
 def test_git_state_reports_commit_and_dirtiness(tmp_path):

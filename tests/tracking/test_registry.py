@@ -78,7 +78,7 @@ def test_gate_moves_champion_only_when_beaten_and_tags_why(client):
     client.create_registered_model(name)
 
     def new_version(win: float) -> str:
-        version = client.create_model_version(name, source="file:///nowhere", run_id=None).version
+        version = str(client.create_model_version(name, source="file:///nowhere", run_id=None).version)
         client.set_model_version_tag(name, version, "eval.gold_win_rate", f"{win:.4f}")
         return version
 

@@ -40,8 +40,14 @@ from alignops.tracking.registry import DATA_TAG_PREFIX
 
 logger = logging.getLogger(__name__)
 
-SECRET_NAME = re.compile(r"token|secret|password|passwd|api[_-]?key|credential|private[_-]?key", re.IGNORECASE)
-"""Parameter names whose values never reach the tracking server."""
+SECRET_NAMES = frozenset({
+    "token", "hf_token", "hub_token", "auth_token", "access_token", "api_token", "use_auth_token",
+    "password", "passwd", "api_key", "apikey", "access_key", "secret_key", "private_key",
+    "credential", "credentials",
+})
+"""Last segments of parameter names whose values never reach the tracking server (with any
+segment containing "secret" or "password"). Whole segments, so ``max_prompt_tokens`` or
+``tokenizer_min_frequency`` are still logged."""
 REDACTED = "***"
 DEFAULT_HASH_DATASETS = ("raw_preferences", "sft_demonstrations")
 
@@ -80,6 +86,12 @@ def dataset_files(dataset: Any) -> list[Path]:
         return []
     path = Path(str(filepath))
     return [path] if path.is_file() else []
+
+
+def is_secret(name: str) -> bool:
+    """Does a (flattened) parameter name look like it holds a token, key or password?"""
+    segment = name.rsplit(".", 1)[-1].lower().replace("-", "_")
+    return segment in SECRET_NAMES or "secret" in segment or "password" in segment
 
 
 def _tag_safe(name: str) -> str:
@@ -126,7 +138,11 @@ class AlignopsMlflowHook(MlflowHook):
             }
         )
         self._catalog = catalog
-        self._export({RUN_ID_ENV: self.run_id, "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()})
+        self._export({
+            RUN_ID_ENV: self.run_id,
+            "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(),
+            "MLFLOW_REGISTRY_URI": mlflow.get_registry_uri(),
+        })
 
     @hook_impl
     def after_dataset_loaded(self, dataset_name: str, data: Any, node: Node) -> None:
@@ -159,7 +175,7 @@ class AlignopsMlflowHook(MlflowHook):
             self._restore()
 
     def _log_param(self, name: str, value: Any) -> None:
-        if SECRET_NAME.search(name):
+        if is_secret(name):
             value = REDACTED
         return super()._log_param(name, value)
 

@@ -153,7 +153,7 @@ def version_figures(client: MlflowClient, name: str, version: str) -> dict[str, 
 
 def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
     try:
-        return client.get_model_version_by_alias(name, alias).version
+        return str(client.get_model_version_by_alias(name, alias).version)
     except MlflowException:
         return None
 

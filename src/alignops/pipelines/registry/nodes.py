@@ -94,7 +94,7 @@ def register_models(
         client.set_tag(run_id, "data.hash", digest)
 
     rm_info = log_reward_model(reward_model)
-    rm_version = mlflow.register_model(rm_info.model_uri, config.reward_model).version
+    rm_version = str(mlflow.register_model(rm_info.model_uri, config.reward_model).version)
     rm_tags = {"data_hash": digest or "unknown", "run_id": run_id}
     rm_tags.update({f"eval.{k}": f"{v:.4f}" for k, v in evaluation_summary["reward_model"].items() if _is_number(v)})
     for key, value in rm_tags.items():
@@ -105,12 +105,12 @@ def register_models(
     figures = policy_figures(evaluation_summary, method)
     policy = {"sft": sft_model, "ppo": ppo_model, "dpo": dpo_model}[method]
     info = log_policy(policy, tokenizer, ModelConfig(**model_params), config.generation)
-    version = mlflow.register_model(info.model_uri, config.policy_model).version
+    version = str(mlflow.register_model(info.model_uri, config.policy_model).version)
     tags = {
         "method": method,
         "data_hash": digest or "unknown",
         "run_id": run_id,
-        "reward_model_version": str(rm_version),
+        "reward_model_version": rm_version,
         **{f"eval.{k}": f"{v:.4f}" for k, v in figures.items() if v is not None},
     }
     for key, value in tags.items():
@@ -125,21 +125,21 @@ def register_models(
     if decision.promote:
         # the reward model this champion was judged (and, for PPO, trained) with
         client.set_registered_model_alias(config.reward_model, CHAMPION, rm_version)
-    client.set_tag(run_id, "registry.policy_version", str(version))
+    client.set_tag(run_id, "registry.policy_version", version)
     client.set_tag(run_id, "registry.decision", "promoted" if decision.promote else "held")
     logger.info("Registered %s v%s (%s): %s — %s", config.policy_model, version, method,
                 "promoted to champion" if decision.promote else "stays candidate", decision.reason)
     return {
         "policy_model": config.policy_model,
-        "policy_version": str(version),
+        "policy_version": version,
         "method": method,
         "figures": figures,
         "promoted": decision.promote,
         "reason": decision.reason,
         "metric": decision.metric,
-        "champion_version": str(version) if decision.promote else decision.champion_version,
+        "champion_version": version if decision.promote else decision.champion_version,
         "reward_model": config.reward_model,
-        "reward_model_version": str(rm_version),
+        "reward_model_version": rm_version,
         "data_hash": digest,
         "run_id": run_id,
     }

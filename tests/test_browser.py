@@ -1,0 +1,197 @@
+"""The MLflow UI and kedro-viz as a person sees them: real servers on loopback, headless Chromium.
+
+Both servers are started the way the README says (``mlflow ui``, ``kedro viz run``) on
+the project that ``tracked_project`` ran twice. Screenshots go to
+``$ALIGNOPS_TEST_ARTIFACTS/screenshots`` (default ``test-artifacts/screenshots``).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import KEDRO, REPO_ROOT
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+SCREENSHOTS = Path(os.environ.get("ALIGNOPS_TEST_ARTIFACTS", REPO_ROOT / "test-artifacts")) / "screenshots"
+MLFLOW = Path(sys.executable).parent / "mlflow"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.xdist_group("tracked_project"),
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="Chromium is not installed (apt-get install chromium)"),
+]
+
+
+def free_port() -> int:
+    """A free loopback port below 49152 (kedro-viz refuses the ephemeral range)."""
+    for port in random.sample(range(20_000, 40_000), 200):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port between 20000 and 40000")
+
+
+@contextmanager
+def serve(command: list[str], cwd: Path, port: int, timeout: float = 120) -> Iterator[str]:
+    """Start a server, wait until it answers on 127.0.0.1:port, stop it afterwards."""
+    log = open(cwd / f"server-{port}.log", "w")  # noqa: SIM115 (closed below)
+    process = subprocess.Popen(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+                               env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "true",
+                                    "MLFLOW_DISABLE_TELEMETRY": "true"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{command[0]} exited: {(cwd / f'server-{port}.log').read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{command[0]} did not answer on {url} within {timeout}s")
+            time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1800, "height": 1100})
+    page = context.new_page()
+    # Nothing leaves the machine: a request off loopback (kedro-viz asks Google for a font)
+    # is refused at once instead of hanging until the network times out.
+    page.route(lambda url: not url.startswith("http://127.0.0.1"), lambda route: route.abort())
+    yield page
+    context.close()
+
+
+def dismiss_announcements(page) -> None:
+    """Close the announcement MLflow shows on a first visit (the new registry UI), if any."""
+    dialog = page.get_by_role("dialog")
+    try:
+        dialog.first.wait_for(state="visible", timeout=5_000)
+    except Exception:  # noqa: BLE001 (playwright's TimeoutError: nothing to dismiss)
+        return
+    page.keyboard.press("Escape")
+    dialog.first.wait_for(state="hidden", timeout=10_000)
+
+
+def screenshot(page, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
+
+
+@pytest.fixture(scope="module")
+def mlflow_ui(tracked_project: Path) -> Iterator[str]:
+    port = free_port()
+    command = [str(MLFLOW), "ui", "--backend-store-uri", "sqlite:///mlflow.db", "--host", "127.0.0.1",
+               "--port", str(port)]
+    with serve(command, tracked_project, port) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def tracked_runs(tracked_project: Path) -> tuple[str, list[str]]:
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tracked_project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("alignops")
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+    return experiment.experiment_id, [r.info.run_id for r in runs]
+
+
+def test_mlflow_ui_lists_the_runs_and_charts_a_ppo_metric(page, mlflow_ui, tracked_runs):
+    from playwright.sync_api import expect
+
+    experiment_id, run_ids = tracked_runs
+    page.goto(f"{mlflow_ui}/#/experiments/{experiment_id}/runs", wait_until="load")
+    rows = page.get_by_role("link", name="__default__")
+    expect(rows).to_have_count(len(run_ids), timeout=60_000)
+    expect(page.get_by_text(f"{len(run_ids)} matching runs")).to_be_visible()
+    screenshot(page, "mlflow_runs")
+
+    rows.last.click()  # the oldest run: the full default DAG that set the champion
+    expect(page).to_have_url(f"{mlflow_ui}/#/experiments/{experiment_id}/runs/{run_ids[0]}", timeout=30_000)
+    expect(page.get_by_text("Parameters (")).to_be_visible(timeout=30_000)
+    expect(page.get_by_role("cell", name="sft.learning_rate")).to_be_visible()
+    screenshot(page, "mlflow_run_overview")
+
+    page.get_by_role("tab", name="Model metrics").click()
+    page.get_by_placeholder("Search metric charts").fill("objective/kl")
+    expect(page.get_by_text("__default__ (objective/kl)")).to_be_visible(timeout=60_000)
+    chart = page.locator("[class*='js-plotly-plot'], .main-svg").first
+    expect(chart).to_be_visible()
+    screenshot(page, "mlflow_ppo_kl_chart")
+
+
+def test_mlflow_registry_shows_the_policy_with_its_champion(page, mlflow_ui):
+    from playwright.sync_api import expect
+
+    page.goto(f"{mlflow_ui}/#/models", wait_until="load")
+    expect(page.get_by_role("link", name="alignops-policy")).to_be_visible(timeout=60_000)
+    expect(page.get_by_role("link", name="alignops-reward-model")).to_be_visible()
+    dismiss_announcements(page)
+    screenshot(page, "mlflow_registered_models")
+
+    page.get_by_role("link", name="alignops-policy").click()
+    version_one = page.get_by_role("row").filter(has=page.get_by_role("link", name="Version 1", exact=True))
+    version_two = page.get_by_role("row").filter(has=page.get_by_role("link", name="Version 2", exact=True))
+    expect(version_one.get_by_text("@ champion")).to_be_visible(timeout=60_000)
+    expect(version_two.get_by_text("@ candidate")).to_be_visible()
+    expect(version_two.get_by_text("@ champion")).to_have_count(0)
+    expect(version_two.get_by_text("promotion.decision")).to_be_visible()
+    screenshot(page, "mlflow_policy_versions")
+
+
+def test_kedro_viz_shows_every_pipeline_and_its_nodes(page, tracked_project):
+    from kedro.framework.project import configure_project, pipelines
+    from playwright.sync_api import expect
+
+    configure_project("alignops")
+    expected = {name: sorted(n.name for n in pipeline.nodes) for name, pipeline in pipelines.items()}
+    port = free_port()
+    command = [str(KEDRO), "viz", "run", "--host", "127.0.0.1", "--port", str(port), "--no-browser"]
+    with serve(command, tracked_project, port) as url:
+        for name, nodes in expected.items():
+            page.goto(f"{url}/?pid={name}", wait_until="load")
+            task_nodes = page.locator("g.pipeline-node--task")
+            expect(task_nodes).to_have_count(len(nodes), timeout=60_000)
+            shown = sorted(text.strip() for text in task_nodes.all_text_contents())
+            assert shown == nodes, name
+            if name in {"__default__", "registry"}:
+                screenshot(page, f"kedro_viz_{name}")
