@@ -81,17 +81,12 @@ def run_kedro(
     from kedro.framework.startup import bootstrap_project
 
     bootstrap_project(project_path)
-    # Kedro commands run from the project root, and the MLflow store in conf/base/mlflow.yml
-    # (sqlite:///mlflow.db) is relative to it: the run is tracked inside the copy.
-    previous = Path.cwd()
-    os.chdir(project_path)
-    try:
-        with KedroSession.create(
-            project_path=project_path, env=env, runtime_params=runtime_params or {}
-        ) as session:
-            return session.run(pipeline_names=pipeline_names, **run_kwargs)
-    finally:
-        os.chdir(previous)
+    # No chdir: the tracking hook anchors conf/base/mlflow.yml's sqlite:///mlflow.db at
+    # project_path, so the run is tracked inside the copy wherever pytest runs from.
+    with KedroSession.create(
+        project_path=project_path, env=env, runtime_params=runtime_params or {}
+    ) as session:
+        return session.run(pipeline_names=pipeline_names, **run_kwargs)
 
 
 KEDRO = Path(sys.executable).parent / "kedro"
@@ -129,3 +124,4 @@ def tracked_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         shutil.copy2(project / "data" / "08_reporting" / "registry_decision.json", decisions / f"{number}.json")
     return project
+

@@ -48,8 +48,8 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve(command: list[str], cwd: Path, port: int, timeout: float = 120) -> Iterator[str]:
-    """Start a server, wait until it answers on 127.0.0.1:port, stop it afterwards."""
+def serve(command: list[str], cwd: Path, port: int, ready_path: str = "/", timeout: float = 180) -> Iterator[str]:
+    """Start a server, wait until ``ready_path`` answers on 127.0.0.1:port, stop it afterwards."""
     log = open(cwd / f"server-{port}.log", "w")  # noqa: SIM115 (closed below)
     process = subprocess.Popen(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
                                env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "true",
@@ -61,7 +61,7 @@ def serve(command: list[str], cwd: Path, port: int, timeout: float = 120) -> Ite
             if process.poll() is not None:
                 raise RuntimeError(f"{command[0]} exited: {(cwd / f'server-{port}.log').read_text()[-2000:]}")
             try:
-                with urllib.request.urlopen(url, timeout=2) as response:
+                with urllib.request.urlopen(url + ready_path, timeout=10) as response:
                     if response.status == 200:
                         break
             except (urllib.error.URLError, ConnectionError, TimeoutError):
@@ -186,11 +186,16 @@ def test_kedro_viz_shows_every_pipeline_and_its_nodes(page, tracked_project):
     expected = {name: sorted(n.name for n in pipeline.nodes) for name, pipeline in pipelines.items()}
     port = free_port()
     command = [str(KEDRO), "viz", "run", "--host", "127.0.0.1", "--port", str(port), "--no-browser"]
-    with serve(command, tracked_project, port) as url:
+    # ready once the API the page draws from answers (the pipelines are built by then)
+    with serve(command, tracked_project, port, ready_path="/api/main") as url:
         for name, nodes in expected.items():
             page.goto(f"{url}/?pid={name}", wait_until="load")
             task_nodes = page.locator("g.pipeline-node--task")
-            expect(task_nodes).to_have_count(len(nodes), timeout=60_000)
+            try:
+                expect(task_nodes).to_have_count(len(nodes), timeout=90_000)
+            except AssertionError:
+                screenshot(page, f"kedro_viz_{name}_failed")
+                raise
             shown = sorted(text.strip() for text in task_nodes.all_text_contents())
             assert shown == nodes, name
             if name in {"__default__", "registry"}:

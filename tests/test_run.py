@@ -121,3 +121,16 @@ def test_kedro_viz_build_shows_every_pipeline(project_copy):
         graph = json.loads((api / "pipelines" / stage).read_text())
         task_nodes = [n for n in graph["nodes"] if n["type"] == "task"]
         assert task_nodes, f"kedro-viz shows no nodes for {stage}"
+
+
+@pytest.mark.slow
+def test_each_in_process_session_is_its_own_finished_run_and_leaves_none_active(project_copy):
+    import mlflow
+
+    for _ in range(2):
+        run_kedro(project_copy, env="test", pipeline_names=["data_generation"])
+        assert mlflow.active_run() is None
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project_copy / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("alignops").experiment_id])
+    assert [r.info.status for r in runs] == ["FINISHED", "FINISHED"]
+    assert len({r.info.run_id for r in runs}) == 2

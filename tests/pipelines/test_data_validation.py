@@ -24,6 +24,7 @@ def _catalog(frame: pd.DataFrame, root: Path, **params) -> DataCatalog:
     """The project's catalog entries, rooted at ``root``; the input and parameters in memory."""
     config = yaml.safe_load((REPO_ROOT / "conf/base/catalog_data_validation.yml").read_text())
     for entry in config.values():
+        entry = entry.get("dataset", entry)  # the MLflow artifact wrapper's inner dataset
         for key in ("filepath", "path"):
             if key in entry:
                 entry[key] = str(root / entry[key])

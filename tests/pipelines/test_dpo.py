@@ -25,7 +25,7 @@ LOGGED_EVERY_STEP = {"loss/dpo", "rewards/chosen", "rewards/rejected", "rewards/
 def test_pipeline_wiring():
     pipeline = create_pipeline()
     assert STAGES["dpo"] is create_pipeline
-    assert [n.name for n in pipeline.nodes] == ["train_dpo"]
+    assert sorted(n.name for n in pipeline.nodes) == ["plot_dpo_curves", "train_dpo"]
     assert pipeline.inputs() == {
         "sft_model",
         "tokenizer",
@@ -35,7 +35,8 @@ def test_pipeline_wiring():
         "params:model",
         "params:dpo",
     }
-    assert pipeline.outputs() == {"dpo_model", "dpo_history"}
+    assert pipeline.outputs() == {"dpo_model", "dpo_curves"}
+    assert "dpo_history" in pipeline.all_outputs()
 
 
 @pytest.mark.slow

@@ -22,7 +22,7 @@ from tests.training.test_ppo import LOGGED_EVERY_STEP, MODEL, CountingScorer, ti
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BASE_PPO = yaml.safe_load((REPO_ROOT / "conf/base/parameters_ppo.yml").read_text())["ppo"]
 TEST_PPO = {**BASE_PPO, **yaml.safe_load((REPO_ROOT / "conf/test/parameters_ppo.yml").read_text())["ppo"]}
-OUTPUTS = {"ppo_model", "ppo_history", "ppo_samples"}
+OUTPUTS = {"ppo_model", "ppo_curves", "ppo_samples"}
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def _frames() -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def test_pipeline_wiring():
     pipeline = create_pipeline()
-    assert [n.name for n in pipeline.nodes] == ["collect_ppo_prompts", "train_ppo"]
+    assert sorted(n.name for n in pipeline.nodes) == ["collect_ppo_prompts", "plot_ppo_curves", "train_ppo"]
     assert pipeline.inputs() == {
         "sft_model",
         "tokenizer",

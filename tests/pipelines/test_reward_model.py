@@ -26,9 +26,10 @@ INPUTS = {
 
 def test_pipeline_wiring_and_registration():
     pipeline = create_pipeline()
-    assert [n.name for n in pipeline.nodes] == ["train_reward_model"]
+    assert sorted(n.name for n in pipeline.nodes) == ["plot_reward_model_curves", "train_reward_model"]
     assert pipeline.inputs() == INPUTS
-    assert pipeline.outputs() == {"reward_model", "reward_history"}
+    assert pipeline.outputs() == {"reward_model", "reward_model_curves"}
+    assert "reward_history" in pipeline.all_outputs()
     assert STAGES["reward_model"] is create_pipeline
 
 

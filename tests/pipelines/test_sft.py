@@ -30,7 +30,8 @@ def test_pipeline_wires_the_contracted_inputs_and_outputs():
     assert pipeline.inputs() == {
         "sft_demonstrations", "validated_preferences", "params:model", "params:sft", "sft_checkpoints",
     }
-    assert pipeline.outputs() == {"sft_model", "sft_history"}
+    assert pipeline.outputs() == {"sft_model", "sft_curves"}
+    assert "sft_history" in pipeline.all_outputs()
     assert "sft" in STAGES
 
 

@@ -49,3 +49,12 @@ def test_every_file_behind_a_glob_is_hashed_like_dvc(tmp_path):
     files = dataset_files(dataset)
     assert [f.name for f in files] == ["a.jsonl", "b.jsonl"]
     assert file_md5(files[1]) == hashlib.md5(b"{}\n{}\n").hexdigest()
+
+
+def test_relative_sqlite_uris_are_anchored_at_the_project_root(tmp_path):
+    from alignops.tracking.hooks import project_sqlite_uri
+
+    assert project_sqlite_uri("sqlite:///mlflow.db", tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert project_sqlite_uri("sqlite:////abs/mlflow.db", tmp_path) == "sqlite:////abs/mlflow.db"
+    assert project_sqlite_uri("http://127.0.0.1:5000", tmp_path) == "http://127.0.0.1:5000"
+    assert project_sqlite_uri(None, tmp_path) is None

@@ -96,3 +96,23 @@ def test_gate_moves_champion_only_when_beaten_and_tags_why(client):
     assert apply_gate(client, name, v3, figures(win=0.70), CONFIG).promote
     assert alias_version(client, name, CHAMPION) == v3 == alias_version(client, name, CANDIDATE)
     assert client.get_model_version(name, v3).tags["promotion.decision"] == "promoted"
+
+
+def test_a_person_overrides_the_gate_and_the_reason_is_kept(client, tracking_uri):
+    import subprocess
+    import sys
+
+    name = "alignops-policy"
+    client.create_registered_model(name)
+    v1, v2 = (str(client.create_model_version(name, source="file:///nowhere").version) for _ in range(2))
+    client.set_registered_model_alias(name, CHAMPION, v1)
+    result = subprocess.run(
+        [sys.executable, "-m", "alignops.tracking.promote", v2, "--reason", "passed the human audit",
+         "--registry-uri", tracking_uri],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert alias_version(client, name, CHAMPION) == v2
+    tags = client.get_model_version(name, v2).tags
+    assert tags["promotion.decision"] == "overridden" and tags["promotion.replaced"] == f"v{v1}"
+    assert tags["promotion.override_reason"] == "passed the human audit"

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+from kedro.config import MissingConfigException
 from kedro.framework.hooks import hook_impl
 from kedro.io import DataCatalog
 from kedro.pipeline import Pipeline
@@ -94,6 +95,34 @@ def is_secret(name: str) -> bool:
     return segment in SECRET_NAMES or "secret" in segment or "password" in segment
 
 
+def project_sqlite_uri(uri: str | None, project_path: Path) -> str | None:
+    """``sqlite:///mlflow.db`` (relative) as an absolute URI under the project root.
+
+    MLflow resolves a relative sqlite path against the working directory and caches the
+    store by URI, so a session started from elsewhere (a notebook, a test, a scheduler)
+    would track into another folder's database. Other URIs are returned unchanged.
+    """
+    prefix = "sqlite:///"
+    if not uri or not uri.startswith(prefix) or uri.startswith(prefix + "/") or uri == prefix + ":memory:":
+        return uri
+    return prefix + str((project_path / uri[len(prefix):]).resolve())
+
+
+def _anchor_sqlite_uris(context) -> None:
+    """Rewrite the tracking/registry URIs of ``mlflow.yml`` against the project root, before
+    kedro-mlflow reads them (a key set on the config loader takes priority over its files)."""
+    loader = context.config_loader
+    loader.config_patterns.setdefault("mlflow", ["mlflow*", "mlflow*/**", "**/mlflow*"])
+    try:
+        conf = loader["mlflow"]
+    except MissingConfigException:
+        return
+    server = dict(conf.get("server") or {})
+    for key in ("mlflow_tracking_uri", "mlflow_registry_uri"):
+        server[key] = project_sqlite_uri(server.get(key), Path(context.project_path))
+    loader["mlflow"] = {**conf, "server": server}
+
+
 def _tag_safe(name: str) -> str:
     return re.sub(r"[^\w./\- ]", "_", name)
 
@@ -112,6 +141,7 @@ class AlignopsMlflowHook(MlflowHook):
 
     @hook_impl
     def after_context_created(self, context) -> None:
+        _anchor_sqlite_uris(context)
         super().after_context_created(context)
         self._env = context.env or "local"
         self._project_path = Path(context.project_path)
@@ -186,6 +216,10 @@ class AlignopsMlflowHook(MlflowHook):
 
     def _restore(self) -> None:
         """Put back the environment as it was, so the next session in this process opens its own run."""
+        # kedro-mlflow re-enters the run before each node; with `nested: true` MLflow stacks it
+        # once per node and a single end_run leaves it active for the next session.
+        while (active := mlflow.active_run()) is not None and active.info.run_id == self.run_id:
+            mlflow.end_run()
         for name, value in self._exported.items():
             if value is None:
                 os.environ.pop(name, None)
