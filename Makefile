@@ -41,7 +41,7 @@ test: setup
 ## The MLflow UI on loopback: runs, per-step curves, artifacts, the model registry.
 UI_PORT ?= 5000
 ui: setup
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(UI_PORT)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(UI_PORT) --workers 2
 
 ## The DAG in kedro-viz, served on loopback.
 viz: setup

@@ -116,16 +116,17 @@ def screenshot(page, name: str) -> None:
     page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # not module: xdist may interleave this module's tests with others
 def mlflow_ui(tracked_project: Path) -> Iterator[str]:
     port = free_port()
+    # one worker process: the default four take a minute to start on a busy 2-core machine
     command = [str(MLFLOW), "ui", "--backend-store-uri", "sqlite:///mlflow.db", "--host", "127.0.0.1",
-               "--port", str(port)]
+               "--port", str(port), "--workers", "1"]
     with serve(command, tracked_project, port) as url:
         yield url
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tracked_runs(tracked_project: Path) -> tuple[str, list[str]]:
     import mlflow
 
@@ -145,7 +146,7 @@ def test_mlflow_ui_lists_the_runs_and_charts_a_ppo_metric(page, mlflow_ui, track
     expect(page.get_by_text(f"{len(run_ids)} matching runs")).to_be_visible()
     screenshot(page, "mlflow_runs")
 
-    rows.last.click()  # the oldest run: the full default DAG that set the champion
+    page.locator(f"a[href*='{run_ids[0]}']").first.click()  # the first run: it set the champion
     expect(page).to_have_url(f"{mlflow_ui}/#/experiments/{experiment_id}/runs/{run_ids[0]}", timeout=30_000)
     expect(page.get_by_text("Parameters (")).to_be_visible(timeout=30_000)
     expect(page.get_by_role("cell", name="sft.learning_rate")).to_be_visible()

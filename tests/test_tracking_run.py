@@ -9,6 +9,7 @@ which can never beat the first run's best by the gate's margin.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -74,6 +75,7 @@ def test_tags_name_commit_environment_pipelines_and_input_digests(runs, tracked_
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tracked_project, capture_output=True, text=True)
     assert tags["git.commit"] == head.stdout.strip() and tags["git.dirty"] == "false"
     assert tags["kedro.env"] == "test" and tags["kedro.pipelines"] == "__default__"
+    assert tags["runner"].endswith("ParallelRunner") and "0x" not in tags["runner"]
     world = tracked_project / "data" / "01_raw" / "world"
     assert tags["data/raw_preferences/preference_rankings.jsonl"] == file_md5(world / "preference_rankings.jsonl")
     assert tags["data/sft_demonstrations/sft_demonstrations.jsonl"] == file_md5(world / "sft_demonstrations.jsonl")
@@ -152,6 +154,8 @@ print(json.dumps({"reply": reply, "rewards": rewards["reward"].tolist()}))
     result = subprocess.run(
         [sys.executable, "-c", script, f"sqlite:///{tracked_project / 'mlflow.db'}"],
         cwd=tracked_project.parent, capture_output=True, text=True, timeout=300,
+        # a fresh shell: no tracking or registry URI left behind by this worker's other runs
+        env={k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_") or k == "MLFLOW_DISABLE_TELEMETRY"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])

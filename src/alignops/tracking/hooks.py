@@ -160,8 +160,10 @@ class AlignopsMlflowHook(MlflowHook):
         if self.run_id is None:
             return
         names = run_params.get("pipeline_names") or ["__default__"]
+        runner = re.sub(r"^<([\w.]+) object at 0x[0-9a-f]+>$", r"\1", str(run_params.get("runner") or ""))
         mlflow.set_tags(
             {
+                "runner": runner,  # kedro-mlflow tags the object's repr, with its address
                 "kedro.env": self._env,
                 "kedro.pipelines": ",".join([names] if isinstance(names, str) else names),
                 **git_state(self._project_path),
