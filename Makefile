@@ -36,7 +36,7 @@ run: setup
 
 ## The test suite (tiny sizes from the Kedro `test` environment).
 test: setup
-	$(BIN)/pytest -n 2 --dist loadgroup --durations=10
+	$(BIN)/pytest -n 2 --durations=10
 
 ## The MLflow UI on loopback: runs, per-step curves, artifacts, the model registry.
 UI_PORT ?= 5000

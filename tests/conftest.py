@@ -112,8 +112,25 @@ def tracked_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     The first runs the whole DAG with ParallelRunner; the second registers the SFT
     policy (``registry.policy=sft``), which the gate must hold back. Each run's
     ``registry_decision.json`` is kept in ``decisions/``.
+
+    Built once per test session and shared by the pytest-xdist workers (under a file
+    lock in the session's common temp folder): whichever worker asks first builds it.
     """
-    project = make_project_copy(tmp_path_factory.mktemp("tracked") / "project")
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent
+    project = shared / "tracked_project"
+    with FileLock(str(shared / "tracked_project.lock")):
+        if not project.exists():
+            _build_tracked_project(shared / "tracked_project.partial").rename(project)
+    return project
+
+
+def _build_tracked_project(folder: Path) -> Path:
+    shutil.rmtree(folder, ignore_errors=True)  # a build that failed in an earlier worker
+    project = make_project_copy(folder)
     for args in (["init", "-q"], ["add", "conf", "pyproject.toml"],
                  ["-c", "user.name=alignops", "-c", "user.email=ci@example.com", "commit", "-qm", "project"]):
         subprocess.run(["git", *args], cwd=project, check=True, capture_output=True)
@@ -124,4 +141,3 @@ def tracked_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         shutil.copy2(project / "data" / "08_reporting" / "registry_decision.json", decisions / f"{number}.json")
     return project
-

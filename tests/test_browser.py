@@ -30,14 +30,15 @@ MLFLOW = Path(sys.executable).parent / "mlflow"
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.xdist_group("tracked_project"),
     pytest.mark.skipif(not CHROMIUM.exists(), reason="Chromium is not installed (apt-get install chromium)"),
 ]
 
 
 def free_port() -> int:
     """A free loopback port below 49152 (kedro-viz refuses the ephemeral range)."""
-    for port in random.sample(range(20_000, 40_000), 200):
+    # SystemRandom: training seeds `random` identically in every xdist worker, so two workers
+    # would otherwise try the same ports in the same order.
+    for port in random.SystemRandom().sample(range(20_000, 40_000), 200):
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
