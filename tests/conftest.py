@@ -123,13 +123,16 @@ def tracked_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
         shared = shared.parent
     project = shared / "tracked_project"
     with FileLock(str(shared / "tracked_project.lock")):
-        if not project.exists():
-            _build_tracked_project(shared / "tracked_project.partial").rename(project)
+        # built in place (MLflow stores absolute artifact paths, so no build-then-rename);
+        # a build that failed in another worker left no marker and is redone
+        if not (project / ".built").exists():
+            shutil.rmtree(project, ignore_errors=True)
+            _build_tracked_project(project)
+            (project / ".built").touch()
     return project
 
 
 def _build_tracked_project(folder: Path) -> Path:
-    shutil.rmtree(folder, ignore_errors=True)  # a build that failed in an earlier worker
     project = make_project_copy(folder)
     for args in (["init", "-q"], ["add", "conf", "pyproject.toml"],
                  ["-c", "user.name=alignops", "-c", "user.email=ci@example.com", "commit", "-qm", "project"]):
