@@ -154,11 +154,21 @@ def test_mlflow_ui_lists_the_runs_and_charts_a_ppo_metric(page, mlflow_ui, track
     screenshot(page, "mlflow_run_overview")
 
     page.get_by_role("tab", name="Model metrics").click()
-    page.get_by_placeholder("Search metric charts").fill("objective/kl")
-    expect(page.get_by_text("__default__ (objective/kl)")).to_be_visible(timeout=60_000)
-    chart = page.locator("[class*='js-plotly-plot'], .main-svg").first
-    expect(chart).to_be_visible()
+    # one per-step curve of each stage; PPO's KL is the one kept as a screenshot
+    for metric in ("loss/sft", "loss/reward", "loss/dpo", "objective/kl"):
+        page.get_by_placeholder("Search metric charts").fill(metric)
+        expect(page.get_by_text(f"__default__ ({metric})")).to_be_visible(timeout=60_000)
+    expect(page.locator(".js-plotly-plot, .main-svg").first).to_be_visible()
     screenshot(page, "mlflow_ppo_kl_chart")
+
+    page.get_by_role("tab", name="Artifacts").click()
+    for folder in ("curves", "data_docs", "reports", "tables"):
+        expect(page.get_by_text(folder, exact=True)).to_be_visible(timeout=30_000)
+    page.get_by_text("curves", exact=True).click()
+    page.get_by_text("ppo.png", exact=True).click()
+    expect(page.get_by_text("curves/ppo.png", exact=True)).to_be_visible(timeout=30_000)  # the preview title
+    expect(page.locator("img[src^='blob:']").first).to_be_visible(timeout=30_000)  # and the picture
+    screenshot(page, "mlflow_artifacts_ppo_curves")
 
 
 def test_mlflow_registry_shows_the_policy_with_its_champion(page, mlflow_ui):
