@@ -76,6 +76,9 @@ def test_tags_name_commit_environment_pipelines_and_input_digests(runs, tracked_
     assert tags["git.commit"] == head.stdout.strip() and tags["git.dirty"] == "false"
     assert tags["kedro.env"] == "test" and tags["kedro.pipelines"] == "__default__"
     assert tags["runner"].endswith("ParallelRunner") and "0x" not in tags["runner"]
+    # the tag reruns the run: pipelines, environment and runtime params
+    assert tags["kedro_command"] == "kedro run --pipelines=__default__ --env=test"
+    assert runs[1].data.tags["kedro_command"] == "kedro run --pipelines=__default__ --env=test --params=registry.policy=sft"
     world = tracked_project / "data" / "01_raw" / "world"
     assert tags["data/raw_preferences/preference_rankings.jsonl"] == file_md5(world / "preference_rankings.jsonl")
     assert tags["data/sft_demonstrations/sft_demonstrations.jsonl"] == file_md5(world / "sft_demonstrations.jsonl")
@@ -149,9 +152,11 @@ torch.manual_seed(0)
 prompts = ["Where is my order?", "Can I change my delivery address?", "How do I reset my password?"]
 policy = mlflow.pyfunc.load_model("models:/alignops-policy@champion")
 replies = policy.predict(prompts)
+# generation settings are inference params: greedy decoding twice gives the same replies
+greedy = [policy.predict(prompts, params={"do_sample": False, "max_new_tokens": 12}) for _ in range(2)]
 rm = mlflow.pyfunc.load_model("models:/alignops-reward-model@champion")
 rewards = rm.predict(pd.DataFrame({"prompt": prompts + prompts[:1], "response": replies + ["It ships tomorrow."]}))
-print(json.dumps({"replies": replies, "rewards": rewards["reward"].tolist()}))
+print(json.dumps({"replies": replies, "greedy": greedy, "rewards": rewards["reward"].tolist()}))
 """
     result = subprocess.run(
         [sys.executable, "-c", script, f"sqlite:///{tracked_project / 'mlflow.db'}"],
@@ -164,4 +169,5 @@ print(json.dumps({"replies": replies, "rewards": rewards["reward"].tolist()}))
     # the test env's policy is a few steps from random: some replies may be blank, not all
     assert len(out["replies"]) == 3 and all(isinstance(r, str) for r in out["replies"])
     assert any(r.strip() for r in out["replies"])
+    assert out["greedy"][0] == out["greedy"][1] and len(out["greedy"][0]) == 3
     assert len(out["rewards"]) == 4 and all(abs(r) < 1e6 for r in out["rewards"])

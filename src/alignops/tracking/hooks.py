@@ -123,6 +123,16 @@ def _anchor_sqlite_uris(context) -> None:
     loader["mlflow"] = {**conf, "server": server}
 
 
+def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = REDACTED if is_secret(f"{prefix}{key}") else value
+    return flat
+
+
 def _tag_safe(name: str) -> str:
     return re.sub(r"[^\w./\- ]", "_", name)
 
@@ -164,6 +174,7 @@ class AlignopsMlflowHook(MlflowHook):
         mlflow.set_tags(
             {
                 "runner": runner,  # kedro-mlflow tags the object's repr, with its address
+                "kedro_command": self._kedro_command(run_params),
                 "kedro.env": self._env,
                 "kedro.pipelines": ",".join([names] if isinstance(names, str) else names),
                 **git_state(self._project_path),
@@ -205,6 +216,18 @@ class AlignopsMlflowHook(MlflowHook):
                 super().on_pipeline_error(error, run_params, pipeline, catalog)
         finally:
             self._restore()
+
+    def _kedro_command(self, run_params: dict[str, Any]) -> str:
+        """kedro-mlflow's command (which writes the deprecated ``--pipeline``) with the
+        environment and the runtime ``--params`` added, so the tag reruns the same run."""
+        command = MlflowClient().get_run(self.run_id).data.tags.get("kedro_command", "kedro run")
+        command = command.replace("--pipeline=", "--pipelines=")
+        if self._env != "local":
+            command += f" --env={self._env}"
+        runtime = _flatten(run_params.get("runtime_params") or {})
+        if runtime:
+            command += " --params=" + ",".join(f"{k}={v}" for k, v in runtime.items())
+        return command
 
     def _log_param(self, name: str, value: Any) -> None:
         if is_secret(name):

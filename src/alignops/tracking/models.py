@@ -13,7 +13,7 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
-from mlflow.models import ModelSignature
+from mlflow.models import ModelSignature, infer_signature
 from mlflow.models.model import ModelInfo
 from mlflow.types import ColSpec, Schema
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -56,7 +56,8 @@ def log_policy(
 
     The prompt template is saved with it, so callers send canonical prompts (a bare
     question) and get the reply alone back; ``generation`` (max_new_tokens, temperature,
-    ...) becomes the model's default inference configuration.
+    ...) becomes the model's default inference configuration, and each of its keys an
+    inference parameter a caller may override per call.
     """
     return mlflow.transformers.log_model(
         transformers_model={"model": model, "tokenizer": tokenizer},
@@ -64,6 +65,8 @@ def log_policy(
         task="text-generation",
         prompt_template=model_config.prompt_template,
         model_config=dict(generation),
+        # the generation settings are also inference params: predict(prompts, params={...}) overrides them
+        signature=infer_signature([example_prompt], [EXAMPLE_RESPONSE], params=dict(generation)),
         input_example=[example_prompt],
         pip_requirements=pip_requirements(),
     )
