@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import kedro_cli, make_project_copy, run_kedro
+from tests.conftest import kedro_cli, run_kedro
 
 STAGES = {"data_generation", "ingestion", "data_validation", "data_report",
           "sft", "reward_model", "ppo", "dpo", "evaluation", "registry"}

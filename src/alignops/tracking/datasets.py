@@ -8,7 +8,7 @@ from typing import Any
 from kedro.io import AbstractDataset
 from mlflow.tracking import MlflowClient
 
-from alignops.tracking.logger import current_run_id, is_main_process
+from alignops.tracking.logger import current_run_id
 
 
 class MlflowArtifactDataset(AbstractDataset[Any, Any]):
@@ -42,7 +42,7 @@ class MlflowArtifactDataset(AbstractDataset[Any, Any]):
     def save(self, data: Any) -> None:
         self._dataset.save(data)
         run_id = current_run_id()
-        if run_id is None or not is_main_process():
+        if run_id is None:
             return
         path = self.local_path
         client = MlflowClient()

@@ -19,7 +19,6 @@ It replaces kedro-mlflow's own hook (``DISABLE_HOOKS_FOR_PLUGINS`` in settings.p
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import re
 import subprocess
@@ -33,13 +32,12 @@ from kedro.io import DataCatalog
 from kedro.pipeline import Pipeline
 from kedro.pipeline.node import Node
 from kedro_mlflow.framework.hooks.mlflow_hook import MlflowHook
+from kedro_mlflow.framework.hooks.utils import _flatten_dict
 from kedro_mlflow.io.catalog.switch_catalog_logging import switch_catalog_logging
 from mlflow.tracking import MlflowClient
 
 from alignops.tracking.logger import RUN_ID_ENV, is_main_process
 from alignops.tracking.registry import DATA_TAG_PREFIX
-
-logger = logging.getLogger(__name__)
 
 SECRET_NAMES = frozenset({
     "token", "hf_token", "hub_token", "auth_token", "access_token", "api_token", "use_auth_token",
@@ -121,16 +119,6 @@ def _anchor_sqlite_uris(context) -> None:
     for key in ("mlflow_tracking_uri", "mlflow_registry_uri"):
         server[key] = project_sqlite_uri(server.get(key), Path(context.project_path))
     loader["mlflow"] = {**conf, "server": server}
-
-
-def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = REDACTED if is_secret(f"{prefix}{key}") else value
-    return flat
 
 
 def _tag_safe(name: str) -> str:
@@ -224,9 +212,12 @@ class AlignopsMlflowHook(MlflowHook):
         command = command.replace("--pipeline=", "--pipelines=")
         if self._env != "local":
             command += f" --env={self._env}"
-        runtime = _flatten(run_params.get("runtime_params") or {})
+        # flattened as kedro-mlflow flattens parameters, and redacted as they are
+        runtime = _flatten_dict(run_params.get("runtime_params") or {}, recursive=True, sep=".")
         if runtime:
-            command += " --params=" + ",".join(f"{k}={v}" for k, v in runtime.items())
+            command += " --params=" + ",".join(
+                f"{k}={REDACTED if is_secret(k) else v}" for k, v in runtime.items()
+            )
         return command
 
     def _log_param(self, name: str, value: Any) -> None:

@@ -40,7 +40,10 @@ def is_main_process() -> bool:
 
 
 def current_run_id() -> str | None:
-    """The run this process should log to: the active one, else the one the hook exported."""
+    """The run this process should log to: the active one, else the one the hook exported;
+    None when there is none, or off rank 0 (only the main process logs)."""
+    if not is_main_process():
+        return None
     active = mlflow.active_run()
     if active is not None:
         return active.info.run_id
@@ -60,7 +63,7 @@ class MlflowMetricLogger:
 
     A sqlite-backed store takes ~10 ms a write; a loop logging every few steps would pay
     that each time, so rows are buffered and sent every ``flush_every_s`` seconds (and on
-    ``flush``/``close``), and the curves still fill in while a stage trains.
+    ``flush``), and the curves still fill in while a stage trains.
     """
 
     def __init__(self, run_id: str, stage: str, client: MlflowClient | None = None, flush_every_s: float = 2.0):
@@ -86,28 +89,12 @@ class MlflowMetricLogger:
         self._pending = []
         self._last_flush = time.monotonic()
 
-    close = flush
 
-
-class _NoTracking:
-    """What ``metric_logger`` gives when there is no run to log to: rows stay in the history."""
-
-    def __call__(self, metrics: dict[str, Any], step: int) -> None:
-        pass
-
-    def flush(self) -> None:
-        pass
-
-    close = flush
-
-
-def metric_logger(stage: str) -> LogFn:
-    """The logger for ``stage`` in this process: MLflow on the main process during a tracked
-    run, otherwise one that drops rows (the node's ``MetricHistory`` still keeps them)."""
+def metric_logger(stage: str) -> LogFn | None:
+    """The MLflow logger for ``stage`` during a tracked run on the main process, else None
+    (a ``MetricHistory`` without a sink: the rows stay in the stage's history)."""
     run_id = current_run_id()
-    if run_id is None or not is_main_process():
-        return _NoTracking()
-    return MlflowMetricLogger(run_id, stage)
+    return None if run_id is None else MlflowMetricLogger(run_id, stage)
 
 
 def require_run() -> str:

@@ -14,7 +14,7 @@ import getpass
 
 from mlflow.tracking import MlflowClient
 
-from alignops.tracking.registry import CHAMPION, alias_version
+from alignops.tracking.registry import CHAMPION, alias_version, tag_version
 
 
 def promote(client: MlflowClient, name: str, version: str, reason: str, by: str | None = None) -> str | None:
@@ -22,13 +22,12 @@ def promote(client: MlflowClient, name: str, version: str, reason: str, by: str 
     client.get_model_version(name, version)  # fails clearly on a version that does not exist
     previous = alias_version(client, name, CHAMPION)
     client.set_registered_model_alias(name, CHAMPION, version)
-    for key, value in {
+    tag_version(client, name, version, {
         "promotion.decision": "overridden",
         "promotion.override_reason": reason,
         "promotion.override_by": by or getpass.getuser(),
         "promotion.replaced": f"v{previous}" if previous else "none",
-    }.items():
-        client.set_model_version_tag(name, version, key, value)
+    })
     return previous
 
 

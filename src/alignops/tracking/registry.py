@@ -158,6 +158,12 @@ def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
         return None
 
 
+def tag_version(client: MlflowClient, name: str, version: str, tags: dict[str, str]) -> None:
+    """Set every tag on one model version."""
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+
+
 def apply_gate(
     client: MlflowClient,
     name: str,
@@ -173,14 +179,13 @@ def apply_gate(
     client.set_registered_model_alias(name, CANDIDATE, version)
     if decision.promote:
         client.set_registered_model_alias(name, CHAMPION, version)
-    for key, value in {
+    tag_version(client, name, version, {
         "promotion.decision": "promoted" if decision.promote else "held",
         "promotion.reason": decision.reason,
         "promotion.metric": decision.metric,
         "promotion.margin": str(config.margin),
         "promotion.compared_to": f"v{champion_version}" if champion_version else "none",
-    }.items():
-        client.set_model_version_tag(name, version, key, value)
+    })
     return decision
 
 

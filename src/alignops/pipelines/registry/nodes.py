@@ -22,6 +22,7 @@ from alignops.tracking.registry import (
     choose_policy,
     data_hash,
     policy_figures,
+    tag_version,
 )
 
 logger = logging.getLogger(__name__)
@@ -95,10 +96,11 @@ def register_models(
 
     rm_info = log_reward_model(reward_model)
     rm_version = str(mlflow.register_model(rm_info.model_uri, config.reward_model).version)
-    rm_tags = {"data_hash": digest or "unknown", "run_id": run_id}
-    rm_tags.update({f"eval.{k}": f"{v:.4f}" for k, v in evaluation_summary["reward_model"].items() if _is_number(v)})
-    for key, value in rm_tags.items():
-        client.set_model_version_tag(config.reward_model, rm_version, key, value)
+    tag_version(client, config.reward_model, rm_version, {
+        "data_hash": digest or "unknown",
+        "run_id": run_id,
+        **{f"eval.{k}": f"{v:.4f}" for k, v in evaluation_summary["reward_model"].items() if _is_number(v)},
+    })
     client.set_registered_model_alias(config.reward_model, CANDIDATE, rm_version)
 
     method = choose_policy(evaluation_summary, config)
@@ -106,15 +108,13 @@ def register_models(
     policy = {"sft": sft_model, "ppo": ppo_model, "dpo": dpo_model}[method]
     info = log_policy(policy, tokenizer, ModelConfig(**model_params), config.generation)
     version = str(mlflow.register_model(info.model_uri, config.policy_model).version)
-    tags = {
+    tag_version(client, config.policy_model, version, {
         "method": method,
         "data_hash": digest or "unknown",
         "run_id": run_id,
         "reward_model_version": rm_version,
         **{f"eval.{k}": f"{v:.4f}" for k, v in figures.items() if v is not None},
-    }
-    for key, value in tags.items():
-        client.set_model_version_tag(config.policy_model, version, key, value)
+    })
     client.update_model_version(
         config.policy_model, version,
         description=f"{method.upper()} policy of run {run_id}; "
