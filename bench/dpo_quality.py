@@ -37,7 +37,7 @@ for name, value in {
 from kedro.framework.session import KedroSession  # noqa: E402
 from kedro.framework.startup import bootstrap_project  # noqa: E402
 
-from alignops.data.world import GoldJudge  # noqa: E402
+from alignops.world import GoldJudge  # noqa: E402
 from alignops.evaluation.policies import EvaluationConfig, kl_to_reference, sample_policy, win_rate  # noqa: E402
 from alignops.models.config import ModelConfig  # noqa: E402
 from alignops.training.common import MetricHistory  # noqa: E402

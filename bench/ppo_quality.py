@@ -8,7 +8,7 @@ scores both with the gold judge and the reward model, and prints gold means, the
 rate of PPO over SFT (ties count half), the RM means, a Monte-Carlo KL(PPO ‖ SFT),
 response lengths, degenerate-reply rates and PPO's timing. Reward hacking shows as
 the RM mean rising while the gold mean falls. Run from the repository root after
-``kedro run --pipelines data_generation,ingestion,data_validation,sft,reward_model,ppo``::
+``kedro run --pipelines data_generation,ingestion,data_validation,sft,reward,ppo``::
 
     python bench/ppo_quality.py                  # the catalog's ppo_model
     python bench/ppo_quality.py --retrain        # train PPO afresh in-process (timed), then measure
@@ -40,7 +40,7 @@ for name, value in {
 from kedro.framework.session import KedroSession  # noqa: E402
 from kedro.framework.startup import bootstrap_project  # noqa: E402
 
-from alignops.data.world import GoldJudge  # noqa: E402
+from alignops.world import GoldJudge  # noqa: E402
 from alignops.evaluation.policies import EvaluationConfig, kl_to_reference, sample_policy, win_rate  # noqa: E402
 from alignops.models.config import ModelConfig  # noqa: E402
 from alignops.pipelines.ppo.nodes import collect_prompts  # noqa: E402

@@ -1,7 +1,7 @@
 """How good and how fast is the reward model? Held-out pairwise accuracy against gold and the panel.
 
     python bench/reward_quality.py            # score the reward model already in the catalog
-    python bench/reward_quality.py --run      # (re)train it first: `reward_model` pipeline, timed
+    python bench/reward_quality.py --run      # (re)train it first: `reward` pipeline, timed
     python bench/reward_quality.py --run --project /tmp/copy --env local
 
 Needs the upstream outputs (``preferences_train``/``preferences_heldout``, ``sft_model``,
@@ -34,7 +34,7 @@ for name, value in {
 from kedro.framework.session import KedroSession  # noqa: E402
 from kedro.framework.startup import bootstrap_project  # noqa: E402
 
-from alignops.data.world.gold import GoldJudge  # noqa: E402
+from alignops.world.gold import GoldJudge  # noqa: E402
 
 
 def _cpu_seconds() -> float:
@@ -70,7 +70,7 @@ def main() -> None:
     if args.run:
         with KedroSession.create(project_path=Path(args.project), env=args.env) as session:
             wall, cpu = time.perf_counter(), _cpu_seconds()
-            session.run(pipeline_names=["reward_model"])
+            session.run(pipeline_names=["reward"])
             timing = {"stage_wall_s": time.perf_counter() - wall, "stage_cpu_s": _cpu_seconds() - cpu}
 
     with KedroSession.create(project_path=Path(args.project), env=args.env) as session:

@@ -13,7 +13,7 @@ import yaml
 from tests.conftest import kedro_cli, run_kedro
 
 STAGES = {"data_generation", "ingestion", "data_validation", "data_report",
-          "sft", "reward_model", "ppo", "dpo", "evaluation", "registry"}
+          "sft", "reward", "ppo", "dpo", "evaluation", "registry"}
 DATA_STAGES = {"ingestion", "data_validation", "data_report"}
 
 
@@ -73,7 +73,7 @@ def test_strict_failure_stops_before_downstream_and_leaves_the_report(project_co
     _write_env(
         project_copy,
         "user",
-        {"raw_preferences": {"type": "alignops.data.datasets.PreferenceSourceDataset",
+        {"raw_preferences": {"type": "alignops.catalog.preferences.PreferenceSourceDataset",
                              "filepath": str(bad), "format": "auto", "read_only": True}},
         {"data_validation": {"mode": "strict"}},
     )

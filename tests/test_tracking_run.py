@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from alignops.tracking.hooks import file_md5
+from alignops.hooks import file_md5
 
 pytestmark = pytest.mark.slow
 
@@ -113,7 +113,7 @@ def test_artifacts_hold_curves_reports_data_docs_and_the_sample_table(runs, clie
     run_id = runs[0].info.run_id
     listed = {folder: {Path(a.path).name for a in client.list_artifacts(run_id, folder)}
               for folder in ("curves", "reports", "data_docs", "tables")}
-    assert listed["curves"] == {"sft.png", "reward_model.png", "ppo.png", "dpo.png"}
+    assert listed["curves"] == {"sft.png", "reward.png", "ppo.png", "dpo.png"}
     assert {"evaluation_summary.json", "evaluation.png", "data_report.json", "data_report.png",
             "validation_report.json"} <= listed["reports"]
     assert "index.html" in listed["data_docs"]

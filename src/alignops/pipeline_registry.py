@@ -13,7 +13,7 @@ from alignops.pipelines import (
     ingestion,
     ppo,
     registry,
-    reward_model,
+    reward,
     sft,
 )
 
@@ -25,7 +25,7 @@ STAGES = {
     "data_validation": data_validation.create_pipeline,
     "data_report": data_report.create_pipeline,
     "sft": sft.create_pipeline,
-    "reward_model": reward_model.create_pipeline,
+    "reward": reward.create_pipeline,
     "ppo": ppo.create_pipeline,
     "dpo": dpo.create_pipeline,
     "evaluation": evaluation.create_pipeline,

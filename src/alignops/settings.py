@@ -21,7 +21,7 @@ CONFIG_LOADER_ARGS = {
 
 # Tracking: kedro-mlflow's run lifecycle through alignops' subclass of its hook (tags,
 # data hashes, secret redaction, main process only), which replaces the plugin's own.
-from alignops.tracking.hooks import mlflow_hook  # noqa: E402
+from alignops.hooks import mlflow_hook  # noqa: E402
 
 HOOKS = (mlflow_hook,)
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro_mlflow",)

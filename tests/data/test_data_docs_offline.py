@@ -15,11 +15,11 @@ from pathlib import Path
 import great_expectations
 import pytest
 
-from alignops.data.validation_docs import (
+from alignops.catalog.data_docs import DataDocsDataset
+from alignops.preferences.validation_docs import (
     OFFLINE_ASSETS,
     VENDOR_DIR,
     VENDORED,
-    DataDocsDataset,
     localize,
 )
 from tests.data.test_validation import _set, clean_frame, validate

@@ -9,14 +9,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from alignops.data.ingestion import (
+from alignops.preferences.ingestion import (
     IngestionError,
     ingestion_summary,
     read_preference_files,
     read_preferences,
     resolve_sources,
 )
-from alignops.data.schema import CANONICAL_DTYPES
+from alignops.preferences.schema import CANONICAL_DTYPES
 from tests.data.fixtures_ingestion import (
     CONVERSATIONAL_EXPLICIT,
     CONVERSATIONAL_IMPLICIT,

@@ -8,13 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from alignops.data.report import (
+from alignops.preferences.report import (
     ReportConfig,
     annotator_agreement,
     plot_preferences,
     summarise_preferences,
 )
-from alignops.data.schema import as_canonical
+from alignops.preferences.schema import as_canonical
 
 
 def _pairs(rows: list[tuple[str, str, str, str]]) -> pd.DataFrame:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from alignops.data.split import SplitConfig, heldout_mask, split_preferences
+from alignops.preferences.split import SplitConfig, heldout_mask, split_preferences
 
 
 def _table(n_prompts: int = 400, pairs_per_prompt: int = 3) -> pd.DataFrame:

@@ -9,17 +9,17 @@ import pandas as pd
 import pytest
 import yaml
 
-from alignops.data.ingestion import read_preferences
-from alignops.data.schema import as_canonical
-from alignops.data.validation import (
+from alignops.preferences.ingestion import read_preferences
+from alignops.preferences.schema import as_canonical
+from alignops.preferences.validation import (
     DataValidationConfig,
     DataValidationError,
     parse_suite,
     raise_for_report,
     validate_preferences,
 )
-from alignops.data.validation_docs import DataDocsDataset
-from alignops.data.validation_suite import add_derived_columns, regex_token_counts, token_counter
+from alignops.catalog.data_docs import DataDocsDataset
+from alignops.preferences.validation_suite import add_derived_columns, regex_token_counts, token_counter
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BASE = yaml.safe_load((REPO_ROOT / "conf/base/parameters_data_validation.yml").read_text())

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from alignops.data.world import (
+from alignops.world import (
     CATALOGUE,
     GoldJudge,
     WorldConfig,
@@ -20,8 +20,8 @@ from alignops.data.world import (
     summarise_world,
     world_spec,
 )
-from alignops.data.world.annotators import ranks_with_ties
-from alignops.data.world.intents import BRACKET_RE, SLOT_RE
+from alignops.world.annotators import ranks_with_ties
+from alignops.world.intents import BRACKET_RE, SLOT_RE
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from alignops.core.losses import sft_loss
-from alignops.data.collate import select_rows, tokenize_completions, tokenize_preference_pairs
-from alignops.data.packing import assign_rows, pack_sequences
+from alignops.models.collate import select_rows, tokenize_completions, tokenize_preference_pairs
+from alignops.models.packing import assign_rows, pack_sequences
 from alignops.models import ModelConfig, build_causal_lm, build_tokenizer
 
 TEXTS = [

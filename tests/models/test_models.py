@@ -11,7 +11,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from alignops.models import ModelConfig, build_causal_lm, build_tokenizer, get_metadata, load_model, set_metadata
-from alignops.models.datasets import CheckpointDirectory, HFModelDataset, HFTokenizerDataset
+from alignops.catalog.models import CheckpointDirectory, HFModelDataset, HFTokenizerDataset
 from alignops.models.loading import METADATA_ATTRIBUTE
 from alignops.models.tokenizer import EOS_TOKEN, PAD_TOKEN, load_tokenizer
 

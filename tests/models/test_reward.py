@@ -18,7 +18,7 @@ from alignops.models.reward import (
     reward_head_from_causal_lm,
     sequence_rewards,
 )
-from alignops.models.reward_dataset import RewardModelDataset
+from alignops.catalog.reward_model import RewardModelDataset
 from alignops.models.tokenizer import train_bpe_tokenizer
 
 TEXTS = [

@@ -10,7 +10,7 @@ import yaml
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
-from alignops.data.world import GoldJudge
+from alignops.world import GoldJudge
 from alignops.pipelines.data_generation import create_pipeline
 
 CONF = Path(__file__).resolve().parents[2] / "conf"

@@ -11,7 +11,7 @@ import yaml
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
-from alignops.data.validation import DataValidationError
+from alignops.preferences.validation import DataValidationError
 from alignops.pipelines.data_validation import create_pipeline
 from tests.conftest import run_kedro
 from tests.data.test_validation import BASE, TEST_ENV, clean_frame

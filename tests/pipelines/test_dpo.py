@@ -64,4 +64,4 @@ def test_dpo_runs_in_the_test_environment(project_copy):
     assert any("eval/rewards/accuracies" in row for row in history)
     sft_weights = sft_model.state_dict()
     assert any(not torch.equal(w, sft_weights[name]) for name, w in dpo_model.state_dict().items())
-    assert (project_copy / f"data/06_models/dpo_checkpoints/step_{params['checkpoint_every']:08d}/step.json").is_file()
+    assert (project_copy / f"data/06_models/checkpoints/dpo/step_{params['checkpoint_every']:08d}/step.json").is_file()

@@ -14,9 +14,9 @@ import yaml
 from kedro.io import DataCatalog, DatasetError, MemoryDataset
 from kedro.runner import SequentialRunner
 
-from alignops.data.datasets import PreferenceSourceDataset
-from alignops.data.ingestion import IngestionError, read_preferences
-from alignops.data.schema import CANONICAL_COLUMNS
+from alignops.catalog.preferences import PreferenceSourceDataset
+from alignops.preferences.ingestion import IngestionError, read_preferences
+from alignops.preferences.schema import CANONICAL_COLUMNS
 from alignops.pipelines.ingestion import create_pipeline
 from tests.conftest import run_kedro
 from tests.data.fixtures_ingestion import KWISE, TRL_EXPLICIT, write_bytes, write_records

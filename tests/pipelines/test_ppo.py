@@ -13,7 +13,7 @@ from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 from transformers import LlamaForCausalLM
 
-from alignops.models.datasets import HFModelDataset
+from alignops.catalog.models import HFModelDataset
 from alignops.pipelines.ppo import create_pipeline
 from alignops.pipelines.ppo.nodes import collect_prompts
 from tests.conftest import run_kedro
@@ -107,7 +107,7 @@ def test_pipeline_saves_a_loadable_policy_its_history_and_samples(tmp_path, sft_
     assert [json.loads(c.read_text())["stage"] for c in checkpoints] == ["ppo"]
 
 
-UPSTREAM = ["data_generation", "ingestion", "data_validation", "sft", "reward_model"]
+UPSTREAM = ["data_generation", "ingestion", "data_validation", "sft", "reward"]
 
 
 @pytest.mark.slow

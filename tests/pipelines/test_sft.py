@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from alignops.models import generate
-from alignops.models.datasets import HFModelDataset, HFTokenizerDataset
+from alignops.catalog.models import HFModelDataset, HFTokenizerDataset
 from alignops.pipeline_registry import STAGES
 from alignops.pipelines.sft import create_pipeline
 from tests.conftest import run_kedro

@@ -7,8 +7,9 @@ import subprocess
 
 import mlflow
 
-from alignops.data.datasets import PreferenceSourceDataset
-from alignops.tracking.hooks import REDACTED, AlignopsMlflowHook, dataset_files, file_md5, git_state
+from alignops.catalog.preferences import PreferenceSourceDataset
+from alignops.hooks import AlignopsMlflowHook
+from alignops.tracking.run_info import REDACTED, dataset_files, file_md5, git_state
 
 
 def test_secret_looking_parameters_are_redacted(tracking_uri):
@@ -52,7 +53,7 @@ def test_every_file_behind_a_glob_is_hashed_like_dvc(tmp_path):
 
 
 def test_relative_sqlite_uris_are_anchored_at_the_project_root(tmp_path):
-    from alignops.tracking.hooks import project_sqlite_uri
+    from alignops.tracking.run_info import project_sqlite_uri
 
     assert project_sqlite_uri("sqlite:///mlflow.db", tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
     assert project_sqlite_uri("sqlite:////abs/mlflow.db", tmp_path) == "sqlite:////abs/mlflow.db"

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from alignops.data.schema import as_canonical
+from alignops.preferences.schema import as_canonical
 from alignops.models.config import ModelConfig
 from alignops.models.loading import build_causal_lm
 from alignops.models.tokenizer import train_bpe_tokenizer

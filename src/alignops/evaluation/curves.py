@@ -16,7 +16,7 @@ PANELS: dict[str, list[tuple[str, list[str]]]] = {
         ("learning rate", ["sft/lr"]),
         ("gradient norm", ["sft/grad_norm"]),
     ],
-    "reward_model": [
+    "reward": [
         ("loss", ["loss/reward", "eval/loss"]),
         ("pair accuracy", ["reward/accuracy", "eval/reward_accuracy"]),
         ("reward margin", ["reward/margin", "eval/reward_margin"]),
@@ -39,7 +39,7 @@ PANELS: dict[str, list[tuple[str, list[str]]]] = {
 }
 """Per stage: (panel title, metric names drawn in it). Names a run did not log are skipped."""
 
-TITLES = {"sft": "Supervised fine-tuning", "reward_model": "Reward model", "ppo": "PPO", "dpo": "DPO"}
+TITLES = {"sft": "Supervised fine-tuning", "reward": "Reward model", "ppo": "PPO", "dpo": "DPO"}
 
 
 def plot_training_curves(rows: list[dict], stage: str) -> plt.Figure:
@@ -82,8 +82,8 @@ def plot_sft_curves(sft_history: list[dict]) -> plt.Figure:
     return plot_training_curves(sft_history, "sft")
 
 
-def plot_reward_model_curves(reward_history: list[dict]) -> plt.Figure:
-    return plot_training_curves(reward_history, "reward_model")
+def plot_reward_curves(reward_history: list[dict]) -> plt.Figure:
+    return plot_training_curves(reward_history, "reward")
 
 
 def plot_ppo_curves(ppo_history: list[dict]) -> plt.Figure:

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 
-from alignops.data.collate import Batch, select_rows, tokenize_completions
+from alignops.models.collate import Batch, select_rows, tokenize_completions
 from alignops.models.loading import load_model, save_model
 from alignops.models.scoring import position_ids_from_mask
 from alignops.models.tokenizer import ensure_pad_token, load_tokenizer

@@ -26,7 +26,10 @@ RUNTIME_PACKAGES = ("torch", "transformers", "tokenizers", "accelerate", "safete
 inference of requirements imports torchvision, which is not installed."""
 
 PACKAGE = Path(__file__).resolve().parents[1]
-"""The alignops package directory: shipped with the reward model so it loads anywhere."""
+"""The alignops package directory: part of it is shipped with the reward model so it loads anywhere."""
+SHIPPED_PACKAGES = ("core", "models", "tracking")
+"""What the logged reward model imports (its pyfunc class lives in ``tracking``): nothing of
+the pipeline, its data or its web assets travels with it."""
 
 EXAMPLE_PROMPT = "Where is my order? It was due last Friday."
 EXAMPLE_RESPONSE = "Sorry about the delay. Your order shipped on Monday and should arrive within two days."
@@ -112,8 +115,10 @@ def log_reward_model(reward_model: RewardModel, name: str = "reward_model") -> M
     with tempfile.TemporaryDirectory() as folder:
         weights, code = Path(folder) / "reward_model", Path(folder) / PACKAGE.name
         reward_model.save(weights)
-        # the package without the Data Docs' vendored web assets (2 MB no model needs)
-        shutil.copytree(PACKAGE, code, ignore=shutil.ignore_patterns("__pycache__", "data_docs_vendor"))
+        code.mkdir()
+        shutil.copy2(PACKAGE / "__init__.py", code / "__init__.py")
+        for package in SHIPPED_PACKAGES:
+            shutil.copytree(PACKAGE / package, code / package, ignore=shutil.ignore_patterns("__pycache__"))
         return mlflow.pyfunc.log_model(
             name=name,
             python_model=RewardModelPyfunc(),

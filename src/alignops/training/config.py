@@ -57,7 +57,7 @@ class SFTConfig:
     undo the warm-up. ``sft/grad_norm`` logs the norm before clipping."""
     packing: bool = True
     """Pack several demonstrations per row (position ids restart per example, attention
-    never crosses a boundary; ``alignops.data.packing``). World demonstrations are ~65
+    never crosses a boundary; ``alignops.models.packing``). World demonstrations are ~65
     tokens and the longest in a batch of 8 ~90, so unpacked batches are ~25% padding."""
     eval_fraction: float = 0.05
     """Share of demonstrations held out to report ``eval/loss`` and ``eval/perplexity``; 0 turns it off."""

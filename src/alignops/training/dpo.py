@@ -26,7 +26,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from alignops.core.logprobs import sequence_logprobs
 from alignops.core.losses import dpo_loss
-from alignops.data.collate import Batch, select_rows, tokenize_preference_pairs
+from alignops.models.collate import Batch, select_rows, tokenize_preference_pairs
 from alignops.models.config import ModelConfig
 from alignops.training.common import (
     LogFn,

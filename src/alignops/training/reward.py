@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Sampler
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from alignops.core.losses import bradley_terry_loss
-from alignops.data.collate import Batch, select_rows
+from alignops.models.collate import Batch, select_rows
 from alignops.models.config import ModelConfig
 from alignops.models.generation import GenerationOutput, generate
 from alignops.models.reward import RewardModel, build_reward_backbone, sequence_rewards
@@ -78,7 +78,7 @@ class Comparisons:
 
 
 def comparisons(reward_model: RewardModel, pairs: pd.DataFrame, margin_scale: float = 0.0) -> Comparisons:
-    """Tokenise a canonical preference table (``alignops.data.schema``) for ``reward_model``."""
+    """Tokenise a canonical preference table (``alignops.preferences.schema``) for ``reward_model``."""
     n = len(pairs)
     texts = pd.MultiIndex.from_arrays(
         [pd.concat([pairs["prompt"], pairs["prompt"]]), pd.concat([pairs["chosen"], pairs["rejected"]])]

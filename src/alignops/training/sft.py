@@ -17,8 +17,8 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from alignops.core import sft_loss
-from alignops.data.collate import Batch, select_rows, tokenize_completions
-from alignops.data.packing import pack_sequences
+from alignops.models.collate import Batch, select_rows, tokenize_completions
+from alignops.models.packing import pack_sequences
 from alignops.models.config import ModelConfig
 from alignops.models.loading import build_causal_lm
 from alignops.training.common import (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from alignops.data.world import WorldConfig, generate_world, summarise_world
+from alignops.world import WorldConfig, generate_world, summarise_world
 
 SFT_COLUMNS = ["prompt_id", "intent", "prompt", "response"]
 EVAL_COLUMNS = ["prompt_id", "intent", "prompt"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from alignops.data.report import ReportConfig, plot_preferences, summarise_preferences
+from alignops.preferences.report import ReportConfig, plot_preferences, summarise_preferences
 
 
 def summarise(preferences: pd.DataFrame, validation_report: dict, params: dict) -> dict:

@@ -10,8 +10,8 @@ from typing import Any
 
 import pandas as pd
 
-from alignops.data.split import SplitConfig, split_preferences
-from alignops.data.validation import (
+from alignops.preferences.split import SplitConfig, split_preferences
+from alignops.preferences.validation import (
     DataValidationConfig,
     parse_suite,
     raise_for_report,
@@ -35,5 +35,5 @@ def gate(validation_report: dict[str, Any], passing_preferences: pd.DataFrame) -
 
 
 def split(validated_preferences: pd.DataFrame, params: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Train and held-out comparisons, split by prompt (see ``alignops.data.split``)."""
+    """Train and held-out comparisons, split by prompt (see ``alignops.preferences.split``)."""
     return split_preferences(validated_preferences, SplitConfig(**params))

@@ -1,4 +1,4 @@
-"""Nodes of ingestion. Reading and format handling live in ``alignops.data``; the catalog's
+"""Nodes of ingestion. Reading and format handling live in ``alignops.preferences``; the catalog's
 ``PreferenceSourceDataset`` has already parsed the files when these run."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import logging
 
 import pandas as pd
 
-from alignops.data.ingestion import ingestion_summary
-from alignops.data.schema import as_canonical
+from alignops.preferences.ingestion import ingestion_summary
+from alignops.preferences.schema import as_canonical
 
 logger = logging.getLogger(__name__)
 

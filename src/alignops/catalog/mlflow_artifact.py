@@ -1,0 +1,67 @@
+"""A catalog wrapper that also logs what a dataset saved (a file or a folder) to the run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from kedro.io import AbstractDataset
+from mlflow.tracking import MlflowClient
+
+from alignops.tracking.logger import current_run_id
+
+
+class MlflowArtifactDataset(AbstractDataset[Any, Any]):
+    """Saves through ``dataset``, then logs the written file or folder under ``artifact_path``.
+
+    Unlike kedro-mlflow's wrapper of the same name it logs folders too (Great
+    Expectations Data Docs are a site, not a file) and finds the run by id, so it works
+    in ParallelRunner's workers. Without a run (tracking disabled) it only saves.
+
+    Example catalog entry::
+
+        sft_curves:
+          type: alignops.catalog.mlflow_artifact.MlflowArtifactDataset
+          artifact_path: curves
+          dataset:
+            type: matplotlib.MatplotlibDataset
+            filepath: data/08_reporting/curves/sft.png
+    """
+
+    def __init__(
+        self, *, dataset: dict[str, Any] | str, artifact_path: str | None = None, metadata: dict | None = None
+    ) -> None:
+        config = {"type": dataset} if isinstance(dataset, str) else dict(dataset)
+        self._dataset = AbstractDataset.from_config("wrapped", config)
+        self._artifact_path = artifact_path
+        self.metadata = metadata
+
+    def load(self) -> Any:
+        return self._dataset.load()
+
+    def save(self, data: Any) -> None:
+        self._dataset.save(data)
+        run_id = current_run_id()
+        if run_id is None:
+            return
+        path = self.local_path
+        client = MlflowClient()
+        if path.is_dir():
+            client.log_artifacts(run_id, str(path), self._artifact_path)
+        else:
+            client.log_artifact(run_id, str(path), self._artifact_path)
+
+    @property
+    def local_path(self) -> Path:
+        """Where the wrapped dataset writes: its ``_filepath`` (file) or ``_path`` (folder)."""
+        for attribute in ("_filepath", "_path"):
+            value = getattr(self._dataset, attribute, None)
+            if value is not None:
+                return Path(str(value))
+        raise TypeError(f"{type(self._dataset).__name__} names no local file or folder to log")
+
+    def _exists(self) -> bool:
+        return self._dataset.exists()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"dataset": self._dataset._describe(), "artifact_path": self._artifact_path}

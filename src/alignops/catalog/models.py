@@ -1,0 +1,138 @@
+"""Kedro datasets for models, tokenizers and checkpoint folders: the catalog owns every path.
+
+Example::
+
+    sft_model:
+      type: alignops.catalog.models.HFModelDataset
+      filepath: data/06_models/sft
+      model_class: causal_lm            # or sequence_classification
+    tokenizer:
+      type: alignops.catalog.models.HFTokenizerDataset
+      filepath: data/06_models/tokenizer
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from kedro.io import AbstractDataset, DatasetError
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from alignops.models.loading import MODEL_CLASSES, load_model, save_model
+from alignops.models.tokenizer import load_tokenizer
+
+
+def _replace_folder(target: Path, write: Callable[[Path], None]) -> None:
+    """``write`` into a staging folder beside ``target``, then swap it in.
+
+    A crash mid-save leaves the previous model in place instead of half of a new one.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        write(staging)
+        staging.chmod(0o755)  # mkdtemp makes 0700; give the folder a plain mkdir's mode
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+class HFModelDataset(AbstractDataset[PreTrainedModel, PreTrainedModel]):
+    """A transformers model folder (config.json + safetensors), saved and loaded whole.
+
+    ``model.config.alignops_metadata`` (see ``alignops.models.loading.set_metadata``)
+    rides along in config.json: a stage stores facts about its model there, such as
+    the reward model's normalisation.
+    """
+
+    def __init__(
+        self,
+        *,
+        filepath: str,
+        model_class: str = "causal_lm",
+        trust_remote_code: bool = False,
+        dtype: str = "float32",
+        load_args: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        if model_class not in MODEL_CLASSES:
+            raise DatasetError(f"unknown model_class {model_class!r}; expected one of {sorted(MODEL_CLASSES)}")
+        self._filepath = Path(filepath)
+        self._model_class = model_class
+        self._trust_remote_code = trust_remote_code
+        self._dtype = dtype
+        self._load_args = dict(load_args or {})
+        self.metadata = metadata
+
+    def load(self) -> PreTrainedModel:
+        return load_model(
+            self._filepath, self._model_class, self._trust_remote_code, self._dtype, **self._load_args
+        )
+
+    def save(self, data: PreTrainedModel) -> None:
+        _replace_folder(self._filepath, lambda folder: save_model(data, folder))
+
+    def _exists(self) -> bool:
+        return (self._filepath / "config.json").is_file()
+
+    def _describe(self) -> dict[str, Any]:
+        return {
+            "filepath": str(self._filepath),
+            "model_class": self._model_class,
+            "trust_remote_code": self._trust_remote_code,
+            "dtype": self._dtype,
+        }
+
+
+class HFTokenizerDataset(AbstractDataset[PreTrainedTokenizerBase, PreTrainedTokenizerBase]):
+    """A tokenizer folder written by ``save_pretrained``; loads through ``AutoTokenizer``."""
+
+    def __init__(
+        self, *, filepath: str, trust_remote_code: bool = False, metadata: dict[str, Any] | None = None
+    ) -> None:
+        self._filepath = Path(filepath)
+        self._trust_remote_code = trust_remote_code
+        self.metadata = metadata
+
+    def load(self) -> PreTrainedTokenizerBase:
+        return load_tokenizer(str(self._filepath), trust_remote_code=self._trust_remote_code)
+
+    def save(self, data: PreTrainedTokenizerBase) -> None:
+        _replace_folder(self._filepath, lambda folder: data.save_pretrained(str(folder)))
+
+    def _exists(self) -> bool:
+        return (self._filepath / "tokenizer_config.json").is_file()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._filepath), "trust_remote_code": self._trust_remote_code}
+
+
+class CheckpointDirectory(AbstractDataset[None, str]):
+    """A folder a training loop writes resumable checkpoints into; loads as its absolute path.
+
+    Checkpoints are the loop's own state (accelerate ``save_state``), not a node
+    output, but where they go is still the catalog's call, not the node's.
+    """
+
+    def __init__(self, *, path: str, metadata: dict[str, Any] | None = None) -> None:
+        self._path = Path(path)
+        self.metadata = metadata
+
+    def load(self) -> str:
+        return str(self._path.resolve())  # created by the first checkpoint, if any
+
+    def save(self, data: None) -> None:
+        raise DatasetError(f"{self._path} is written by the training loop's checkpoints, not saved as a dataset")
+
+    def _exists(self) -> bool:
+        return True
+
+    def _describe(self) -> dict[str, Any]:
+        return {"path": str(self._path)}

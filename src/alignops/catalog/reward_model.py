@@ -1,0 +1,47 @@
+"""Kedro dataset for a reward model folder (``alignops.models.reward.RewardModel``).
+
+Example::
+
+    reward_model:
+      type: alignops.catalog.reward_model.RewardModelDataset
+      filepath: data/06_models/reward_model
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from kedro.io import AbstractDataset
+
+from alignops.catalog.models import _replace_folder
+from alignops.models.reward import REWARD_FILE, RewardModel
+
+
+class RewardModelDataset(AbstractDataset[RewardModel, RewardModel]):
+    """Model (safetensors) + tokenizer + ``reward_model.json`` in one folder, replaced whole on save."""
+
+    def __init__(
+        self,
+        *,
+        filepath: str,
+        trust_remote_code: bool = False,
+        dtype: str = "float32",
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        self._filepath = Path(filepath)
+        self._trust_remote_code = trust_remote_code
+        self._dtype = dtype
+        self.metadata = metadata
+
+    def load(self) -> RewardModel:
+        return RewardModel.load(self._filepath, trust_remote_code=self._trust_remote_code, dtype=self._dtype)
+
+    def save(self, data: RewardModel) -> None:
+        _replace_folder(self._filepath, data.save)
+
+    def _exists(self) -> bool:
+        return (self._filepath / REWARD_FILE).is_file()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._filepath), "trust_remote_code": self._trust_remote_code, "dtype": self._dtype}

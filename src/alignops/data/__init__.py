@@ -1,1 +1,0 @@
-"""Dataset formats, ingestion, validation and the embedded world."""

@@ -1,0 +1,189 @@
+"""kedro-mlflow's run lifecycle, plus what alignops records about every run.
+
+kedro-mlflow opens one MLflow run per ``kedro run`` (named after its pipelines) and logs
+every ``params:`` input, flattened (``sft.learning_rate``). On top of that this hook:
+
+- tags the run with the git commit and whether the tree was dirty, the Kedro
+  environment and the pipelines;
+- tags the md5 of every file behind the datasets named in ``tracking.hash_datasets``
+  when a node loads them (the same digest DVC keeps in ``dvc.lock``), so a run says
+  which preference data it saw even when the data was written earlier in that run;
+- exports the run id for the run's length, so worker processes find it however they
+  were started (see ``alignops.tracking.logger``);
+- keeps tokens and secrets out of logged parameters;
+- logs only on the main process of a distributed launch.
+
+It replaces kedro-mlflow's own hook (``DISABLE_HOOKS_FOR_PLUGINS`` in settings.py).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from kedro.config import MissingConfigException
+from kedro.framework.hooks import hook_impl
+from kedro.io import DataCatalog
+from kedro.pipeline import Pipeline
+from kedro.pipeline.node import Node
+from kedro_mlflow.framework.hooks.mlflow_hook import MlflowHook
+from kedro_mlflow.framework.hooks.utils import _flatten_dict
+from kedro_mlflow.io.catalog.switch_catalog_logging import switch_catalog_logging
+from mlflow.tracking import MlflowClient
+
+from alignops.tracking.logger import RUN_ID_ENV, is_main_process
+from alignops.tracking.registry import DATA_TAG_PREFIX
+from alignops.tracking.run_info import (
+    DEFAULT_HASH_DATASETS,
+    REDACTED,
+    dataset_files,
+    file_md5,
+    git_state,
+    is_secret,
+    project_sqlite_uri,
+)
+
+def _anchor_sqlite_uris(context) -> None:
+    """Rewrite the tracking/registry URIs of ``mlflow.yml`` against the project root, before
+    kedro-mlflow reads them (a key set on the config loader takes priority over its files)."""
+    loader = context.config_loader
+    loader.config_patterns.setdefault("mlflow", ["mlflow*", "mlflow*/**", "**/mlflow*"])
+    try:
+        conf = loader["mlflow"]
+    except MissingConfigException:
+        return
+    server = dict(conf.get("server") or {})
+    for key in ("mlflow_tracking_uri", "mlflow_registry_uri"):
+        server[key] = project_sqlite_uri(server.get(key), Path(context.project_path))
+    loader["mlflow"] = {**conf, "server": server}
+
+
+def _tag_safe(name: str) -> str:
+    return re.sub(r"[^\w./\- ]", "_", name)
+
+
+class AlignopsMlflowHook(MlflowHook):
+    """kedro-mlflow's ``MlflowHook`` with alignops' tags, data hashes and secret redaction."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._env = "local"
+        self._project_path = Path.cwd()
+        self._hash_datasets: tuple[str, ...] = DEFAULT_HASH_DATASETS
+        self._catalog: DataCatalog | None = None
+        self._exported: dict[str, str | None] = {}
+        self._hashed: dict[tuple[str, int, int], str] = {}
+
+    @hook_impl
+    def after_context_created(self, context) -> None:
+        _anchor_sqlite_uris(context)
+        super().after_context_created(context)
+        self._env = context.env or "local"
+        self._project_path = Path(context.project_path)
+        tracking = context.params.get("tracking") or {}
+        self._hash_datasets = tuple(tracking.get("hash_datasets", DEFAULT_HASH_DATASETS))
+
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Pipeline, catalog: DataCatalog) -> None:
+        if not is_main_process():
+            # Under a distributed launch every rank runs Kedro; only rank 0 opens a run.
+            self._is_mlflow_enabled = False
+            self.run_id = None
+            switch_catalog_logging(catalog, False)
+            return
+        super().before_pipeline_run(run_params, pipeline, catalog)
+        if self.run_id is None:
+            return
+        names = run_params.get("pipeline_names") or ["__default__"]
+        runner = re.sub(r"^<([\w.]+) object at 0x[0-9a-f]+>$", r"\1", str(run_params.get("runner") or ""))
+        mlflow.set_tags(
+            {
+                "runner": runner,  # kedro-mlflow tags the object's repr, with its address
+                "kedro_command": self._kedro_command(run_params),
+                "kedro.env": self._env,
+                "kedro.pipelines": ",".join([names] if isinstance(names, str) else names),
+                **git_state(self._project_path),
+            }
+        )
+        self._catalog = catalog
+        self._export({
+            RUN_ID_ENV: self.run_id,
+            "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(),
+            "MLFLOW_REGISTRY_URI": mlflow.get_registry_uri(),
+        })
+
+    @hook_impl
+    def after_dataset_loaded(self, dataset_name: str, data: Any, node: Node) -> None:
+        if self.run_id is None or self._catalog is None or dataset_name not in self._hash_datasets:
+            return
+        tags = {}
+        for path in dataset_files(self._catalog.get(dataset_name)):
+            stat = path.stat()
+            key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+            if key not in self._hashed:
+                self._hashed[key] = file_md5(path)
+            tags[_tag_safe(f"{DATA_TAG_PREFIX}{dataset_name}/{path.name}")] = self._hashed[key]
+        client = MlflowClient()
+        for name, value in tags.items():
+            client.set_tag(self.run_id, name, value)
+
+    @hook_impl
+    def after_pipeline_run(self, run_params: dict[str, Any], pipeline: Pipeline, catalog: DataCatalog) -> None:
+        try:
+            super().after_pipeline_run(run_params, pipeline, catalog)
+        finally:
+            self._restore()
+
+    @hook_impl
+    def on_pipeline_error(self, error: Exception, run_params: dict[str, Any], pipeline: Pipeline, catalog) -> None:
+        try:
+            if self.run_id is not None:
+                super().on_pipeline_error(error, run_params, pipeline, catalog)
+        finally:
+            self._restore()
+
+    def _kedro_command(self, run_params: dict[str, Any]) -> str:
+        """kedro-mlflow's command (which writes the deprecated ``--pipeline``) with the
+        environment and the runtime ``--params`` added, so the tag reruns the same run."""
+        command = MlflowClient().get_run(self.run_id).data.tags.get("kedro_command", "kedro run")
+        command = command.replace("--pipeline=", "--pipelines=")
+        if self._env != "local":
+            command += f" --env={self._env}"
+        # flattened as kedro-mlflow flattens parameters, and redacted as they are
+        runtime = _flatten_dict(run_params.get("runtime_params") or {}, recursive=True, sep=".")
+        if runtime:
+            command += " --params=" + ",".join(
+                f"{k}={REDACTED if is_secret(k) else v}" for k, v in runtime.items()
+            )
+        return command
+
+    def _log_param(self, name: str, value: Any) -> None:
+        if is_secret(name):
+            value = REDACTED
+        return super()._log_param(name, value)
+
+    def _export(self, variables: dict[str, str]) -> None:
+        for name, value in variables.items():
+            self._exported.setdefault(name, os.environ.get(name))
+            os.environ[name] = value
+
+    def _restore(self) -> None:
+        """Put back the environment as it was, so the next session in this process opens its own run."""
+        # kedro-mlflow re-enters the run before each node; with `nested: true` MLflow stacks it
+        # once per node and a single end_run leaves it active for the next session.
+        while (active := mlflow.active_run()) is not None and active.info.run_id == self.run_id:
+            mlflow.end_run()
+        for name, value in self._exported.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        self._exported = {}
+        self._catalog = None
+        self.run_id = None
+
+
+mlflow_hook = AlignopsMlflowHook()

@@ -1,0 +1,77 @@
+"""What alignops records about a run, apart from Kedro: git state, file digests, secret names.
+
+Used by the Kedro hook (``alignops.hooks``); nothing here imports Kedro.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from pathlib import Path
+from typing import Any
+
+SECRET_NAMES = frozenset({
+    "token", "hf_token", "hub_token", "auth_token", "access_token", "api_token", "use_auth_token",
+    "password", "passwd", "api_key", "apikey", "access_key", "secret_key", "private_key",
+    "credential", "credentials",
+})
+"""Last segments of parameter names whose values never reach the tracking server (with any
+segment containing "secret" or "password"). Whole segments, so ``max_prompt_tokens`` or
+``tokenizer_min_frequency`` are still logged."""
+REDACTED = "***"
+DEFAULT_HASH_DATASETS = ("raw_preferences", "sft_demonstrations")
+
+
+def git_state(path: Path) -> dict[str, str]:
+    """Commit and dirtiness of the git tree at ``path`` (tracked files only); empty outside git."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=path, capture_output=True, text=True, check=True, timeout=30
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"git.commit": commit, "git.dirty": str(dirty).lower(), "mlflow.source.git.commit": commit}
+
+
+def file_md5(path: Path, chunk: int = 1 << 20) -> str:
+    """The md5 of a file's bytes, as DVC computes it."""
+    digest = hashlib.md5()
+    with path.open("rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def dataset_files(dataset: Any) -> list[Path]:
+    """The local files behind a catalog dataset (several for a glob), or none it can name."""
+    if hasattr(dataset, "source_files"):
+        return list(dataset.source_files())
+    filepath = getattr(dataset, "_filepath", None)
+    if filepath is None:
+        return []
+    path = Path(str(filepath))
+    return [path] if path.is_file() else []
+
+
+def is_secret(name: str) -> bool:
+    """Does a (flattened) parameter name look like it holds a token, key or password?"""
+    segment = name.rsplit(".", 1)[-1].lower().replace("-", "_")
+    return segment in SECRET_NAMES or "secret" in segment or "password" in segment
+
+
+def project_sqlite_uri(uri: str | None, project_path: Path) -> str | None:
+    """``sqlite:///mlflow.db`` (relative) as an absolute URI under the project root.
+
+    MLflow resolves a relative sqlite path against the working directory and caches the
+    store by URI, so a session started from elsewhere (a notebook, a test, a scheduler)
+    would track into another folder's database. Other URIs are returned unchanged.
+    """
+    prefix = "sqlite:///"
+    if not uri or not uri.startswith(prefix) or uri.startswith(prefix + "/") or uri == prefix + ":memory:":
+        return uri
+    return prefix + str((project_path / uri[len(prefix):]).resolve())
