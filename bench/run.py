@@ -10,8 +10,9 @@ warm-up only, so model building, tokenisation and the first (slow) steps are out
 It also writes the workspace ``bench/trl_baseline.py`` reads, so TRL runs on the
 same model, tokenizer, data and sizes: ``workload.json`` (every number TRL needs),
 ``tokenizer/``, ``policy/``, ``pairs.jsonl`` and ``prompts.jsonl``. When TRL's
-results (``make bench-trl``) exist for the same workload, ``bench.json`` gets them
-under ``trl`` and our/TRL ratios under ``speedup``.
+results (``make bench-trl``) exist, ``bench.json`` gets them under ``trl``, and our/TRL
+ratios under ``speedup`` for each stage TRL ran on the same workload (its hash); the
+other stages get no ratio, and ``speedup_skipped`` and the console say why.
 
     python bench/run.py                  # all stages, default configuration
     python bench/run.py --stages ppo     # one stage
@@ -93,34 +94,58 @@ HEADLINE = (
 
 
 def merge_trl(report: dict, trl_path: Path) -> dict:
-    """Add TRL's figures and our/TRL ratios when TRL ran on the same workload."""
-    for key in ("trl", "speedup", "speedup_cpu"):
+    """Add TRL's figures, and our/TRL ratios for the stages TRL ran on our workload.
+
+    A ratio between two workloads measures the difference between the workloads, so a
+    stage whose TRL figures carry another workload hash (or none) gets no ratio at all;
+    ``speedup_skipped`` says, per stage, why it has none.
+    """
+    for key in ("trl", "speedup", "speedup_cpu", "speedup_skipped", "trl_note"):
         report.pop(key, None)
     if not trl_path.is_file():
         report["trl_note"] = f"no {trl_path}: run `make bench-trl` for TRL's figures and the speedups"
         return report
     trl = json.loads(trl_path.read_text())
-    stale = {s: r.get("workload_sha") for s, r in trl.items() if r.get("workload_sha") != report.get("workload_sha")}
     report["trl"] = trl
+    ours_sha = report.get("workload_sha")
     stages = report.get("stages", {})
     ours = {metric: report.get(metric, stages.get(stage, {}).get(metric)) for metric, stage in TRL_METRICS.items()}
+    ours_cpu = report.get("per_cpu_s", {})
+    skipped, stale = {}, []
+    for stage in sorted(set(TRL_METRICS.values())):
+        if stage not in trl:
+            skipped[stage] = "TRL has no figures for it (run `make bench-trl`)"
+        elif ours_sha is None or trl[stage].get("workload_sha") != ours_sha:
+            stale.append(stage)
+            skipped[stage] = (
+                f"TRL's figures are for workload {trl[stage].get('workload_sha')}, ours for {ours_sha}"
+                " (run `make bench-trl` with the same BENCH_ARGS)"
+            )
+        elif all(ours[metric] is None for metric, of in TRL_METRICS.items() if of == stage):
+            skipped[stage] = "no figures of ours for it (run `make bench` for this stage)"
+    comparable = {stage for stage in trl if stage not in skipped}
     report["speedup"] = {
         metric: ours[metric] / trl[stage][metric]
         for metric, stage in TRL_METRICS.items()
-        if ours[metric] is not None and metric in trl.get(stage, {})
+        if stage in comparable and ours[metric] is not None and metric in trl[stage]
     }
-    ours_cpu = report.get("per_cpu_s", {})
     report["speedup_cpu"] = {
         metric: ours_cpu[metric] / trl[stage][metric]
         for metric, stage in CPU_METRICS.items()
-        if metric in ours_cpu and metric in trl.get(stage, {})
+        if stage in comparable and metric in ours_cpu and metric in trl[stage]
     }
     report["speedup_target"] = TARGET_SPEEDUP
+    if skipped:
+        report["speedup_skipped"] = skipped
     if stale:
-        report["trl_note"] = f"TRL ran on another workload for {sorted(stale)}: rerun `make bench-trl`"
-    else:
-        report.pop("trl_note", None)
+        report["trl_note"] = f"TRL ran on another workload for {stale}: rerun `make bench-trl`"
     return report
+
+
+def say_skipped(report: dict) -> None:
+    """One console line per stage without a speedup, and why: a JSON key is easy to miss."""
+    for stage, why in report.get("speedup_skipped", {}).items():
+        print(f"bench: no {stage} speedup: {why}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.merge_only:
         report = merge_trl(json.loads(args.out.read_text()), args.trl_results)
         args.out.write_text(json.dumps(report, indent=2) + "\n")
-        print(json.dumps({k: report[k] for k in ("speedup", "trl_note") if k in report}, indent=2))
+        print(json.dumps({k: report[k] for k in ("speedup", "speedup_skipped", "trl_note") if k in report}, indent=2))
+        say_skipped(report)
         return 0
 
     os.chdir(project)  # the catalog's paths are relative to the project
@@ -249,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: v for k, v in report.items() if k != "stages"}, indent=2))
+    say_skipped(report)
     return 0
 
 
