@@ -86,7 +86,7 @@ HEADLINE = (
     "ppo_generation_tokens_per_s",
     "dpo_pairs_per_s",
 )
-"""The figures the issue asks for at the top level of bench.json; ``stages`` has the rest."""
+"""The headline figures, at the top level of bench.json; ``stages`` has the rest."""
 
 
 # ---------------------------------------------------------------------------------------
