@@ -40,7 +40,7 @@ def test_reward_model_pipeline_runs_in_the_test_env(project_copy):
         env="test",
         pipeline_names=["data_generation", "ingestion", "data_validation", "sft", "reward"],
     )
-    folder = project_copy / "data/06_models/reward_model"
+    folder = project_copy / "data/06_models/reward"
     names = {p.name for p in folder.iterdir()}
     assert {"model.safetensors", "reward_model.json", "tokenizer.json", "config.json"} <= names
     assert not [n for n in names if n.endswith((".bin", ".pt", ".pth", ".pkl"))]

@@ -18,6 +18,11 @@ class MlflowArtifactDataset(AbstractDataset[Any, Any]):
     Expectations Data Docs are a site, not a file) and finds the run by id, so it works
     in ParallelRunner's workers. Without a run (tracking disabled) it only saves.
 
+    In kedro-viz it previews as the wrapped dataset does: ``preview`` is the wrapped
+    dataset's own (kedro-viz reads the preview type from its return annotation), and
+    ``metadata`` merges the wrapped dataset's ``kedro-viz`` settings (``preview_args``,
+    ``preview: false``) under the wrapper's own (``layer``).
+
     Example catalog entry::
 
         sft_curves:
@@ -26,6 +31,9 @@ class MlflowArtifactDataset(AbstractDataset[Any, Any]):
           dataset:
             type: matplotlib.MatplotlibDataset
             filepath: data/08_reporting/curves/sft.png
+          metadata:
+            kedro-viz:
+              layer: reporting
     """
 
     def __init__(
@@ -34,7 +42,11 @@ class MlflowArtifactDataset(AbstractDataset[Any, Any]):
         config = {"type": dataset} if isinstance(dataset, str) else dict(dataset)
         self._dataset = AbstractDataset.from_config("wrapped", config)
         self._artifact_path = artifact_path
-        self.metadata = metadata
+        self.metadata = _merge_metadata(getattr(self._dataset, "metadata", None), metadata)
+        if hasattr(self._dataset, "preview"):
+            # an attribute, not a method: kedro-viz asks hasattr(dataset, "preview") to decide
+            # whether there is a preview at all (Data Docs have none)
+            self.preview = self._dataset.preview
 
     def load(self) -> Any:
         return self._dataset.load()
@@ -65,3 +77,14 @@ class MlflowArtifactDataset(AbstractDataset[Any, Any]):
 
     def _describe(self) -> dict[str, Any]:
         return {"dataset": self._dataset._describe(), "artifact_path": self._artifact_path}
+
+
+def _merge_metadata(wrapped: dict | None, own: dict | None) -> dict | None:
+    """The wrapped dataset's metadata under the wrapper's, one level into ``kedro-viz``."""
+    if not wrapped:
+        return own
+    merged = {**wrapped, **(own or {})}
+    viz = {**wrapped.get("kedro-viz", {}), **(own or {}).get("kedro-viz", {})}
+    if viz:
+        merged["kedro-viz"] = viz
+    return merged

@@ -4,7 +4,7 @@ Example::
 
     reward_model:
       type: alignops.catalog.reward_model.RewardModelDataset
-      filepath: data/06_models/reward_model
+      filepath: data/06_models/reward
 """
 
 from __future__ import annotations
