@@ -16,7 +16,7 @@ export HF_DATASETS_OFFLINE := 1
 # threads fight each other and training runs several times slower.
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: setup run test ui viz viz-build lock clean-data bench bench-trl
+.PHONY: setup run test lint ui viz viz-build lock clean-data bench bench-trl
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ run: setup
 ## The test suite (tiny sizes from the Kedro `test` environment).
 test: setup
 	$(BIN)/pytest -n 2 --durations=10
+
+## The linter, configured under [tool.ruff] in pyproject.toml (`ruff check --fix` for the
+## fixable findings). Formatting is not checked: the code predates `ruff format`.
+lint: setup
+	$(BIN)/ruff check .
 
 ## The MLflow UI on loopback: runs, per-step curves, artifacts, the model registry.
 UI_PORT ?= 5000
