@@ -36,8 +36,9 @@ def runs(client: MlflowClient) -> list:
     return client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
 
 
-def test_one_finished_run_per_kedro_run_named_after_its_pipelines(runs):
-    assert [r.info.run_name for r in runs] == ["__default__", "__default__"]
+def test_one_finished_run_per_kedro_run_named_after_its_pipelines(runs, tracked_project):
+    head = subprocess.run(["git", "rev-parse", "--short=7", "HEAD"], cwd=tracked_project, capture_output=True, text=True)
+    assert [r.info.run_name for r in runs] == [f"__default__ test {head.stdout.strip()}"] * 2
     assert {r.info.status for r in runs} == {"FINISHED"}
 
 
@@ -88,20 +89,24 @@ def test_tags_name_commit_environment_pipelines_and_input_digests(runs, tracked_
 def test_every_loop_metric_is_logged_per_step(runs, client, tracked_project):
     run_id = runs[0].info.run_id
     reporting = tracked_project / "data" / "08_reporting"
-    for stage, metric, tracked in [
-        ("sft", "loss/sft", "loss/sft"),
-        ("sft", "eval/loss", "eval/sft/loss"),
-        ("reward", "loss/reward", "loss/reward"),
-        ("ppo", "objective/kl", "objective/kl"),
-        ("ppo", "policy/clipfrac", "policy/clipfrac"),
-        ("dpo", "loss/dpo", "loss/dpo"),
-        ("dpo", "eval/rewards/accuracies", "eval/dpo/rewards/accuracies"),
+    histories = {stage: json.loads((reporting / f"{stage}_history.json").read_text())
+                 for stage in ("sft", "reward", "ppo", "dpo")}
+    for stage, metric in [
+        ("sft", "loss/sft"),
+        ("sft", "eval/sft/loss"),
+        ("reward", "loss/reward"),
+        ("reward", "eval/reward/accuracy"),
+        ("ppo", "objective/kl"),
+        ("ppo", "policy/clipfrac"),
+        ("dpo", "loss/dpo"),
+        ("dpo", "eval/dpo/rewards/accuracies"),
     ]:
-        rows = json.loads((reporting / f"{stage}_history.json").read_text())
-        expected = [(row["step"], pytest.approx(row[metric], rel=1e-6)) for row in rows if metric in row]
-        logged = sorted((m.step, m.value) for m in client.get_metric_history(run_id, tracked))
-        assert len(expected) >= 2 and logged == expected, tracked
+        expected = [(row["step"], pytest.approx(row[metric], rel=1e-6)) for row in histories[stage] if metric in row]
+        logged = sorted((m.step, m.value) for m in client.get_metric_history(run_id, metric))
+        assert len(expected) >= 2 and logged == expected, metric
     metrics = runs[0].data.metrics
+    # a metric's name in a history file is its name in MLflow, with no mapping between them
+    assert {name for rows in histories.values() for row in rows for name in row if name != "step"} <= set(metrics)
     summary = json.loads((reporting / "evaluation_summary.json").read_text())
     assert metrics["evaluation/ppo/gold_win_rate_vs_sft"] == pytest.approx(
         summary["policies"]["ppo"]["gold_win_rate_vs_sft"])

@@ -1,8 +1,10 @@
 """kedro-mlflow's run lifecycle, plus what alignops records about every run.
 
-kedro-mlflow opens one MLflow run per ``kedro run`` (named after its pipelines) and logs
-every ``params:`` input, flattened (``sft.learning_rate``). On top of that this hook:
+kedro-mlflow opens one MLflow run per ``kedro run`` and logs every ``params:`` input,
+flattened (``sft.learning_rate``). On top of that this hook:
 
+- names the run for a person: pipelines, environment and short commit
+  (``sft+reward test 64b122e``), unless ``mlflow.yml`` sets ``tracking.run.name``;
 - tags the run with the git commit and whether the tree was dirty, the Kedro
   environment and the pipelines;
 - tags the md5 of every file behind the datasets named in ``tracking.hash_datasets``
@@ -44,6 +46,7 @@ from alignops.tracking.run_info import (
     git_state,
     is_secret,
     project_sqlite_uri,
+    run_name,
 )
 
 def _anchor_sqlite_uris(context) -> None:
@@ -76,11 +79,13 @@ class AlignopsMlflowHook(MlflowHook):
         self._catalog: DataCatalog | None = None
         self._exported: dict[str, str | None] = {}
         self._hashed: dict[tuple[str, int, int], str] = {}
+        self._configured_run_name: str | None = None
 
     @hook_impl
     def after_context_created(self, context) -> None:
         _anchor_sqlite_uris(context)
         super().after_context_created(context)
+        self._configured_run_name = self.mlflow_config.tracking.run.name
         self._env = context.env or "local"
         self._project_path = Path(context.project_path)
         tracking = context.params.get("tracking") or {}
@@ -94,18 +99,22 @@ class AlignopsMlflowHook(MlflowHook):
             self.run_id = None
             switch_catalog_logging(catalog, False)
             return
+        names = run_params.get("pipeline_names") or ["__default__"]
+        names = [names] if isinstance(names, str) else list(names)
+        git = git_state(self._project_path)
+        # kedro-mlflow names the run tracking.run.name, or else after the pipelines alone
+        self.mlflow_config.tracking.run.name = self._configured_run_name or run_name(names, self._env, git)
         super().before_pipeline_run(run_params, pipeline, catalog)
         if self.run_id is None:
             return
-        names = run_params.get("pipeline_names") or ["__default__"]
         runner = re.sub(r"^<([\w.]+) object at 0x[0-9a-f]+>$", r"\1", str(run_params.get("runner") or ""))
         mlflow.set_tags(
             {
                 "runner": runner,  # kedro-mlflow tags the object's repr, with its address
                 "kedro_command": self._kedro_command(run_params),
                 "kedro.env": self._env,
-                "kedro.pipelines": ",".join([names] if isinstance(names, str) else names),
-                **git_state(self._project_path),
+                "kedro.pipelines": ",".join(names),
+                **git,
             }
         )
         self._catalog = catalog

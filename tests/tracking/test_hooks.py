@@ -59,3 +59,36 @@ def test_relative_sqlite_uris_are_anchored_at_the_project_root(tmp_path):
     assert project_sqlite_uri("sqlite:////abs/mlflow.db", tmp_path) == "sqlite:////abs/mlflow.db"
     assert project_sqlite_uri("http://127.0.0.1:5000", tmp_path) == "http://127.0.0.1:5000"
     assert project_sqlite_uri(None, tmp_path) is None
+
+
+def test_run_name_says_pipelines_environment_and_commit():
+    from alignops.tracking.run_info import run_name
+
+    commit = "64b122e0c3a1d2f5e6b7a8c9d0e1f2a3b4c5d6e7"
+    assert run_name(["__default__"], "local", {"git.commit": commit, "git.dirty": "false"}) == "__default__ local 64b122e"
+    assert run_name(["sft", "reward"], "test", {"git.commit": commit, "git.dirty": "true"}) == \
+        "sft+reward test 64b122e-dirty"
+    assert run_name(["data"], "hh_rlhf", {}) == "data hh_rlhf"  # outside git: no commit to name
+
+
+def test_a_kedro_run_is_named_for_its_pipeline_environment_and_commit(tmp_path):
+    from tests.conftest import make_project_copy, run_kedro
+
+    project = make_project_copy(tmp_path / "project")
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=project, check=True, capture_output=True, text=True).stdout.strip()
+
+    git("init", "-q")
+    git("add", "conf", "pyproject.toml")
+    git("-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "project")
+    run_kedro(project, env="test", pipeline_names=["data_generation"])
+    with (project / "conf" / "base" / "parameters_tracking.yml").open("a") as handle:
+        handle.write("# an uncommitted change\n")
+    run_kedro(project, env="test", pipeline_names=["data_generation"])
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("alignops")
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+    short = git("rev-parse", "--short=7", "HEAD")
+    assert [r.info.run_name for r in runs] == [f"data_generation test {short}", f"data_generation test {short}-dirty"]

@@ -38,6 +38,17 @@ def git_state(path: Path) -> dict[str, str]:
     return {"git.commit": commit, "git.dirty": str(dirty).lower(), "mlflow.source.git.commit": commit}
 
 
+def run_name(pipelines: list[str], env: str, git: dict[str, str]) -> str:
+    """What a person reads in the runs list: the pipelines, the Kedro environment and the
+    short commit, e.g. ``sft+reward test 64b122e``; ``-dirty`` when tracked files had
+    uncommitted changes (the commit alone does not say what ran); no commit outside git."""
+    name = f"{'+'.join(pipelines)} {env}"
+    commit = git.get("git.commit")
+    if commit:
+        name += f" {commit[:7]}" + ("-dirty" if git.get("git.dirty") == "true" else "")
+    return name
+
+
 def file_md5(path: Path, chunk: int = 1 << 20) -> str:
     """The md5 of a file's bytes, as DVC computes it."""
     digest = hashlib.md5()
