@@ -169,7 +169,7 @@ def bench_sft(inputs: Inputs, tokenizer, steps: int, warmup: int) -> tuple[dict,
     # The loop reports its own tokens/s per logged interval (real tokens, padding excluded);
     # each step's rate times its duration gives its tokens.
     durations = clock.intervals(window.steps)
-    tokens = sum(clock.metric(s, "sft/tokens_per_s") * d for s, d in zip(window.steps, durations))
+    tokens = sum(clock.metric(s, "sft/tokens_per_s") * d for s, d in zip(window.steps, durations, strict=True))
     figures = {
         "sft_tokens_per_s": tokens / window.seconds,
         "sft_tokens_per_cpu_s": tokens / window.cpu_seconds,
@@ -210,7 +210,9 @@ def bench_ppo(inputs: Inputs, tokenizer, policy, reward_model, steps: int, warmu
     episodes = config.rollout_batch_size  # per iteration (one process)
     # per iteration: generated tokens (mean length x episodes) and the loop's generation time
     generated = [clock.metric(s, "ppo/mean_response_length") * episodes for s in window.steps]
-    generation_s = [n / clock.metric(s, "ppo/generation_tokens_per_s") for s, n in zip(window.steps, generated)]
+    generation_s = [
+        n / clock.metric(s, "ppo/generation_tokens_per_s") for s, n in zip(window.steps, generated, strict=True)
+    ]
     return {
         "ppo_episodes_per_s": episodes * len(window.steps) / window.seconds,
         "ppo_episodes_per_cpu_s": episodes * len(window.steps) / window.cpu_seconds,

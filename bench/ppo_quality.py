@@ -40,13 +40,13 @@ for name, value in {
 from kedro.framework.session import KedroSession  # noqa: E402
 from kedro.framework.startup import bootstrap_project  # noqa: E402
 
-from alignops.world import GoldJudge  # noqa: E402
 from alignops.evaluation.policies import EvaluationConfig, kl_to_reference, sample_policy, win_rate  # noqa: E402
 from alignops.models.config import ModelConfig  # noqa: E402
 from alignops.pipelines.ppo.nodes import collect_prompts  # noqa: E402
 from alignops.training.common import MetricHistory  # noqa: E402
 from alignops.training.ppo import train_ppo  # noqa: E402
 from alignops.training.ppo_config import PPOConfig  # noqa: E402
+from alignops.world import GoldJudge  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

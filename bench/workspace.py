@@ -14,9 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from alignops.models.loading import save_model
-
 from bench.ours import Inputs, ppo_prompts
-
 
 # ---------------------------------------------------------------------------------------
 # The workspace TRL reads
@@ -104,7 +102,7 @@ def write_workspace(workspace: Path, inputs: Inputs, tokenizer, policy, workload
     prefs = inputs.preferences
     with (workspace / "pairs.jsonl").open("w") as f:
         prompts = config.format_prompts(prefs["prompt"].tolist())
-        for prompt, chosen, rejected in zip(prompts, prefs["chosen"], prefs["rejected"]):
+        for prompt, chosen, rejected in zip(prompts, prefs["chosen"], prefs["rejected"], strict=True):
             prefix = config.response_prefix
             f.write(json.dumps({"prompt": prompt, "chosen": prefix + chosen, "rejected": prefix + rejected}) + "\n")
     with (workspace / "prompts.jsonl").open("w") as f:
