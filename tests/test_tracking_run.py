@@ -37,8 +37,9 @@ def runs(client: MlflowClient) -> list:
 
 
 def test_one_finished_run_per_kedro_run_named_after_its_pipelines(runs, tracked_project):
-    head = subprocess.run(["git", "rev-parse", "--short=7", "HEAD"], cwd=tracked_project, capture_output=True, text=True)
-    assert [r.info.run_name for r in runs] == [f"__default__ test {head.stdout.strip()}"] * 2
+    head = subprocess.run(["git", "rev-parse", "--short=7", "HEAD"], cwd=tracked_project,
+                          capture_output=True, text=True).stdout.strip()
+    assert [r.info.run_name for r in runs] == [f"__default__ test {head}"] * 2
     assert {r.info.status for r in runs} == {"FINISHED"}
 
 

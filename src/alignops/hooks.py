@@ -49,6 +49,7 @@ from alignops.tracking.run_info import (
     run_name,
 )
 
+
 def _anchor_sqlite_uris(context) -> None:
     """Rewrite the tracking/registry URIs of ``mlflow.yml`` against the project root, before
     kedro-mlflow reads them (a key set on the config loader takes priority over its files)."""

@@ -5,18 +5,14 @@ from __future__ import annotations
 
 import inspect
 import re
-from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import pytest
+from kedro.config import OmegaConfigLoader
+from kedro.io import AbstractDataset, DataCatalog
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pytest  # noqa: E402
-from kedro.config import OmegaConfigLoader  # noqa: E402
-from kedro.io import AbstractDataset, DataCatalog  # noqa: E402
-
-from alignops.catalog.mlflow_artifact import MlflowArtifactDataset  # noqa: E402
-from tests.conftest import REPO_ROOT  # noqa: E402
+from alignops.catalog.mlflow_artifact import MlflowArtifactDataset
+from tests.conftest import REPO_ROOT
 
 LAYERS = ["raw", "intermediate", "primary", "model_input", "models", "reporting"]
 """kedro-viz's layers, in data/'s order (01_raw, 02_intermediate, 03_primary, 05_model_input,

@@ -65,7 +65,8 @@ def test_run_name_says_pipelines_environment_and_commit():
     from alignops.tracking.run_info import run_name
 
     commit = "64b122e0c3a1d2f5e6b7a8c9d0e1f2a3b4c5d6e7"
-    assert run_name(["__default__"], "local", {"git.commit": commit, "git.dirty": "false"}) == "__default__ local 64b122e"
+    clean = {"git.commit": commit, "git.dirty": "false"}
+    assert run_name(["__default__"], "local", clean) == "__default__ local 64b122e"
     assert run_name(["sft", "reward"], "test", {"git.commit": commit, "git.dirty": "true"}) == \
         "sft+reward test 64b122e-dirty"
     assert run_name(["data"], "hh_rlhf", {}) == "data hh_rlhf"  # outside git: no commit to name
