@@ -126,7 +126,7 @@ def main() -> None:
             dpo_model, rows = catalog.load("dpo_model"), catalog.load("dpo_history")
 
     steps = [r for r in rows if "loss/dpo" in r]
-    evals = [r for r in rows if "eval/loss" in r]
+    evals = [r for r in rows if "eval/dpo/loss" in r]
     reference_s = next((r["dpo/reference_s"] for r in rows if "dpo/reference_s" in r), float("nan"))
     print(
         f"DPO run: {len(steps)} steps, {steps[-1]['dpo/elapsed_s']:.1f} s in the loop "
@@ -134,8 +134,8 @@ def main() -> None:
     )
     print(
         f"  train: loss {steps[-1]['loss/dpo']:.3f} acc {steps[-1]['rewards/accuracies']:.2f} "
-        f"margin {steps[-1]['rewards/margins']:.2f}; held-out: loss {evals[-1]['eval/loss']:.3f} "
-        f"acc {evals[-1]['eval/rewards/accuracies']:.3f} margin {evals[-1]['eval/rewards/margins']:.2f}"
+        f"margin {steps[-1]['rewards/margins']:.2f}; held-out: loss {evals[-1]['eval/dpo/loss']:.3f} "
+        f"acc {evals[-1]['eval/dpo/rewards/accuracies']:.3f} margin {evals[-1]['eval/dpo/rewards/margins']:.2f}"
     )
 
     results = []

@@ -91,7 +91,7 @@ def main() -> None:
         **pairwise_accuracy(heldout, rm_chosen, rm_rejected, judge),
         "train_steps": int(max(row["step"] for row in history)),
         "final_train_accuracy": last.get("reward/accuracy"),
-        "final_eval_reward_accuracy": last.get("eval/reward_accuracy"),
+        "final_eval_reward_accuracy": last.get("eval/reward/accuracy"),
         "norm_mean": reward_model.mean,
         "norm_std": reward_model.std,
         **timing,

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import inspect
-import json
 
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from alignops.models import ModelConfig, build_causal_lm, build_tokenizer, get_metadata, load_model, set_metadata
+from alignops.models import ModelConfig, build_causal_lm, build_tokenizer, load_model
 from alignops.catalog.models import CheckpointDirectory, HFModelDataset, HFTokenizerDataset
-from alignops.models.loading import METADATA_ATTRIBUTE
 from alignops.models.tokenizer import EOS_TOKEN, PAD_TOKEN, load_tokenizer
 
 TEXTS = [
@@ -90,17 +88,6 @@ def test_a_causal_lm_folder_loads_as_a_one_output_classifier(tmp_path, tokenizer
     ).load()
     batch = tokenizer(TEXTS[:2], padding=True, return_tensors="pt")
     assert reward(**batch).logits.shape == (2, 1)
-
-
-def test_metadata_travels_in_config_json(tmp_path, tokenizer):
-    torch.manual_seed(0)
-    model = build_causal_lm(TINY, tokenizer)
-    set_metadata(model, reward_mean=0.25)
-    set_metadata(model, reward_std=2.0)
-    HFModelDataset(filepath=str(tmp_path / "m")).save(model)
-    saved = json.loads((tmp_path / "m" / "config.json").read_text())
-    assert saved[METADATA_ATTRIBUTE] == {"reward_mean": 0.25, "reward_std": 2.0}
-    assert get_metadata(load_model(tmp_path / "m")) == {"reward_mean": 0.25, "reward_std": 2.0}
 
 
 def test_trust_remote_code_is_off_unless_configured():

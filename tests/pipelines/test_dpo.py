@@ -61,7 +61,7 @@ def test_dpo_runs_in_the_test_environment(project_copy):
     steps = [row for row in history if "loss/dpo" in row]
     assert [row["step"] for row in steps] == list(range(1, params["max_steps"] + 1))
     assert all(LOGGED_EVERY_STEP <= row.keys() and math.isfinite(row["loss/dpo"]) for row in steps)
-    assert any("eval/rewards/accuracies" in row for row in history)
+    assert any("eval/dpo/rewards/accuracies" in row for row in history)
     sft_weights = sft_model.state_dict()
     assert any(not torch.equal(w, sft_weights[name]) for name, w in dpo_model.state_dict().items())
     assert (project_copy / f"data/06_models/checkpoints/dpo/step_{params['checkpoint_every']:08d}/step.json").is_file()

@@ -49,7 +49,7 @@ def test_reward_model_pipeline_runs_in_the_test_env(project_copy):
     train_rows = [r for r in history if "loss/reward" in r]
     assert [r["step"] for r in train_rows] == [1, 2, 3, 4]  # conf/test: 4 steps, a row each
     assert all(math.isfinite(r["loss/reward"]) and 0.0 <= r["reward/accuracy"] <= 1.0 for r in train_rows)
-    assert [r["step"] for r in history if "eval/reward_accuracy" in r] == [2, 4]
+    assert [r["step"] for r in history if "eval/reward/accuracy" in r] == [2, 4]
     norm = next(r for r in history if "reward/norm_std" in r)
     assert norm["step"] == 4 and norm["reward/norm_std"] > 0
     checkpoints = sorted(p.name for p in (project_copy / "data/06_models/checkpoints/reward").iterdir())

@@ -45,7 +45,7 @@ def test_sft_runs_in_the_test_environment_and_writes_model_tokenizer_and_history
     history = json.loads((project_copy / "data" / "08_reporting" / "sft_history.json").read_text())
     losses = [row["loss/sft"] for row in history if "loss/sft" in row]
     assert len(losses) == 4 and all(math.isfinite(x) for x in losses)
-    assert any("eval/perplexity" in row for row in history)
+    assert any("eval/sft/perplexity" in row for row in history)
     assert sorted(p.name for p in (models / "checkpoints" / "sft").iterdir()) == ["step_00000002", "step_00000004"]
 
     # what the next stages do: load both from the catalog's folders and sample

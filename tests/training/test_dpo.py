@@ -15,10 +15,9 @@ from alignops.models.config import ModelConfig
 from alignops.models.loading import build_causal_lm
 from alignops.models.tokenizer import train_bpe_tokenizer
 from alignops.training import dpo as dpo_module
-from alignops.training.common import MetricHistory, NonFiniteLossError, latest_checkpoint
+from alignops.training.common import MetricHistory, NonFiniteLossError
 from alignops.training.dpo import (
     PreferencePairs,
-    PromptGroupedBatches,
     _pair_loader,
     _pair_loss,
     pair_rows,
@@ -39,7 +38,7 @@ LOGGED_EVERY_STEP = {
     "dpo/grad_norm",
     "dpo/pairs_per_s",
 }
-LOGGED_EVERY_EVAL = {"eval/loss", "eval/rewards/accuracies"}
+LOGGED_EVERY_EVAL = {"eval/dpo/loss", "eval/dpo/rewards/accuracies"}
 PROMPTS = ["please reset my password", "where is my order", "refund the charge", "close my account"]
 # Helpful, polite replies are preferred to curt ones; lengths differ so padding is exercised.
 CHOSEN = [
@@ -143,20 +142,6 @@ def test_reference_logprobs_match_one_row_at_a_time(sft_model, tokenizer):
     torch.testing.assert_close(batched, naive, rtol=1e-4, atol=1e-4)
 
 
-def test_prompt_grouped_batches_cover_every_pair_once_and_keep_prompts_together():
-    prompt_ids = torch.arange(40).repeat_interleave(6)  # 40 prompts x 6 pairs, like a K=4 ranking
-    lengths = torch.randint(5, 50, (40,), generator=torch.Generator().manual_seed(0)).repeat_interleave(6)
-    batches = PromptGroupedBatches(lengths, prompt_ids, batch_size=12, seed=0, group_batches=4)
-    first_epoch, second_epoch = list(batches), list(batches)
-    for epoch in (first_epoch, second_epoch):
-        assert len(epoch) == len(batches) == 20
-        assert sorted(i for batch in epoch for i in batch) == list(range(240))
-        # Two whole prompts fit a batch of 12, and prompts never straddle a group of 4 batches.
-        assert all(len(set(prompt_ids[batch].tolist())) == 2 for batch in epoch)
-    assert first_epoch != second_epoch
-    assert list(PromptGroupedBatches(lengths, prompt_ids, 12, seed=0, group_batches=4)) == first_epoch
-
-
 def test_shared_responses_are_scored_once_with_the_same_loss(sft_model, tokenizer):
     rows = tokenize_pairs(tokenizer, TRAIN, MODEL)
     ref = torch.zeros(rows["input_ids"].shape[0])
@@ -179,7 +164,7 @@ def test_steps_give_finite_loss_change_parameters_and_leave_sft_alone(sft_model,
     assert len(rows) == TINY.max_steps
     assert all(math.isfinite(row["loss/dpo"]) for row in rows)
     assert all(LOGGED_EVERY_STEP <= row.keys() for row in rows)
-    evals = [row for row in history.rows if "eval/loss" in row]
+    evals = [row for row in history.rows if "eval/dpo/loss" in row]
     assert [row["step"] for row in evals] == [2, 3]
     assert all(LOGGED_EVERY_EVAL <= row.keys() for row in evals)
     changed = [name for name, p in policy.named_parameters() if not torch.equal(p, before[name])]
@@ -195,9 +180,9 @@ def test_on_a_toy_set_accuracy_rises_and_margins_grow(sft_model, tokenizer):
     assert sum(r["rewards/accuracies"] for r in late) > sum(r["rewards/accuracies"] for r in early)
     assert min(r["rewards/margins"] for r in late) > max(r["rewards/margins"] for r in early) + 0.5
     assert late[-1]["loss/dpo"] < 0.5 * math.log(2)
-    evals = [row for row in history.rows if "eval/loss" in row]
-    assert evals[-1]["eval/rewards/accuracies"] == 1.0
-    assert evals[-1]["eval/loss"] < evals[0]["eval/loss"]
+    evals = [row for row in history.rows if "eval/dpo/loss" in row]
+    assert evals[-1]["eval/dpo/rewards/accuracies"] == 1.0
+    assert evals[-1]["eval/dpo/loss"] < evals[0]["eval/dpo/loss"]
 
 
 @pytest.mark.parametrize(("loss_type", "first_loss", "averaged"), [("sigmoid", math.log(2), False), ("ipo", None, True)])
@@ -281,9 +266,8 @@ def test_same_seed_same_weights_other_seed_other_weights(tokenizer):
 def test_checkpoints_and_no_heldout(sft_model, tokenizer, tmp_path):
     config = dataclasses.replace(TINY, max_steps=4, checkpoint_every=2, keep_checkpoints=1)
     _, history = run(sft_model, tokenizer, config, heldout=PreferencePairs([], [], []), checkpoint_dir=str(tmp_path))
-    assert latest_checkpoint(tmp_path).name == "step_00000004"
-    assert len(list(tmp_path.glob("step_*"))) == 1
-    assert not any("eval/loss" in row for row in history.rows)
+    assert [p.name for p in tmp_path.glob("step_*")] == ["step_00000004"]
+    assert not any("eval/dpo/loss" in row for row in history.rows)
 
 
 def test_empty_training_set_fails_loudly(sft_model, tokenizer):

@@ -18,7 +18,6 @@ from alignops.models.tokenizer import train_bpe_tokenizer
 from alignops.training import reward as reward_module
 from alignops.training.common import MetricHistory, NonFiniteLossError
 from alignops.training.reward import (
-    GroupedBatchSampler,
     collate_pairs,
     comparisons,
     normalise_reward_model,
@@ -110,7 +109,7 @@ def test_a_few_steps_give_finite_metrics_and_new_weights_and_leave_sft_alone(sft
     for row in train_rows:
         for name in ("loss/reward", "reward/accuracy", "reward/margin", "reward/lr", "reward/grad_norm"):
             assert math.isfinite(row[name]), name
-    assert any("eval/reward_accuracy" in r for r in history.rows)
+    assert any("eval/reward/accuracy" in r for r in history.rows)
     trained = reward_model.model.base_model.state_dict()
     assert any(not torch.equal(t, sft_model.base_model.state_dict()[k]) for k, t in trained.items())
     for name, tensor in sft_model.state_dict().items():
@@ -122,7 +121,7 @@ def test_accuracy_rises_on_a_separable_set(sft_model, tokenizer):
     config = dataclasses.replace(TINY, max_steps=30, eval_every=5, log_every=5, learning_rate=1e-2, warmup_steps=3)
     heldout = separable_pairs(6, seed=1)
     reward_model, history = _train(sft_model, tokenizer, config, heldout=heldout)
-    evals = [r["eval/reward_accuracy"] for r in history.rows if "eval/reward_accuracy" in r]
+    evals = [r["eval/reward/accuracy"] for r in history.rows if "eval/reward/accuracy" in r]
     losses = [r["loss/reward"] for r in history.rows if "loss/reward" in r]
     assert evals[-1] == 1.0 and losses[-1] < losses[0] < 0.75
     chosen = reward_model.score(heldout["prompt"].tolist(), heldout["chosen"].tolist())
@@ -197,20 +196,6 @@ def test_comparisons_tokenise_each_reply_once_and_batches_map_back(tokenizer, sf
     width = ids.shape[1]
     assert torch.equal(ids, reference["input_ids"][rows][:, :width])
     assert int(batch["input_ids"].shape[0]) <= 6
-
-
-def test_grouped_batches_cover_every_pair_once_and_keep_groups_together():
-    group = torch.tensor([0, 0, 0, 1, 1, 2, 3, 3, 3, 3, 4])
-    sampler = GroupedBatchSampler(group, batch_size=4, seed=0)
-    epochs = [list(sampler), list(sampler)]
-    for batches in epochs:
-        flat = [i for b in batches for i in b]
-        assert sorted(flat) == list(range(len(group))) and len(batches) == len(sampler) == 3
-        runs = [int(group[i]) for i in flat]  # a group's pairs are consecutive: first + size - 1 == last
-        for g in set(runs):
-            assert runs.index(g) + int((group == g).sum()) - 1 == len(runs) - 1 - runs[::-1].index(g)
-    assert epochs[0] != epochs[1]  # a new order every epoch
-    assert list(GroupedBatchSampler(group, 4, seed=0)) == epochs[0]  # the same order for the same seed
 
 
 def test_config_mirrors_the_yaml_and_rejects_bad_values():

@@ -19,8 +19,6 @@ from alignops.training.common import (
     NonFiniteLossError,
     check_finite,
     decay_parameter_groups,
-    latest_checkpoint,
-    load_checkpoint,
     lr_multiplier,
     make_accelerator,
     make_scheduler,
@@ -84,12 +82,14 @@ def test_a_few_steps_log_finite_metrics_and_change_every_parameter(tokenizer):
     model = _train(tokenizer, log=history)
 
     train_rows = [r for r in history.rows if "loss/sft" in r]
-    eval_rows = [r for r in history.rows if "eval/loss" in r]
+    eval_rows = [r for r in history.rows if "eval/sft/loss" in r]
     assert [r["step"] for r in train_rows] == list(range(1, 7))
     assert all(LOGGED <= set(r) for r in train_rows)
     assert [r["step"] for r in eval_rows] == [3, 6]
     assert all(math.isfinite(v) for r in history.rows for v in r.values())
-    assert eval_rows[-1]["eval/perplexity"] == pytest.approx(math.exp(eval_rows[-1]["eval/loss"]))
+    assert eval_rows[-1]["eval/sft/perplexity"] == pytest.approx(math.exp(eval_rows[-1]["eval/sft/loss"]))
+    # the rate each update used: step 1 ran at the first warm-up rate
+    assert train_rows[0]["sft/lr"] == pytest.approx(QUICK.learning_rate * lr_multiplier(0, 1, 6))
     unchanged = [n for n, p in model.named_parameters() if torch.equal(p.detach(), initial[n])]
     assert not unchanged
 
@@ -135,7 +135,7 @@ def test_checkpoints_are_resumable_state(tokenizer, tmp_path):
     config = dataclasses.replace(QUICK, max_steps=4, checkpoint_every=2, keep_checkpoints=1)
     model = _train(tokenizer, config, checkpoint_dir=str(tmp_path))
 
-    folder = latest_checkpoint(tmp_path)
+    folder = tmp_path / "step_00000004"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000004"]  # the older one was pruned
     assert json.loads((folder / "step.json").read_text()) == {"step": 4, "stage": "sft"}
     files = {p.name for p in folder.iterdir()}
@@ -149,16 +149,11 @@ def test_checkpoints_are_resumable_state(tokenizer, tmp_path):
     fresh, optimizer = accelerator.prepare(fresh, optimizer)
     scheduler = make_scheduler(optimizer, "cosine", 1, 4)
     accelerator.register_for_checkpointing(scheduler)
-    assert load_checkpoint(accelerator, tmp_path)["step"] == 4
+    accelerator.load_state(str(folder))
     restored = _weights(fresh)
     assert all(torch.equal(p.detach(), restored[n]) for n, p in model.named_parameters())
     assert scheduler.last_epoch == 4
     assert optimizer.state_dict()["state"]  # Adam moments came back too
-
-
-def test_load_checkpoint_without_one_says_so(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        load_checkpoint(make_accelerator("no", 1, 0), tmp_path)
 
 
 def test_lr_warms_up_then_decays_to_zero():
@@ -181,10 +176,9 @@ def test_metric_history_keeps_rows_and_forwards_them():
     forwarded = []
     history = MetricHistory(sink=lambda metrics, step: forwarded.append((step, metrics)))
     history({"loss/sft": torch.tensor(2.0)}, 1)
-    history({"eval/loss": 1.5}, 2)
-    assert history.rows == [{"step": 1, "loss/sft": 2.0}, {"step": 2, "eval/loss": 1.5}]
-    assert forwarded == [(1, {"loss/sft": 2.0}), (2, {"eval/loss": 1.5})]
-    assert history.last("loss/sft") == 2.0 and history.last("missing") is None
+    history({"eval/sft/loss": 1.5}, 2)
+    assert history.rows == [{"step": 1, "loss/sft": 2.0}, {"step": 2, "eval/sft/loss": 1.5}]
+    assert forwarded == [(1, {"loss/sft": 2.0}), (2, {"eval/sft/loss": 1.5})]
     json.dumps(history.rows)  # JSON-ready for the catalog
 
 

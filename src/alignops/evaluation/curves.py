@@ -11,15 +11,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 PANELS: dict[str, list[tuple[str, list[str]]]] = {
     "sft": [
-        ("loss", ["loss/sft", "eval/loss"]),
-        ("held-out perplexity", ["eval/perplexity"]),
+        ("loss", ["loss/sft", "eval/sft/loss"]),
+        ("held-out perplexity", ["eval/sft/perplexity"]),
         ("learning rate", ["sft/lr"]),
         ("gradient norm", ["sft/grad_norm"]),
     ],
     "reward": [
-        ("loss", ["loss/reward", "eval/loss"]),
-        ("pair accuracy", ["reward/accuracy", "eval/reward_accuracy"]),
-        ("reward margin", ["reward/margin", "eval/reward_margin"]),
+        ("loss", ["loss/reward", "eval/reward/loss"]),
+        ("pair accuracy", ["reward/accuracy", "eval/reward/accuracy"]),
+        ("reward margin", ["reward/margin", "eval/reward/margin"]),
         ("learning rate", ["reward/lr"]),
     ],
     "ppo": [
@@ -31,9 +31,9 @@ PANELS: dict[str, list[tuple[str, list[str]]]] = {
         ("value explained variance", ["val/explained_variance"]),
     ],
     "dpo": [
-        ("loss", ["loss/dpo", "eval/loss"]),
-        ("implicit-reward accuracy", ["rewards/accuracies", "eval/rewards/accuracies"]),
-        ("implicit-reward margin", ["rewards/margins", "eval/rewards/margins"]),
+        ("loss", ["loss/dpo", "eval/dpo/loss"]),
+        ("implicit-reward accuracy", ["rewards/accuracies", "eval/dpo/rewards/accuracies"]),
+        ("implicit-reward margin", ["rewards/margins", "eval/dpo/rewards/margins"]),
         ("log-probabilities", ["logps/chosen", "logps/rejected"]),
     ],
 }

@@ -2,7 +2,7 @@
 
 from alignops.models.config import ModelConfig
 from alignops.models.generation import GenerationOutput, generate
-from alignops.models.loading import build_causal_lm, get_metadata, load_model, save_model, set_metadata
+from alignops.models.loading import build_causal_lm, load_model, save_model
 from alignops.models.tokenizer import build_tokenizer, ensure_pad_token, load_tokenizer, resize_for_tokenizer
 
 __all__ = [
@@ -12,10 +12,8 @@ __all__ = [
     "build_tokenizer",
     "ensure_pad_token",
     "generate",
-    "get_metadata",
     "load_model",
     "load_tokenizer",
     "resize_for_tokenizer",
     "save_model",
-    "set_metadata",
 ]

@@ -26,10 +26,6 @@ MODEL_CLASSES = {
     "causal_lm": AutoModelForCausalLM,
     "sequence_classification": AutoModelForSequenceClassification,
 }
-#: ``model.config`` attribute for a stage's own facts about a model (e.g. the reward
-#: model's normalisation). It is written into config.json, so it travels with the
-#: weights wherever they go (the catalog, MLflow, a hub).
-METADATA_ATTRIBUTE = "alignops_metadata"
 
 
 def scratch_llama_config(config: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> LlamaConfig:
@@ -82,13 +78,3 @@ def save_model(model: PreTrainedModel, directory: str | Path) -> None:
     """``save_pretrained`` (transformers 5 writes safetensors, and only safetensors)."""
     model.save_pretrained(str(directory))
 
-
-def set_metadata(model: PreTrainedModel, **values: Any) -> None:
-    """Attach JSON-serialisable facts to ``model``; they are saved in its config.json."""
-    current = dict(getattr(model.config, METADATA_ATTRIBUTE, None) or {})
-    setattr(model.config, METADATA_ATTRIBUTE, {**current, **values})
-
-
-def get_metadata(model: PreTrainedModel) -> dict[str, Any]:
-    """What ``set_metadata`` attached (``{}`` when nothing was)."""
-    return dict(getattr(model.config, METADATA_ATTRIBUTE, None) or {})

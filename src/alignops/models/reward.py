@@ -31,7 +31,7 @@ from transformers import AutoModelForSequenceClassification, PreTrainedModel, Pr
 from alignops.models.collate import Batch, select_rows, tokenize_completions
 from alignops.models.loading import load_model, save_model
 from alignops.models.scoring import position_ids_from_mask
-from alignops.models.tokenizer import ensure_pad_token, load_tokenizer
+from alignops.models.tokenizer import ensure_pad_token, load_tokenizer, resize_for_tokenizer
 
 #: The reward model's own facts, beside its weights and tokenizer.
 REWARD_FILE = "reward_model.json"
@@ -88,12 +88,7 @@ def build_reward_backbone(
         model = load_model(base, "sequence_classification", trust_remote_code, dtype, num_labels=1)
         model.config.use_cache = False
     ensure_pad_token(tokenizer)
-    if model.get_input_embeddings().num_embeddings < len(tokenizer):  # an added pad token
-        model.resize_token_embeddings(len(tokenizer))
-    # ``resize_for_tokenizer`` would also do this, but it reads a causal LM's generation_config
-    model.config.pad_token_id = tokenizer.pad_token_id
-    model.config.eos_token_id = tokenizer.eos_token_id
-    return model, tokenizer
+    return resize_for_tokenizer(model, tokenizer), tokenizer
 
 
 @dataclass(frozen=True, eq=False)

@@ -1,7 +1,9 @@
 """Per-step metrics into the MLflow run that kedro-mlflow opened for this ``kedro run``.
 
-Training loops only know a ``log(metrics, step)`` callable; ``metric_logger(stage)``
-is the one that reaches MLflow. It writes to the run by id through ``MlflowClient``
+Training loops only know a ``log(metrics, step)`` callable; ``metric_logger()`` is
+the one that reaches MLflow. Metric names arrive final (a loop names its held-out
+metrics ``eval/<stage>/...`` itself), so a name in MLflow is its name in the stage's
+history file. It writes to the run by id through ``MlflowClient``
 (not the fluent API's thread-local "active run"), so it works the same in Kedro's
 SequentialRunner, in ParallelRunner's worker processes and in a later
 ``accelerate launch`` where only the main process may log.
@@ -24,12 +26,6 @@ RUN_ID_ENV = "MLFLOW_RUN_ID"
 """Set by the tracking hook for the length of a pipeline run, so worker processes
 started with ``spawn`` (not only ``fork``) find the run."""
 
-SHARED_NAMESPACES = ("eval/",)
-"""Metric families several stages log under the same names (``eval/loss`` is logged by
-SFT, the reward model and DPO): the stage goes in after the family, ``eval/sft/loss``,
-so their curves do not share one chart. Every other name is already stage-specific
-(``objective/kl``, ``loss/reward``, ``rewards/margins``) and is kept as the loop wrote it."""
-
 MAX_BATCH = 1000
 """MLflow's limit on metrics per ``log_batch`` call."""
 
@@ -50,14 +46,6 @@ def current_run_id() -> str | None:
     return os.environ.get(RUN_ID_ENV) or None
 
 
-def tracked_name(stage: str, name: str) -> str:
-    """The MLflow metric key for one of ``stage``'s metric names (see ``SHARED_NAMESPACES``)."""
-    for namespace in SHARED_NAMESPACES:
-        if name.startswith(namespace):
-            return f"{namespace}{stage}/{name[len(namespace):]}"
-    return name
-
-
 class MlflowMetricLogger:
     """A ``log(metrics, step)`` callable that batches rows into ``log_batch`` calls.
 
@@ -66,9 +54,8 @@ class MlflowMetricLogger:
     ``flush``), and the curves still fill in while a stage trains.
     """
 
-    def __init__(self, run_id: str, stage: str, client: MlflowClient | None = None, flush_every_s: float = 2.0):
+    def __init__(self, run_id: str, client: MlflowClient | None = None, flush_every_s: float = 2.0):
         self.run_id = run_id
-        self.stage = stage
         self._client = client or MlflowClient()
         self._flush_every_s = flush_every_s
         self._pending: list[Metric] = []
@@ -77,7 +64,7 @@ class MlflowMetricLogger:
     def __call__(self, metrics: dict[str, Any], step: int) -> None:
         timestamp = int(time.time() * 1000)
         self._pending.extend(
-            Metric(tracked_name(self.stage, name), float(value), timestamp, int(step))
+            Metric(name, float(value), timestamp, int(step))
             for name, value in metrics.items()
         )
         if time.monotonic() - self._last_flush >= self._flush_every_s:
@@ -90,11 +77,11 @@ class MlflowMetricLogger:
         self._last_flush = time.monotonic()
 
 
-def metric_logger(stage: str) -> LogFn | None:
-    """The MLflow logger for ``stage`` during a tracked run on the main process, else None
-    (a ``MetricHistory`` without a sink: the rows stay in the stage's history)."""
+def metric_logger() -> LogFn | None:
+    """The MLflow logger during a tracked run on the main process, else None (a
+    ``MetricHistory`` without a sink: the rows stay in the stage's history)."""
     run_id = current_run_id()
-    return None if run_id is None else MlflowMetricLogger(run_id, stage)
+    return None if run_id is None else MlflowMetricLogger(run_id)
 
 
 def require_run() -> str:

@@ -1,5 +1,6 @@
-"""What every training loop (SFT, reward, PPO, DPO) shares: accelerator, schedule, guards,
-checkpoints, progress and metric history. Nothing here knows which stage it serves."""
+"""What every training loop (SFT, reward, PPO, DPO) shares: accelerator, optimiser, schedule,
+guards, checkpoints, progress and metric history, and ``train_epochs``, the epoch loop of
+SFT, reward and DPO. Nothing here knows which stage it serves."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,13 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from torch.optim.lr_scheduler import LambdaLR
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from alignops.models.collate import Batch
+
 LogFn = Callable[[dict[str, float], int], None]
+Stats = dict[str, torch.Tensor]
 CHECKPOINT_PREFIX = "step_"
 
 
@@ -99,6 +104,14 @@ def decay_parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[
     ]
 
 
+def make_optimizer(model: torch.nn.Module, config: Any) -> torch.optim.AdamW:
+    """AdamW at ``config.learning_rate`` with ``config.weight_decay`` on matrices and betas
+    (0.9, ``config.adam_beta2``): the optimiser of every epoch-based stage."""
+    return torch.optim.AdamW(
+        decay_parameter_groups(model, config.weight_decay), lr=config.learning_rate, betas=(0.9, config.adam_beta2)
+    )
+
+
 def check_finite(loss: torch.Tensor, stage: str, step: int) -> None:
     """Stop at the first nan/inf loss, before it reaches the weights (one host sync per call)."""
     if not bool(torch.isfinite(loss.detach()).all()):
@@ -127,29 +140,100 @@ def save_checkpoint(
     return folder
 
 
-def latest_checkpoint(directory: str | Path) -> Path | None:
-    """The newest complete checkpoint under ``directory`` (one with its ``step.json``), or None."""
-    complete = [f.parent for f in Path(directory).glob(f"{CHECKPOINT_PREFIX}*/step.json")]
-    return max(complete, default=None)
+def train_epochs(
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train_loader: DataLoader,
+    config: Any,
+    stage: str,
+    loss_and_stats: Callable[[Batch], tuple[torch.Tensor, Stats]],
+    log: LogFn,
+    *,
+    averaged: Sequence[str],
+    weight: Callable[[Batch, Stats], torch.Tensor | int],
+    throughput: tuple[str, Callable[[Batch], torch.Tensor | int]],
+    postfix: Mapping[str, str],
+    evaluate: Callable[[], dict[str, float]] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    extra_metrics: Callable[[], dict[str, float]] | None = None,
+) -> torch.nn.Module:
+    """The epoch loop the SFT, reward and DPO stages share; returns the bare trained model.
 
-
-def load_checkpoint(accelerator: Accelerator, directory: str | Path) -> dict:
-    """Restore what ``save_checkpoint`` wrote into the prepared objects; returns ``step.json``.
-
-    ``directory`` is a checkpoint or a folder of them (the latest is taken). The caller
-    prepares (and registers) the same objects in the same order as when it saved.
+    ``model``, ``optimizer`` and ``train_loader`` come prepared by ``accelerator``;
+    ``config`` has the fields ``check_epoch_loop_settings`` checks plus grad_accum,
+    log_every and eval_every. ``loss_and_stats(batch)`` is the stage's own part: the loss
+    to step on and detached stats. Every ``config.log_every`` optimiser steps one row is
+    logged: the ``averaged`` stats as means over the interval, each micro-batch counting
+    ``weight(batch, stats)`` (tokens, pairs or 1), then ``<stage>/lr`` (the rate the
+    update used), ``<stage>/grad_norm`` (before clipping), ``<stage>/<unit>_per_s`` for
+    ``throughput = (unit, count(batch))``, ``<stage>/epoch`` and ``extra_metrics()``.
+    ``evaluate()`` (None: no held-out set) runs every ``config.eval_every`` steps and at
+    the last; its names are logged as ``eval/<stage>/<name>``. ``postfix`` maps a
+    progress-bar label to an averaged stat.
     """
-    folder = Path(directory)
-    if not (folder / "step.json").is_file():
-        found = latest_checkpoint(folder)
-        if found is None:
-            raise FileNotFoundError(f"no checkpoint (a {CHECKPOINT_PREFIX}*/step.json) under {folder}")
-        folder = found
-    accelerator.load_state(str(folder))
-    return json.loads((folder / "step.json").read_text())
+    steps_per_epoch = math.ceil(len(train_loader) / config.grad_accum)
+    total_steps = config.max_steps or max(1, round(steps_per_epoch * config.epochs))
+    scheduler = make_scheduler(optimizer, config.schedule, config.warmup_steps, total_steps)
+    accelerator.register_for_checkpointing(scheduler)
+    unit, count = throughput
+
+    step = 0
+    interval = torch.zeros(len(averaged) + 2, device=accelerator.device)  # weighted stat sums, weights, units
+    interval_start = time.perf_counter()
+    bar = progress_bar(accelerator, total_steps, stage)
+    model.train()
+    while step < total_steps:
+        for batch in train_loader:
+            with accelerator.accumulate(model):
+                loss, stats = loss_and_stats(batch)
+                check_finite(loss, stage, step)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            batch_weight = torch.as_tensor(weight(batch, stats), device=accelerator.device).float()
+            units = torch.as_tensor(count(batch), device=accelerator.device).float()
+            interval += torch.stack([*(stats[name].float() * batch_weight for name in averaged), batch_weight, units])
+            if not accelerator.sync_gradients:
+                continue
+
+            lr = scheduler.get_last_lr()[0]  # the rate this update used
+            scheduler.step()
+            step += 1
+            bar.update(1)
+            if step % config.log_every == 0 or step == total_steps:
+                *sums, weights, units = accelerator.reduce(interval, reduction="sum").tolist()
+                means = {name: total / max(weights, 1.0) for name, total in zip(averaged, sums, strict=True)}
+                log(
+                    {
+                        **means,
+                        f"{stage}/lr": lr,
+                        f"{stage}/grad_norm": float(grad_norm),
+                        f"{stage}/{unit}_per_s": units / max(time.perf_counter() - interval_start, 1e-9),
+                        f"{stage}/epoch": step / steps_per_epoch,
+                        **(extra_metrics() if extra_metrics is not None else {}),
+                    },
+                    step,
+                )
+                bar.set_postfix({label: f"{means[name]:.3f}" for label, name in postfix.items()})
+                interval.zero_()
+                interval_start = time.perf_counter()
+            # evaluation and checkpoints do not count towards the throughput
+            interval_start += _evaluate_and_checkpoint(
+                accelerator, config, stage, step, total_steps, checkpoint_dir, evaluate, log
+            )
+            if step >= total_steps:
+                break
+    bar.close()
+    accelerator.wait_for_everyone()
+    trained = accelerator.unwrap_model(model)
+    accelerator.free_memory()
+    return trained
 
 
-def evaluate_and_checkpoint(
+def _evaluate_and_checkpoint(
     accelerator: Accelerator,
     config: Any,
     stage: str,
@@ -157,29 +241,15 @@ def evaluate_and_checkpoint(
     total_steps: int,
     checkpoint_dir: str | Path | None,
     evaluate: Callable[[], dict[str, float]] | None,
-    log: Callable[[dict[str, float], int], None],
+    log: LogFn,
 ) -> float:
-    """The held-out evaluation and checkpoint due after optimiser step ``step``; the seconds they took.
-
-    Evaluation runs every ``config.eval_every`` steps and at the last one (``evaluate``
-    None: no held-out set); a checkpoint every ``config.checkpoint_every`` steps. Loops
-    subtract the returned time from their throughput clocks.
-    """
+    """The held-out evaluation and checkpoint due after optimiser step ``step``; the seconds they took."""
     started = time.perf_counter()
     if evaluate is not None and (step % config.eval_every == 0 or step == total_steps):
-        log(evaluate(), step)
+        log({f"eval/{stage}/{name}": value for name, value in evaluate().items()}, step)
     if checkpoint_dir and config.checkpoint_every and step % config.checkpoint_every == 0:
         save_checkpoint(accelerator, checkpoint_dir, step, {"stage": stage}, config.keep_checkpoints)
     return time.perf_counter() - started
-
-
-def finish_loop(accelerator: Accelerator, bar: tqdm, model: torch.nn.Module) -> torch.nn.Module:
-    """Close the bar, wait for every process and hand back the bare trained model."""
-    bar.close()
-    accelerator.wait_for_everyone()
-    trained = accelerator.unwrap_model(model)
-    accelerator.free_memory()
-    return trained
 
 
 def progress_bar(accelerator: Accelerator, total: int, desc: str) -> tqdm:
@@ -213,7 +283,3 @@ class MetricHistory:
         flush = getattr(self._sink, "flush", None)
         if flush is not None:
             flush()
-
-    def last(self, name: str) -> float | None:
-        """The most recent value logged under ``name``."""
-        return next((row[name] for row in reversed(self.rows) if name in row), None)

@@ -60,7 +60,7 @@ class SFTConfig:
     never crosses a boundary; ``alignops.models.packing``). World demonstrations are ~65
     tokens and the longest in a batch of 8 ~90, so unpacked batches are ~25% padding."""
     eval_fraction: float = 0.05
-    """Share of demonstrations held out to report ``eval/loss`` and ``eval/perplexity``; 0 turns it off."""
+    """Share of demonstrations held out to report ``eval/sft/loss`` and ``eval/sft/perplexity``; 0 turns it off."""
     eval_every: int = 100
     """Optimiser steps between held-out evaluations (and always after the last step)."""
     eval_batch_size: int = 64

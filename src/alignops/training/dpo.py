@@ -2,21 +2,20 @@
 
 One function, ``train_dpo``, read top to bottom: tokenise the pairs, take the SFT
 reference's log-probs of every chosen and rejected response ONCE (no grad, each
-distinct response once, shortest first), then the loop: a batch's chosen and rejected
-rows in one forward, completion-only log-probs, ``alignops.core.dpo_loss`` (sigmoid
-DPO of Rafailov et al. 2023 or IPO of Azar et al. 2023, optionally RPO's NLL term),
-clipping, warm-up + decay, held-out evaluation, NaN guard, checkpoints. Metrics go to
-the ``log`` callable. Batches keep a prompt's pairs together and similar lengths
-together (``PromptGroupedBatches``), so a step scores each distinct response once and
-little of it is padding.
+distinct response once, shortest first), then the shared epoch loop
+(``alignops.training.common.train_epochs``) with DPO's own loss: a batch's chosen and
+rejected rows in one forward, completion-only log-probs, ``alignops.core.dpo_loss``
+(sigmoid DPO of Rafailov et al. 2023 or IPO of Azar et al. 2023, optionally RPO's NLL
+term). Metrics go to the ``log`` callable. Batches keep a prompt's pairs together and
+similar lengths together (``pair_batches``), so a step scores each distinct response
+once and little of it is padding.
 """
 
 from __future__ import annotations
 
 import copy
-import math
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 import torch
@@ -28,16 +27,8 @@ from alignops.core.logprobs import sequence_logprobs
 from alignops.core.losses import dpo_loss
 from alignops.models.collate import Batch, select_rows, tokenize_preference_pairs
 from alignops.models.config import ModelConfig
-from alignops.training.common import (
-    LogFn,
-    check_finite,
-    decay_parameter_groups,
-    make_accelerator,
-    make_scheduler,
-    progress_bar,
-    evaluate_and_checkpoint,
-    finish_loop,
-)
+from alignops.training.batching import GroupedBatches
+from alignops.training.common import LogFn, make_accelerator, make_optimizer, train_epochs
 from alignops.training.dpo_config import DPOConfig
 
 MODEL_INPUTS = ("input_ids", "attention_mask")
@@ -126,50 +117,17 @@ def reference_logprobs(
     return logps[first][inverse]
 
 
-class PromptGroupedBatches:
-    """Batches of pair indices, whole prompts together and similar lengths together; new order every epoch.
+def pair_batches(rows: Batch, batch_size: int, seed: int) -> GroupedBatches:
+    """Batches of the pairs of a 2N-row batch from ``tokenize_pairs``: a prompt's pairs
+    together, in a shuffled order, and similar lengths together.
 
     A step's cost is its distinct rows times their padded width. Pairs of one prompt
     share responses (a K-wise ranking is K(K-1)/2 pairs of K responses), so keeping a
-    prompt's pairs in one batch lets the step score each response once: 32 world pairs
-    are ~21 distinct rows instead of 64. Within groups of ``group_batches`` batches,
-    prompts are ordered by their longest pair (transformers' ``group_by_length``), so
-    little of a batch is padding. Prompts, the pairs within them and the batches are
-    all shuffled with a seeded generator. With one pair per prompt (HH-RLHF) this is
-    plain length grouping.
+    prompt's pairs in one batch lets the step score each response once. Within windows
+    of 16 batches, prompts are ordered by their longest pair, so little of a batch is
+    padding. With one pair per prompt (HH-RLHF) this is plain length grouping.
     """
-
-    def __init__(
-        self, lengths: torch.Tensor, prompt_ids: torch.Tensor, batch_size: int, seed: int, group_batches: int = 16
-    ) -> None:
-        self.lengths = lengths  # (N,) each pair's longer row
-        self.prompt_ids = prompt_ids  # (N,) 0 .. P-1
-        self.batch_size = batch_size
-        self.group_size = batch_size * group_batches
-        self.generator = torch.Generator().manual_seed(seed)
-        n_prompts = int(prompt_ids.max()) + 1
-        self.prompt_lengths = torch.zeros(n_prompts, dtype=lengths.dtype).scatter_reduce(
-            0, prompt_ids, lengths, "amax"
-        )  # (P,)
-
-    @classmethod
-    def of(cls, rows: Batch, batch_size: int, seed: int) -> PromptGroupedBatches:
-        """Batches of the pairs of a 2N-row batch from ``tokenize_pairs``."""
-        return cls(pair_lengths(rows), prompt_ids(rows), batch_size, seed)
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.lengths) / self.batch_size)  # only the last group ends in a short batch
-
-    def __iter__(self) -> Iterator[list[int]]:
-        shuffled = torch.randperm(len(self.lengths), generator=self.generator)  # (N,)
-        prompt_rank = torch.randperm(len(self.prompt_lengths), generator=self.generator)[self.prompt_ids[shuffled]]
-        order = shuffled[prompt_rank.argsort(stable=True)]  # prompts in random order, each one's pairs together
-        batches = []
-        for group in order.split(self.group_size):
-            longest = self.prompt_lengths[self.prompt_ids[group]]  # (n,) the same for a prompt's pairs
-            batches += group[longest.argsort(descending=True, stable=True)].split(self.batch_size)
-        for index in torch.randperm(len(batches), generator=self.generator).tolist():
-            yield batches[index].tolist()
+    return GroupedBatches(prompt_ids(rows), batch_size, seed, shuffle_within=True, lengths=pair_lengths(rows))
 
 
 def pair_lengths(rows: Batch) -> torch.Tensor:
@@ -230,7 +188,7 @@ def _pair_loss(model: PreTrainedModel, batch: Batch, config: DPOConfig) -> tuple
 
 @torch.no_grad()
 def evaluate_dpo(model: PreTrainedModel, loader: DataLoader, config: DPOConfig, accelerator: Accelerator) -> dict[str, float]:
-    """Held-out DPO loss, preference accuracy and margin of the implicit reward, pair-weighted."""
+    """Held-out DPO ``loss``, preference accuracy and margin of the implicit reward, pair-weighted."""
     was_training = model.training
     model.eval()
     totals = torch.zeros(4, device=accelerator.device)  # (loss, accuracy, margin) x pairs, pairs
@@ -242,9 +200,9 @@ def evaluate_dpo(model: PreTrainedModel, loader: DataLoader, config: DPOConfig, 
     loss_sum, accuracy_sum, margin_sum, n_pairs = accelerator.reduce(totals, reduction="sum").tolist()
     n_pairs = max(n_pairs, 1.0)
     return {
-        "eval/loss": loss_sum / n_pairs,
-        "eval/rewards/accuracies": accuracy_sum / n_pairs,
-        "eval/rewards/margins": margin_sum / n_pairs,
+        "loss": loss_sum / n_pairs,
+        "rewards/accuracies": accuracy_sum / n_pairs,
+        "rewards/margins": margin_sum / n_pairs,
     }
 
 
@@ -277,74 +235,33 @@ def train_dpo(
     # model is ever held. ``sft_model`` itself is left untouched.
     policy = copy.deepcopy(sft_model)
     _disable_dropout(policy)
-    optimizer = torch.optim.AdamW(
-        decay_parameter_groups(policy, config.weight_decay), lr=config.learning_rate, betas=(0.9, config.adam_beta2)
-    )
+    optimizer = make_optimizer(policy, config)
     policy, optimizer = accelerator.prepare(policy, optimizer)  # forward under the run's precision
     train_rows = tokenize_pairs(tokenizer, train_pairs, model_config)  # 2N rows
     ref_train = reference_logprobs(policy, train_rows, 2 * config.ref_batch_size, average, accelerator.device)
-    train_batches = PromptGroupedBatches.of(train_rows, config.batch_size, config.seed)  # reshuffled every epoch
+    train_batches = pair_batches(train_rows, config.batch_size, config.seed)  # reshuffled every epoch
     train_loader = accelerator.prepare(_pair_loader(train_rows, ref_train, train_batches))
     eval_loader = None
     if heldout_pairs is not None and len(heldout_pairs.prompts):
         eval_rows = tokenize_pairs(tokenizer, heldout_pairs, model_config)
         ref_eval = reference_logprobs(policy, eval_rows, 2 * config.ref_batch_size, average, accelerator.device)
-        eval_batches = list(PromptGroupedBatches.of(eval_rows, config.eval_batch_size, config.seed))  # fixed
+        eval_batches = list(pair_batches(eval_rows, config.eval_batch_size, config.seed))  # fixed
         eval_loader = accelerator.prepare(_pair_loader(eval_rows, ref_eval, eval_batches))
     log({"dpo/reference_s": time.perf_counter() - started}, 0)
-    steps_per_epoch = math.ceil(len(train_loader) / config.grad_accum)
-    total_steps = config.max_steps or max(1, round(steps_per_epoch * config.epochs))
-    scheduler = make_scheduler(optimizer, config.schedule, config.warmup_steps, total_steps)
-    accelerator.register_for_checkpointing(scheduler)
-
-    step = 0
-    interval = torch.zeros(len(STAT_NAMES) + 1, device=accelerator.device)  # stat sums, micro-batches
-    interval_pairs = 0
-    interval_start = time.perf_counter()
-    bar = progress_bar(accelerator, total_steps, "dpo")
-    policy.train()
-    while step < total_steps:
-        for batch in train_loader:
-            with accelerator.accumulate(policy):
-                loss, stats = _pair_loss(policy, batch, config)
-                check_finite(loss, "dpo", step)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    grad_norm = accelerator.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            interval += torch.stack([*(stats[name].float() for name in STAT_NAMES), loss.new_ones(())])
-            interval_pairs += batch["ref_logps"].shape[0] // 2
-            if not accelerator.sync_gradients:
-                continue
-
-            scheduler.step()
-            step += 1
-            bar.update(1)
-            if step % config.log_every == 0 or step == total_steps:
-                *sums, n_batches = accelerator.reduce(interval, reduction="sum").tolist()
-                pairs_per_s = interval_pairs * accelerator.num_processes / max(time.perf_counter() - interval_start, 1e-9)
-                metrics = {name: value / n_batches for name, value in zip(STAT_NAMES, sums)}
-                log(
-                    {
-                        **metrics,
-                        "dpo/lr": scheduler.get_last_lr()[0],
-                        "dpo/grad_norm": float(grad_norm),
-                        "dpo/pairs_per_s": pairs_per_s,
-                        "dpo/epoch": step / steps_per_epoch,
-                        "dpo/elapsed_s": time.perf_counter() - started,
-                    },
-                    step,
-                )
-                bar.set_postfix(loss=f"{metrics['loss/dpo']:.3f}", acc=f"{metrics['rewards/accuracies']:.2f}")
-                interval.zero_()
-                interval_pairs = 0
-                interval_start = time.perf_counter()
-            evaluate = None if eval_loader is None else lambda: evaluate_dpo(policy, eval_loader, config, accelerator)
-            # evaluation and checkpoints do not count towards pairs/s
-            interval_start += evaluate_and_checkpoint(
-                accelerator, config, "dpo", step, total_steps, checkpoint_dir, evaluate, log
-            )
-            if step >= total_steps:
-                break
-    return finish_loop(accelerator, bar, policy)
+    return train_epochs(
+        accelerator,
+        policy,
+        optimizer,
+        train_loader,
+        config,
+        "dpo",
+        lambda batch: _pair_loss(policy, batch, config),
+        log,
+        averaged=STAT_NAMES,
+        weight=lambda batch, stats: 1,  # each micro-batch counts once: a mean of batch means
+        throughput=("pairs", lambda batch: batch["ref_logps"].shape[0] // 2),
+        postfix={"loss": "loss/dpo", "acc": "rewards/accuracies"},
+        evaluate=None if eval_loader is None else lambda: evaluate_dpo(policy, eval_loader, config, accelerator),
+        checkpoint_dir=checkpoint_dir,
+        extra_metrics=lambda: {"dpo/elapsed_s": time.perf_counter() - started},
+    )

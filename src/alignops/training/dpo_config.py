@@ -7,8 +7,7 @@ from dataclasses import dataclass
 
 from alignops.core.losses import DPO_LOSSES
 from alignops.training.common import check_epoch_loop_settings
-
-MIXED_PRECISION = ("no", "bf16", "fp16")
+from alignops.training.config import MIXED_PRECISION
 
 
 @dataclass(frozen=True)

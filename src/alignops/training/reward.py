@@ -1,8 +1,8 @@
 """Reward-model training: a Bradley–Terry loss on preference pairs, then normalisation.
 
-``train_reward_model`` reads top to bottom: model, data, optimiser, then the loop
-(chosen and rejected replies in one forward pass, gradient accumulation, clipping,
-warm-up + decay, held-out pairwise accuracy, NaN guard, checkpoints).
+``train_reward_model`` reads top to bottom: model, data, optimiser, then the shared
+epoch loop (``alignops.training.common.train_epochs``) with the reward model's own
+loss: chosen and rejected replies scored in one forward pass, Bradley–Terry on them.
 ``normalise_reward_model`` then samples from the SFT policy and sets the reward
 model's mean and std so that those samples score mean 0, std 1 (Ziegler et al. 2019).
 Metrics go to the ``log`` callable.
@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -21,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 from accelerate import Accelerator
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from alignops.core.losses import bradley_terry_loss
@@ -29,16 +28,8 @@ from alignops.models.collate import Batch, select_rows
 from alignops.models.config import ModelConfig
 from alignops.models.generation import GenerationOutput, generate
 from alignops.models.reward import RewardModel, build_reward_backbone, sequence_rewards
-from alignops.training.common import (
-    LogFn,
-    check_finite,
-    decay_parameter_groups,
-    make_accelerator,
-    make_scheduler,
-    progress_bar,
-    evaluate_and_checkpoint,
-    finish_loop,
-)
+from alignops.training.batching import GroupedBatches
+from alignops.training.common import LogFn, Stats, make_accelerator, make_optimizer, train_epochs
 from alignops.training.reward_config import RewardConfig
 
 __all__ = [
@@ -96,30 +87,6 @@ def comparisons(reward_model: RewardModel, pairs: pd.DataFrame, margin_scale: fl
     return Comparisons(replies, codes[:n], codes[n:], margin_scale * margin, group)
 
 
-class GroupedBatchSampler(Sampler[list[int]]):
-    """Batches of ``batch_size`` pair indices, whole groups in a shuffled order.
-
-    Keeping a ranking's pairs together lets a batch score each of its replies once
-    (Ouyang et al. 2022 put all K-choose-2 pairs of a ranking in one batch, which also
-    keeps one reply from being fitted several times per epoch). The order is drawn
-    from a generator seeded once, so a run is reproducible and each epoch differs.
-    """
-
-    def __init__(self, group: torch.Tensor, batch_size: int, seed: int) -> None:
-        self._group = group
-        self.batch_size = batch_size
-        self._generator = torch.Generator().manual_seed(seed)
-
-    def __len__(self) -> int:
-        return math.ceil(len(self._group) / self.batch_size)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        n_groups = int(self._group.max()) + 1 if len(self._group) else 0
-        rank = torch.randperm(n_groups, generator=self._generator)[self._group]  # (B,) shuffled group order
-        order = torch.argsort(rank, stable=True)
-        yield from (chunk.tolist() for chunk in order.split(self.batch_size))
-
-
 def collate_pairs(data: Comparisons, pair_index: Sequence[int]) -> Batch:
     """The distinct replies of some pairs, and ``inverse`` mapping them back to rows.
 
@@ -141,7 +108,7 @@ def pair_rewards(model: PreTrainedModel, batch: Batch) -> tuple[torch.Tensor, to
 
 @torch.no_grad()
 def evaluate_reward(model: PreTrainedModel, loader: DataLoader, accelerator: Accelerator) -> dict[str, float]:
-    """Held-out Bradley–Terry loss, pairwise accuracy (ties count wrong) and mean margin."""
+    """Held-out Bradley–Terry ``loss``, pairwise ``accuracy`` (ties count wrong) and mean ``margin``."""
     was_training = model.training
     model.eval()
     totals = torch.zeros(4, device=accelerator.device)  # (loss, correct, margin) summed over pairs, pairs
@@ -153,7 +120,7 @@ def evaluate_reward(model: PreTrainedModel, loader: DataLoader, accelerator: Acc
     model.train(was_training)
     loss, correct, margin, n = accelerator.reduce(totals, reduction="sum").tolist()
     n = max(n, 1.0)
-    return {"eval/loss": loss / n, "eval/reward_accuracy": correct / n, "eval/reward_margin": margin / n}
+    return {"loss": loss / n, "accuracy": correct / n, "margin": margin / n}
 
 
 def train_reward_model(
@@ -170,7 +137,7 @@ def train_reward_model(
 
     ``sft_model``/``tokenizer`` are the policy the reward model starts from when
     ``config.base`` is ``sft`` (neither is modified). ``eval_pairs`` (may be empty)
-    give ``eval/reward_accuracy`` every ``config.eval_every`` steps.
+    give ``eval/reward/accuracy`` every ``config.eval_every`` steps.
     """
     accelerator = make_accelerator(config.mixed_precision, config.grad_accum, config.seed)
     model, rm_tokenizer = build_reward_backbone(  # after seeding: same seed, same new head
@@ -192,7 +159,7 @@ def train_reward_model(
     heldout = comparisons(reward_model, eval_pairs) if eval_pairs is not None and len(eval_pairs) else None
     train_loader = DataLoader(
         range(len(train)),
-        batch_sampler=GroupedBatchSampler(train.group, config.batch_size, config.seed),
+        batch_sampler=GroupedBatches(train.group, config.batch_size, config.seed),
         collate_fn=partial(collate_pairs, train),
     )
     eval_loader = None
@@ -203,67 +170,32 @@ def train_reward_model(
             collate_fn=partial(collate_pairs, heldout),
         )
 
-    optimizer = torch.optim.AdamW(
-        decay_parameter_groups(model, config.weight_decay), lr=config.learning_rate, betas=(0.9, config.adam_beta2)
-    )
+    optimizer = make_optimizer(model, config)
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     if eval_loader is not None:
         eval_loader = accelerator.prepare(eval_loader)
-    steps_per_epoch = math.ceil(len(train_loader) / config.grad_accum)
-    total_steps = config.max_steps or max(1, round(steps_per_epoch * config.epochs))
-    scheduler = make_scheduler(optimizer, config.schedule, config.warmup_steps, total_steps)
-    accelerator.register_for_checkpointing(scheduler)
 
-    step = 0
-    # TRAIN_METRICS summed over the pairs since the last log, then the number of pairs.
-    interval = torch.zeros(6, device=accelerator.device)
-    interval_start = time.perf_counter()
-    bar = progress_bar(accelerator, total_steps, "reward")
-    model.train()
-    while step < total_steps:
-        for batch in train_loader:
-            with accelerator.accumulate(model):
-                r_chosen, r_rejected = pair_rewards(model, batch)  # (B,), (B,)
-                margin = batch["margin"] if config.margin_scale else None
-                loss, stats = bradley_terry_loss(r_chosen, r_rejected, margin)
-                check_finite(loss, "reward", step)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            n_pairs = torch.tensor(float(len(r_chosen)), device=accelerator.device)
-            interval += torch.stack([*(stats[k] * n_pairs for k in TRAIN_METRICS), n_pairs])
-            if not accelerator.sync_gradients:
-                continue
+    def loss_and_stats(batch: Batch) -> tuple[torch.Tensor, Stats]:
+        r_chosen, r_rejected = pair_rewards(model, batch)  # (B,), (B,)
+        return bradley_terry_loss(r_chosen, r_rejected, batch["margin"] if config.margin_scale else None)
 
-            scheduler.step()
-            step += 1
-            bar.update(1)
-            if step % config.log_every == 0 or step == total_steps:
-                *sums, pairs = accelerator.reduce(interval, reduction="sum").tolist()
-                metrics = {k: s / max(pairs, 1.0) for k, s in zip(TRAIN_METRICS, sums, strict=True)}
-                log(
-                    {
-                        **metrics,
-                        "reward/lr": scheduler.get_last_lr()[0],
-                        "reward/grad_norm": float(grad_norm),
-                        "reward/pairs_per_s": pairs / max(time.perf_counter() - interval_start, 1e-9),
-                        "reward/epoch": step / steps_per_epoch,
-                    },
-                    step,
-                )
-                bar.set_postfix(loss=f"{metrics['loss/reward']:.3f}", acc=f"{metrics['reward/accuracy']:.2f}")
-                interval.zero_()
-                interval_start = time.perf_counter()
-            evaluate = None if eval_loader is None else lambda: evaluate_reward(model, eval_loader, accelerator)
-            # evaluation and checkpoints do not count towards pairs/s
-            interval_start += evaluate_and_checkpoint(
-                accelerator, config, "reward", step, total_steps, checkpoint_dir, evaluate, log
-            )
-            if step >= total_steps:
-                break
-    return dataclasses.replace(reward_model, model=finish_loop(accelerator, bar, model))
+    trained = train_epochs(
+        accelerator,
+        model,
+        optimizer,
+        train_loader,
+        config,
+        "reward",
+        loss_and_stats,
+        log,
+        averaged=TRAIN_METRICS,
+        weight=lambda batch, stats: len(batch["margin"]),  # pair-weighted means
+        throughput=("pairs", lambda batch: len(batch["margin"])),
+        postfix={"loss": "loss/reward", "acc": "reward/accuracy"},
+        evaluate=None if eval_loader is None else lambda: evaluate_reward(model, eval_loader, accelerator),
+        checkpoint_dir=checkpoint_dir,
+    )
+    return dataclasses.replace(reward_model, model=trained)
 
 
 def policy_samples(

@@ -1,14 +1,14 @@
 """Supervised fine-tuning: teach the base model to answer like the demonstrations.
 
-One function, ``train_sft``, read top to bottom: data, model, optimiser, then the
-loop (completion-only loss, gradient accumulation, clipping, warm-up + decay,
-held-out evaluation, NaN guard, checkpoints). Metrics go to the ``log`` callable.
+One function, ``train_sft``, read top to bottom: model, data, optimiser, then the
+shared epoch loop (``alignops.training.common.train_epochs``: gradient accumulation,
+clipping, warm-up + decay, held-out evaluation, NaN guard, checkpoints) with SFT's
+own completion-only loss. Metrics go to the ``log`` callable.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 
 import torch
@@ -21,16 +21,7 @@ from alignops.models.collate import Batch, select_rows, tokenize_completions
 from alignops.models.packing import pack_sequences
 from alignops.models.config import ModelConfig
 from alignops.models.loading import build_causal_lm
-from alignops.training.common import (
-    LogFn,
-    check_finite,
-    decay_parameter_groups,
-    make_accelerator,
-    make_scheduler,
-    progress_bar,
-    evaluate_and_checkpoint,
-    finish_loop,
-)
+from alignops.training.common import LogFn, Stats, make_accelerator, make_optimizer, train_epochs
 from alignops.training.config import SFTConfig
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")
@@ -55,7 +46,7 @@ def _forward(model: PreTrainedModel, batch: Batch) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate_sft(model: PreTrainedModel, loader: DataLoader, accelerator: Accelerator) -> dict[str, float]:
-    """Held-out completion loss (token-weighted over the whole split) and its perplexity."""
+    """Held-out completion ``loss`` (token-weighted over the whole split) and its ``perplexity``."""
     was_training = model.training
     model.eval()
     totals = torch.zeros(2, device=accelerator.device)  # (loss x tokens, tokens)
@@ -65,7 +56,7 @@ def evaluate_sft(model: PreTrainedModel, loader: DataLoader, accelerator: Accele
     model.train(was_training)
     loss_sum, tokens = accelerator.reduce(totals, reduction="sum").tolist()
     loss = loss_sum / max(tokens, 1.0)
-    return {"eval/loss": loss, "eval/perplexity": math.exp(min(loss, 50.0))}
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
 
 
 def train_sft(
@@ -105,61 +96,27 @@ def train_sft(
     train_loader = _loader(train_rows, config.batch_size, shuffle=True, seed=config.seed)
     eval_loader = _loader(eval_rows, config.eval_batch_size, shuffle=False, seed=config.seed)
 
-    optimizer = torch.optim.AdamW(
-        decay_parameter_groups(model, config.weight_decay), lr=config.learning_rate, betas=(0.9, config.adam_beta2)
-    )
+    optimizer = make_optimizer(model, config)
     model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
-    steps_per_epoch = math.ceil(len(train_loader) / config.grad_accum)
-    total_steps = config.max_steps or max(1, round(steps_per_epoch * config.epochs))
-    scheduler = make_scheduler(optimizer, config.schedule, config.warmup_steps, total_steps)
-    accelerator.register_for_checkpointing(scheduler)
 
-    step = 0
-    interval = torch.zeros(3, device=accelerator.device)  # (loss x tokens, loss tokens, all tokens) since last log
-    interval_start = time.perf_counter()
-    bar = progress_bar(accelerator, total_steps, "sft")
-    model.train()
-    while step < total_steps:
-        for batch in train_loader:
-            with accelerator.accumulate(model):
-                logits = _forward(model, batch)  # (B, T, V)
-                loss, stats = sft_loss(logits, batch["input_ids"], batch["completion_mask"])
-                check_finite(loss, "sft", step)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            n_real = (batch["input_ids"] != tokenizer.pad_token_id).sum()
-            interval += torch.stack([loss.detach().float() * stats["tokens"], stats["tokens"].float(), n_real.float()])
-            if not accelerator.sync_gradients:
-                continue
+    def loss_and_stats(batch: Batch) -> tuple[torch.Tensor, Stats]:
+        logits = _forward(model, batch)  # (B, T, V)
+        loss, stats = sft_loss(logits, batch["input_ids"], batch["completion_mask"])
+        return loss, {"loss/sft": stats["loss"], "tokens": stats["tokens"]}
 
-            lr = scheduler.get_last_lr()[0]  # the rate this update used
-            scheduler.step()
-            step += 1
-            bar.update(1)
-            if step % config.log_every == 0 or step == total_steps:
-                loss_sum, loss_tokens, all_tokens = accelerator.reduce(interval, reduction="sum").tolist()
-                elapsed = time.perf_counter() - interval_start
-                log(
-                    {
-                        "loss/sft": loss_sum / max(loss_tokens, 1.0),
-                        "sft/lr": lr,
-                        "sft/grad_norm": float(grad_norm),
-                        "sft/tokens_per_s": all_tokens / max(elapsed, 1e-9),
-                        "sft/epoch": step / steps_per_epoch,
-                    },
-                    step,
-                )
-                bar.set_postfix(loss=f"{loss_sum / max(loss_tokens, 1.0):.3f}")
-                interval.zero_()
-                interval_start = time.perf_counter()
-            evaluate = (lambda: evaluate_sft(model, eval_loader, accelerator)) if n_eval else None
-            # evaluation and checkpoints do not count towards tokens/s
-            interval_start += evaluate_and_checkpoint(
-                accelerator, config, "sft", step, total_steps, checkpoint_dir, evaluate, log
-            )
-            if step >= total_steps:
-                break
-    return finish_loop(accelerator, bar, model)
+    return train_epochs(
+        accelerator,
+        model,
+        optimizer,
+        train_loader,
+        config,
+        "sft",
+        loss_and_stats,
+        log,
+        averaged=("loss/sft",),
+        weight=lambda batch, stats: stats["tokens"],  # a token-weighted mean, as the loss itself
+        throughput=("tokens", lambda batch: (batch["input_ids"] != tokenizer.pad_token_id).sum()),
+        postfix={"loss": "loss/sft"},
+        evaluate=(lambda: evaluate_sft(model, eval_loader, accelerator)) if n_eval else None,
+        checkpoint_dir=checkpoint_dir,
+    )

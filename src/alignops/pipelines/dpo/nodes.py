@@ -27,7 +27,7 @@ def train(
     params: dict,
 ) -> tuple[PreTrainedModel, list[dict]]:
     """The DPO policy (trained from a copy of ``sft_model``) and every logged metric row."""
-    with MetricHistory(sink=metric_logger("dpo")) as history:
+    with MetricHistory(sink=metric_logger()) as history:
         policy = train_dpo(
             sft_model,
             tokenizer,

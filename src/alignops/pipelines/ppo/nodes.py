@@ -32,7 +32,7 @@ def train(
     params: dict,
 ) -> tuple[PreTrainedModel, list[dict], pd.DataFrame]:
     """The PPO policy, every iteration's metrics, and the sampled generations."""
-    with MetricHistory(sink=metric_logger("ppo")) as history:
+    with MetricHistory(sink=metric_logger()) as history:
         result = train_ppo(
             sft_model,
             tokenizer,

@@ -28,7 +28,7 @@ def train(
     normalisation samples the SFT policy on the training prompts.
     """
     model_config, config = ModelConfig(**model), RewardConfig(**reward)
-    with MetricHistory(sink=metric_logger("reward")) as history:
+    with MetricHistory(sink=metric_logger()) as history:
         reward_model = train_reward_model(
             sft_model,
             tokenizer,

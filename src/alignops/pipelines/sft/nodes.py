@@ -32,7 +32,7 @@ def train(
     sft_checkpoints: str,
 ) -> tuple[PreTrainedModel, list[dict]]:
     """The fine-tuned policy and every metric row the loop logged."""
-    with MetricHistory(sink=metric_logger("sft")) as history:
+    with MetricHistory(sink=metric_logger()) as history:
         trained = train_sft(
             tokenizer,
             sft_demonstrations["prompt"].astype(str).tolist(),
