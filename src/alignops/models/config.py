@@ -30,17 +30,16 @@ class ModelConfig:
     training is the stage's ``mixed_precision``, not this."""
 
     vocab_size: int = 2048
-    """Scratch tokenizer size. The world uses ~1.5k distinct words; 2k byte-level BPE
-    merges make most of them one token (prompts ~30 tokens with the template, replies
-    ~35). 1024 would make every text ~25% longer and cancel the smaller softmax's saving."""
+    """Scratch tokenizer size: enough byte-level BPE merges to make most of the world's
+    words one token. Half of it would make every text longer and cancel the smaller
+    softmax's saving (docs/tuning.md)."""
     tokenizer_min_frequency: int = 2
     """A merge must occur this often in the training text; keeps one-off ids and
     amounts from taking vocabulary slots."""
     hidden_size: int = 64
-    """Scratch width (~340k parameters in all). Measured on the world at an equal CPU
-    budget (~50 single-core seconds): width 64 trained for 5 epochs reaches held-out
-    loss 0.68, width 128 manages only 3 epochs in that time and stops at 0.95. Every
-    later stage (reward model, PPO sampling, DPO) also runs ~2.5x faster per token."""
+    """Scratch width. At an equal CPU budget width 64 trains for more epochs than 128 and
+    reached a lower held-out loss, and every later stage (reward model, PPO sampling,
+    DPO) runs faster per token (docs/tuning.md)."""
     num_layers: int = 4
     """Scratch depth. Copying a slot (an order number, a date) from the prompt needs an
     induction-style circuit, which takes two layers; four learn it more reliably."""
@@ -65,11 +64,11 @@ class ModelConfig:
     not to the end of the prompt."""
     max_prompt_tokens: int = 64
     """Prompts are cut to their LAST this-many tokens (the question is at the end of a
-    conversation). The world's longest prompt is ~40 tokens with the template."""
+    conversation). 64 leaves room above the world's longest prompt with the template."""
     max_response_tokens: int = 160
     """Responses are cut to their first this-many tokens, EOS included; a cut response
-    gets no EOS, so the model is never taught to stop mid-sentence. World replies are
-    at most ~130 tokens."""
+    gets no EOS, so the model is never taught to stop mid-sentence. 160 leaves room
+    above the world's longest reply."""
 
     def __post_init__(self) -> None:
         if not self.base:

@@ -22,24 +22,24 @@ class SFTConfig:
     """Supervised fine-tuning on demonstrations: next-token loss on the responses only."""
 
     learning_rate: float = 7e-3
-    """Peak AdamW learning rate. The scratch model (~340k parameters) trained from nothing
-    in well under a minute needs a rate ~100x a pretrained model's: over 4 epochs on the
-    world, held-out loss ends at 0.89 with 5e-3, 0.75 with 7e-3, 0.73 with 1e-2.
+    """Peak AdamW learning rate. A scratch model of a few hundred thousand parameters,
+    trained from nothing in a few hundred steps, needs a rate ~100x a pretrained model's;
+    7e-3 is where a sweep on the world stopped buying much held-out loss (docs/tuning.md).
     Fine-tuning a pretrained base wants ~1e-5 to 5e-5."""
     batch_size: int = 4
-    """Rows per micro-batch and process (packed rows of up to 224 tokens, ~23
-    demonstrations, when ``packing``). Small batches buy optimiser steps: what the
-    scratch model must learn late (which action answers which prompt) comes with steps,
-    not tokens. On the world, 6 epochs at 4 rows gave eval-prompt samples a gold mean of
-    0.60 where 8 epochs at 8 rows (same CPU) gave 0.41."""
+    """Rows per micro-batch and process (with ``packing``, rows of up to
+    ``ModelConfig.max_length`` tokens holding several demonstrations each). Small batches
+    buy optimiser steps: what the scratch model must learn late (which action answers
+    which prompt) comes with steps, not tokens, so at the same CPU time more and smaller
+    steps gave better samples than fewer, larger ones (docs/tuning.md)."""
     grad_accum: int = 1
     """Micro-batches per optimiser step; effective batch = batch_size x grad_accum x processes."""
     epochs: float = 9.0
     """Passes over the training split; fractions allowed. Ignored when ``max_steps`` is set.
-    Held-out loss is no guide to the policy here: at 4 epochs (loss 0.74) sampled replies
-    were generic or another intent's action (gold mean -0.50 on the eval prompts, right
-    action 1%); at 9 epochs of 4 rows (loss 0.50) they match the demonstrations (gold
-    1.42, right action 56%, demonstrations 1.57 / 56%). About a minute on 2 CPU cores."""
+    Held-out loss is no guide to the policy here: the prompt-to-action lookup is learnt
+    late, so for several epochs after the loss looks settled sampled replies are still
+    generic or another intent's action; 9 is where they matched the demonstrations
+    (docs/tuning.md)."""
     max_steps: int | None = None
     """Optimiser steps to take instead of ``epochs`` (tests and smoke runs)."""
     warmup_steps: int = 40
@@ -57,8 +57,9 @@ class SFTConfig:
     undo the warm-up. ``sft/grad_norm`` logs the norm before clipping."""
     packing: bool = True
     """Pack several demonstrations per row (position ids restart per example, attention
-    never crosses a boundary; ``alignops.models.packing``). World demonstrations are ~65
-    tokens and the longest in a batch of 8 ~90, so unpacked batches are ~25% padding."""
+    never crosses a boundary; ``alignops.models.packing``). Demonstrations differ in
+    length, so an unpacked batch is padded to its longest row and much of it is padding
+    (docs/tuning.md)."""
     eval_fraction: float = 0.05
     """Share of demonstrations held out to report ``eval/sft/loss`` and ``eval/sft/perplexity``; 0 turns it off."""
     eval_every: int = 100

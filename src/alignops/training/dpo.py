@@ -85,8 +85,7 @@ def distinct_rows(rows: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """(first, inverse): a row number of each distinct row (U,), and each row's distinct row (R,).
 
     Rows are the same when their tokens and completion masks are. K-wise rankings
-    repeat every response in K - 1 pairs: the world's 5,608 training rows hold 1,588
-    distinct ones, and a model need score each only once.
+    repeat every response in K - 1 pairs, and a model need score each only once.
     """
     key = torch.cat([rows["input_ids"], rows["completion_mask"]], dim=1)  # (R, 2T)
     distinct, inverse = torch.unique(key, dim=0, return_inverse=True)  # (U, 2T), (R,)

@@ -24,26 +24,28 @@ class DPOConfig:
     within the budget. With ``ipo`` the log-probs are per-token, so β wants ~10x larger."""
     label_smoothing: float = 0.0
     """Conservative DPO (Mitchell 2023): the share of labels assumed flipped, in [0, 0.5).
-    The panel disagrees with the gold judge on ~21% of pairs, but smoothing slowed learning
-    more than it protected against noise within this short run. Sigmoid loss only."""
+    The panel's labels are noisy against the gold judge (docs/tuning.md), but smoothing
+    slowed learning more than it protected against noise within this short run. Sigmoid
+    loss only."""
     rpo_alpha: float = 0.0
     """Weight of the chosen responses' per-token NLL added to the loss (RPO, Pang et al.
     2024; TRL's ``rpo_alpha``). DPO alone lowers the likelihood of chosen and rejected
     alike and moves mass to replies neither contains."""
 
     learning_rate: float = 3e-4
-    """Peak AdamW rate. The tiny scratch policy was trained at 2e-3; DPO moves it with ~7x
-    less, enough to reach held-out accuracy's plateau in one pass over the world's pairs. A pretrained
-    base wants ~5e-7 to 5e-6 (the paper's 1e-6)."""
+    """Peak AdamW rate. DPO moves the tiny scratch policy with over an order of magnitude less
+    than SFT trained it with (``SFTConfig.learning_rate``), enough to reach held-out
+    accuracy's plateau in one pass over the world's pairs. A pretrained base wants ~5e-7
+    to 5e-6 (the paper's 1e-6)."""
     batch_size: int = 32
-    """Pairs per micro-batch and process; each forward runs 2x this many sequences (chosen
-    and rejected together). 32 pairs is ~0.3 s per step on two CPU cores."""
+    """Pairs per micro-batch and process; each forward runs the batch's distinct chosen and
+    rejected sequences together (at most 2x this many). Step times are in docs/tuning.md."""
     grad_accum: int = 1
     """Micro-batches per optimiser step; effective batch = batch_size x grad_accum x processes."""
     epochs: float = 1.0
     """Passes over the training pairs; fractions allowed. Ignored when ``max_steps`` is set.
-    ~7,500 world pairs x 1 epoch = ~240 steps, DPO's ~1-minute share of the 5-minute
-    CPU budget."""
+    One pass reaches held-out accuracy's plateau and keeps DPO a small share of the
+    default run's time (docs/tuning.md)."""
     max_steps: int | None = None
     """Optimiser steps to take instead of ``epochs`` (tests and smoke runs)."""
     warmup_steps: int = 10

@@ -1,8 +1,9 @@
 """PPO's configuration: ``conf/base/parameters_ppo.yml`` mirrors ``PPOConfig`` one to one.
 
 Defaults follow Huang et al. 2024 ("The N+ implementation details of RLHF with PPO")
-where they transfer, and were tuned on the embedded world so the stage fits its
-~90 s CPU budget (``bench/ppo_quality.py`` measures the result against the gold judge).
+where they transfer, and were tuned on the embedded world for a short CPU run
+(``bench/ppo_quality.py`` measures the result against the gold judge;
+``docs/tuning.md`` keeps the measurements behind these defaults, dated).
 """
 
 from __future__ import annotations
@@ -22,20 +23,23 @@ class PPOConfig:
 
     steps: int = 40
     """PPO iterations: each samples ``rollout_batch_size`` episodes, scores them and
-    optimises on them for ``ppo_epochs``. 40 x 64 = 2,560 episodes, ~6 passes over the
-    world's prompts."""
+    optimises on them for ``ppo_epochs``. 40 x 64 = 2,560 episodes: each of the world's
+    prompts is seen a few times, not once."""
     rollout_batch_size: int = 64
     """Prompts sampled (one response each) per iteration and process. Generation is
-    batched, so a larger batch costs little more wall time on CPU until ~64 rows."""
+    batched, so up to about this size a larger batch costs little more wall time on CPU
+    (docs/tuning.md)."""
     minibatch_size: int = 16
     """Episodes per optimiser step; must divide ``rollout_batch_size``."""
     ppo_epochs: int = 2
     """Passes over each rollout batch (Stiennon et al. 2020 use 4, Ouyang et al. 2022 1–4).
-    The optimiser steps are ~60% of an iteration's CPU time; on the embedded world 2 epochs
-    at twice the rate reach the reward of 4 epochs (same KL) in 30% less time."""
+    The optimiser steps are most of an iteration's CPU time, and on the embedded world 2
+    epochs at twice the rate reached the reward of 4 epochs (same KL) in less time
+    (docs/tuning.md)."""
     learning_rate: float = 6e-5
-    """Peak AdamW rate of the policy. ``policy/approxkl`` stays ~1e-3 and ``policy/clipfrac``
-    ~1% at this rate; much higher and the replies degrade before the KL penalty bites."""
+    """Peak AdamW rate of the policy. At this rate ``policy/approxkl`` and ``policy/clipfrac``
+    stay small (docs/tuning.md); much higher and the replies degrade before the KL
+    penalty bites."""
     value_learning_rate: float = 1e-3
     """Peak rate of the value head (a single linear layer that starts at zero). At the
     policy's rate it would need thousands of updates to reach the scores' scale, and
@@ -88,8 +92,9 @@ class PPOConfig:
     top_p: float = 1.0
     """Nucleus sampling (1 = off); same caveat as ``top_k``."""
     max_new_tokens: int = 96
-    """Longest rollout response. World replies are ~40 tokens (at most ~130): 96 leaves room
-    to grow, while generation time grows with the longest row of each batch."""
+    """Longest rollout response: room above a typical world reply for the policy to grow
+    (reply lengths are in docs/tuning.md), while generation time grows with the longest
+    row of each batch."""
     missing_eos_score: float | None = -3.0
     """Score given instead of the reward model's to a response that did not end with EOS
     (hit ``max_new_tokens``); null keeps the model's score. Huang et al. 2024: without it
