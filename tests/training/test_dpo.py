@@ -109,8 +109,8 @@ def test_reference_logprobs_are_taken_once_before_training(sft_model, tokenizer,
     n_train, n_heldout = len(TRAIN.prompts), len(HELDOUT.prompts)
     assert reference_passes == [2 * n_train, 2 * n_heldout]  # every chosen and rejected row, once
     # Each distinct (prompt, response) is scored once: TRAIN repeats its pairs, so 16 rows are 8.
-    distinct_train = len(set(zip(TRAIN.prompts * 2, [*TRAIN.chosen, *TRAIN.rejected])))
-    distinct_heldout = len(set(zip(HELDOUT.prompts * 2, [*HELDOUT.chosen, *HELDOUT.rejected])))
+    distinct_train = len(set(zip(TRAIN.prompts * 2, [*TRAIN.chosen, *TRAIN.rejected], strict=True)))
+    distinct_heldout = len(set(zip(HELDOUT.prompts * 2, [*HELDOUT.chosen, *HELDOUT.rejected], strict=True)))
     ref_batch_rows = 2 * config.ref_batch_size
     n_reference_forwards = math.ceil(distinct_train / ref_batch_rows) + math.ceil(distinct_heldout / ref_batch_rows)
     n_eval_forwards = math.ceil(n_heldout / config.eval_batch_size)  # one evaluation, after the last step
@@ -185,7 +185,9 @@ def test_on_a_toy_set_accuracy_rises_and_margins_grow(sft_model, tokenizer):
     assert evals[-1]["eval/dpo/loss"] < evals[0]["eval/dpo/loss"]
 
 
-@pytest.mark.parametrize(("loss_type", "first_loss", "averaged"), [("sigmoid", math.log(2), False), ("ipo", None, True)])
+@pytest.mark.parametrize(
+    ("loss_type", "first_loss", "averaged"), [("sigmoid", math.log(2), False), ("ipo", None, True)]
+)
 def test_loss_type_picks_the_objective_and_the_log_prob_reduction(
     sft_model, tokenizer, monkeypatch, loss_type, first_loss, averaged
 ):

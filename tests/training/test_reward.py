@@ -11,10 +11,10 @@ import pytest
 import torch
 import yaml
 
-from alignops.preferences.schema import as_canonical
 from alignops.models.config import ModelConfig
 from alignops.models.loading import build_causal_lm
 from alignops.models.tokenizer import train_bpe_tokenizer
+from alignops.preferences.schema import as_canonical
 from alignops.training import reward as reward_module
 from alignops.training.common import MetricHistory, NonFiniteLossError
 from alignops.training.reward import (

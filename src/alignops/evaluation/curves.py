@@ -7,7 +7,7 @@ import math
 import matplotlib
 
 matplotlib.use("Agg")  # headless: rendered to a file (and an MLflow artifact), never a window
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 PANELS: dict[str, list[tuple[str, list[str]]]] = {
     "sft": [
@@ -52,13 +52,14 @@ def plot_training_curves(rows: list[dict], stage: str) -> plt.Figure:
         raise ValueError(f"no curves defined for stage {stage!r}; expected one of {sorted(PANELS)}")
     panels = PANELS[stage]
     columns = 2 if len(panels) <= 4 else 3
-    fig, axes = plt.subplots(math.ceil(len(panels) / columns), columns, figsize=(5.2 * columns, 3.6 * math.ceil(len(panels) / columns)))
-    for ax, (title, names) in zip(axes.flat, panels):
+    n_rows = math.ceil(len(panels) / columns)
+    fig, axes = plt.subplots(n_rows, columns, figsize=(5.2 * columns, 3.6 * n_rows))
+    for ax, (title, names) in zip(axes.flat, panels, strict=False):  # spare axes are hidden below
         for name in names:
             points = [(row["step"], row[name]) for row in rows if name in row]
             if not points:
                 continue
-            steps, values = zip(*points)
+            steps, values = zip(*points, strict=True)
             style = {"marker": "o", "markersize": 4} if name.startswith("eval/") else {"linewidth": 1.4}
             ax.plot(steps, values, label=name, **style)
         ax.set_title(title)

@@ -28,7 +28,7 @@ from alignops.core.losses import dpo_loss
 from alignops.models.collate import Batch, select_rows, tokenize_preference_pairs
 from alignops.models.config import ModelConfig
 from alignops.training.batching import GroupedBatches
-from alignops.training.common import LogFn, make_accelerator, make_optimizer, train_epochs
+from alignops.training.common import LogFn, Stats, make_accelerator, make_optimizer, train_epochs
 from alignops.training.dpo_config import DPOConfig
 
 MODEL_INPUTS = ("input_ids", "attention_mask")
@@ -163,8 +163,9 @@ def _disable_dropout(model: torch.nn.Module) -> None:
             module.p = 0.0
 
 
-def _pair_loss(model: PreTrainedModel, batch: Batch, config: DPOConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """DPO loss (+ RPO's NLL) and stats of a batch of pairs, chosen and rejected in one forward of their distinct rows."""
+def _pair_loss(model: PreTrainedModel, batch: Batch, config: DPOConfig) -> tuple[torch.Tensor, Stats]:
+    """DPO loss (+ RPO's NLL) and stats of a batch of pairs, chosen and rejected in one forward
+    of their distinct rows."""
     summed, per_token = completion_logprobs(model, batch)  # (U,), (U,)
     logps = (per_token if config.average_logprobs else summed)[batch["pair_rows"]]  # (2b,)
     chosen, rejected = logps.chunk(2)  # (b,), (b,)
@@ -186,7 +187,9 @@ def _pair_loss(model: PreTrainedModel, batch: Batch, config: DPOConfig) -> tuple
 
 
 @torch.no_grad()
-def evaluate_dpo(model: PreTrainedModel, loader: DataLoader, config: DPOConfig, accelerator: Accelerator) -> dict[str, float]:
+def evaluate_dpo(
+    model: PreTrainedModel, loader: DataLoader, config: DPOConfig, accelerator: Accelerator
+) -> dict[str, float]:
     """Held-out DPO ``loss``, preference accuracy and margin of the implicit reward, pair-weighted."""
     was_training = model.training
     model.eval()
@@ -194,7 +197,9 @@ def evaluate_dpo(model: PreTrainedModel, loader: DataLoader, config: DPOConfig, 
     for batch in loader:
         loss, stats = _pair_loss(model, batch, config)
         n_pairs = batch["ref_logps"].shape[0] // 2
-        totals += n_pairs * torch.stack([loss, stats["rewards/accuracies"], stats["rewards/margins"], loss.new_ones(())])
+        totals += n_pairs * torch.stack(
+            [loss, stats["rewards/accuracies"], stats["rewards/margins"], loss.new_ones(())]
+        )
     model.train(was_training)
     loss_sum, accuracy_sum, margin_sum, n_pairs = accelerator.reduce(totals, reduction="sum").tolist()
     n_pairs = max(n_pairs, 1.0)

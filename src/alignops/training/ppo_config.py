@@ -130,7 +130,8 @@ class PPOConfig:
             raise ValueError(
                 f"minibatch_size ({self.minibatch_size}) must divide rollout_batch_size ({self.rollout_batch_size})"
             )
-        if self.learning_rate <= 0 or self.value_learning_rate <= 0 or self.adam_eps <= 0 or self.max_grad_norm <= 0 or self.weight_decay < 0:
+        rates = (self.learning_rate, self.value_learning_rate, self.adam_eps, self.max_grad_norm)
+        if min(rates) <= 0 or self.weight_decay < 0:
             raise ValueError("learning rates, adam_eps and max_grad_norm must be positive, weight_decay >= 0")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {sorted(SCHEDULES)}, got {self.schedule!r}")

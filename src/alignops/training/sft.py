@@ -18,9 +18,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from alignops.core import sft_loss
 from alignops.models.collate import Batch, select_rows, tokenize_completions
-from alignops.models.packing import pack_sequences
 from alignops.models.config import ModelConfig
 from alignops.models.loading import build_causal_lm
+from alignops.models.packing import pack_sequences
 from alignops.training.common import LogFn, Stats, make_accelerator, make_optimizer, train_epochs
 from alignops.training.config import SFTConfig
 
