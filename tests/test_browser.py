@@ -7,8 +7,10 @@ the project that ``tracked_project`` ran twice. Screenshots go to
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import re
 import socket
 import subprocess
 import sys
@@ -157,7 +159,9 @@ def test_mlflow_ui_lists_the_runs_and_charts_a_ppo_metric(page, mlflow_ui, track
     # one per-step curve of each stage; PPO's KL is the one kept as a screenshot
     for metric in ("loss/sft", "loss/reward", "loss/dpo", "objective/kl"):
         page.get_by_placeholder("Search metric charts").fill(metric)
-        expect(page.get_by_text(f"__default__ ({metric})")).to_be_visible(timeout=60_000)
+        # the legend: "<run name> (<metric>)", the run named "__default__ test <commit>"
+        legend = re.compile(rf"^__default__ test \w+ \({re.escape(metric)}\)$")
+        expect(page.get_by_text(legend).first).to_be_visible(timeout=60_000)
     expect(page.locator(".js-plotly-plot, .main-svg").first).to_be_visible()
     screenshot(page, "mlflow_ppo_kl_chart")
 
@@ -210,5 +214,13 @@ def test_kedro_viz_shows_every_pipeline_and_its_nodes(page, tracked_project):
                 raise
             shown = sorted(text.strip() for text in task_nodes.all_text_contents())
             assert shown == nodes, name
+            if name == "__default__":
+                # the catalog's layers, in data/'s order, each drawn as a band with its name
+                with urllib.request.urlopen(f"{url}/api/main", timeout=30) as response:
+                    layers = json.load(response)["layers"]
+                assert layers == ["raw", "intermediate", "primary", "model_input", "models", "reporting"]
+                expect(page.locator(".pipeline-layer")).to_have_count(len(layers), timeout=30_000)
+                expect(page.locator(".pipeline-layer-name")).to_have_count(len(layers))
+                expect(page.locator(".pipeline-layer-name").first).to_be_visible()
             if name in {"__default__", "registry"}:
                 screenshot(page, f"kedro_viz_{name}")
