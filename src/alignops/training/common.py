@@ -204,14 +204,14 @@ def train_epochs(
             step += 1
             bar.update(1)
             if step % config.log_every == 0 or step == total_steps:
-                *sums, weights, units = accelerator.reduce(interval, reduction="sum").tolist()
+                *sums, weights, counted = accelerator.reduce(interval, reduction="sum").tolist()
                 means = {name: total / max(weights, 1.0) for name, total in zip(averaged, sums, strict=True)}
                 log(
                     {
                         **means,
                         f"{stage}/lr": lr,
                         f"{stage}/grad_norm": float(grad_norm),
-                        f"{stage}/{unit}_per_s": units / max(time.perf_counter() - interval_start, 1e-9),
+                        f"{stage}/{unit}_per_s": counted / max(time.perf_counter() - interval_start, 1e-9),
                         f"{stage}/epoch": step / steps_per_epoch,
                         **(extra_metrics() if extra_metrics is not None else {}),
                     },
