@@ -12,7 +12,7 @@ from kedro.config import OmegaConfigLoader
 from kedro.io import AbstractDataset, DataCatalog
 
 from alignops.catalog.mlflow_artifact import MlflowArtifactDataset
-from tests.conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
 
 LAYERS = ["raw", "intermediate", "primary", "model_input", "models", "reporting"]
 """kedro-viz's layers, in data/'s order (01_raw, 02_intermediate, 03_primary, 05_model_input,

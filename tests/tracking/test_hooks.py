@@ -73,7 +73,7 @@ def test_run_name_says_pipelines_environment_and_commit():
 
 
 def test_a_kedro_run_is_named_for_its_pipeline_environment_and_commit(tmp_path):
-    from tests.conftest import make_project_copy, run_kedro
+    from tests.helpers import make_project_copy, run_kedro
 
     project = make_project_copy(tmp_path / "project")
 
