@@ -1,14 +1,15 @@
-"""Shared fixtures: offline environment, the real HH-RLHF file, and throwaway Kedro projects."""
+"""Shared fixtures: offline environment, one torch thread, the tiny Llama, the real HH-RLHF file,
+throwaway Kedro projects, and the two expensive things built once per test session: the
+upstream stages' data (``upstream_data``) and the tracked project (``tracked_project``)."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
-import sys
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-
-import pytest
 
 # The network is closed: nothing may phone home or reach a hub while tests run.
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
@@ -16,27 +17,57 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
-# pytest -n 2 runs one worker per core; torch's own threads on top of that make the
-# workers spin against each other (several times slower on a busy 2-core machine).
+# pytest -n 2 runs one worker per core; OpenMP threads on top of that make the workers spin
+# against each other (several times slower on a busy 2-core machine). Set before torch loads.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    import torch
 
-    torch.set_num_threads(1)
+import pytest
+import torch
+from filelock import FileLock
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-HH_RLHF_FILE = REPO_ROOT.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test.part1.jsonl.gz"
-DATA_LAYERS = (
-    "01_raw",
-    "02_intermediate",
-    "03_primary",
-    "04_feature",
-    "05_model_input",
-    "06_models",
-    "07_model_output",
-    "08_reporting",
+from tests.helpers import (
+    REPO_ROOT,
+    TRACKED_FIRST_RUN_DATA,
+    kedro_cli,
+    make_project_copy,
+    make_tiny_policy,
+    make_tiny_tokenizer,
+    run_kedro,
 )
+
+HH_RLHF_FILE = REPO_ROOT.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test.part1.jsonl.gz"
+UPSTREAM = {
+    "data_validation": ("data_generation", "ingestion", "data_validation"),
+    "sft": ("sft",),
+    "reward": ("reward",),
+}
+"""What a ``test`` env run does before PPO, in order: each key names the data/ snapshot
+``upstream_data`` keeps after it, each value the pipelines that lead there from the one before."""
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models gain nothing from intra-op threads, and two pytest-xdist workers with two
+    threads each on a 2-core machine stall on OpenMP barriers (seconds per step, not ms)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    """The tiny Llama's BPE (``tests.helpers.make_tiny_tokenizer``); a module that trains on its
+    own words overrides this fixture."""
+    return make_tiny_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def sft_model(tokenizer):
+    """A randomly initialised ``TINY_LLAMA`` standing in for the SFT model. Shared by a module's
+    tests, so a test must leave it as it found it (the loops copy it; PPO's tests check that)."""
+    return make_tiny_policy(tokenizer)
 
 
 @pytest.fixture(scope="session")
@@ -47,92 +78,110 @@ def hh_rlhf_file() -> Path:
     return HH_RLHF_FILE
 
 
-def make_project_copy(destination: Path) -> Path:
-    """A runnable copy of this Kedro project (config + metadata, empty data layers).
-
-    Pipelines then write into ``destination/data`` instead of the working tree, so
-    tests never clobber a developer's outputs and can run in parallel.
-    """
-    destination.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(REPO_ROOT / "conf", destination / "conf", dirs_exist_ok=True)
-    (destination / "conf" / "local").mkdir(exist_ok=True)
-    shutil.copy2(REPO_ROOT / "pyproject.toml", destination / "pyproject.toml")
-    # The package is installed (editable); Kedro only checks that the source dir exists.
-    (destination / "src").mkdir(exist_ok=True)
-    for layer in DATA_LAYERS:
-        (destination / "data" / layer).mkdir(parents=True, exist_ok=True)
-    return destination
-
-
 @pytest.fixture
 def project_copy(tmp_path: Path) -> Path:
     return make_project_copy(tmp_path / "project")
 
 
-def run_kedro(
-    project_path: Path,
-    env: str = "test",
-    pipeline_names: list[str] | None = None,
-    runtime_params: dict | None = None,
-    **run_kwargs,
-) -> dict:
-    """Run pipelines in-process with a real ``KedroSession`` rooted at ``project_path``."""
-    from kedro.framework.session import KedroSession
-    from kedro.framework.startup import bootstrap_project
-
-    bootstrap_project(project_path)
-    # No chdir: the tracking hook anchors conf/base/mlflow.yml's sqlite:///mlflow.db at
-    # project_path, so the run is tracked inside the copy wherever pytest runs from.
-    with KedroSession.create(
-        project_path=project_path, env=env, runtime_params=runtime_params or {}
-    ) as session:
-        return session.run(pipeline_names=pipeline_names, **run_kwargs)
-
-
-KEDRO = Path(sys.executable).parent / "kedro"
-
-
-def kedro_cli(project: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    """``kedro <args>`` in ``project``, as a user types it (offline, one torch thread)."""
-    return subprocess.run(
-        [str(KEDRO), *args],
-        cwd=project,
-        env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "GX_ANALYTICS_ENABLED": "false",
-             "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+def shared_temp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's temp folder that every pytest-xdist worker sees (each worker's own is in it)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
 @pytest.fixture(scope="session")
-def tracked_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A project (in a git repository) after two tracked ``kedro run`` of the test env.
+def upstream_data(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """``upstream_data(stage)``: the data/ folder a ``test`` env run leaves after ``stage`` of
+    ``UPSTREAM`` and every stage before it. Read only: ``project_after`` copies it.
 
-    The first runs the whole DAG with ParallelRunner; the second registers the SFT
-    policy (``registry.policy=sft``), which the gate must hold back. Each run's
+    Each snapshot is built once per test session, on first use, from the one before it, under
+    a file lock shared by the pytest-xdist workers (whichever asks first builds it). Copying
+    a folder costs milliseconds; the stages cost seconds each time a test re-ran them.
+    The parquet tables' ``source`` column names the file the snapshot's ingestion read.
+    """
+    folder = shared_temp(tmp_path_factory) / "upstream"
+    folder.mkdir(exist_ok=True)
+    lock = FileLock(str(folder / "build.lock"))  # re-entrant: a snapshot builds its predecessor inside it
+    stages = list(UPSTREAM)
+
+    def snapshot(stage: str) -> Path:
+        project = folder / stage
+        with lock:
+            if not (project / ".built").exists():  # a build that failed left no marker and is redone
+                shutil.rmtree(project, ignore_errors=True)
+                make_project_copy(project)
+                if stages.index(stage) > 0:
+                    previous = snapshot(stages[stages.index(stage) - 1])
+                    shutil.copytree(previous, project / "data", dirs_exist_ok=True)
+                run_kedro(project, env="test", pipeline_names=list(UPSTREAM[stage]))
+                (project / ".built").touch()
+        return project / "data"
+
+    return snapshot
+
+
+@pytest.fixture
+def project_after(project_copy: Path, upstream_data: Callable[[str], Path]) -> Callable[[str], Path]:
+    """``project_after(stage)``: this test's own project copy, its data/ as a ``test`` env run
+    leaves it after ``stage`` (see ``upstream_data``), ready for the next stage to run in it."""
+
+    def after(stage: str) -> Path:
+        shutil.copytree(upstream_data(stage), project_copy / "data", dirs_exist_ok=True)
+        return project_copy
+
+    return after
+
+
+# --- the tracked project ------------------------------------------------------------------------------
+
+@pytest.fixture(autouse=True, scope="session")
+def tracked_project_build(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+                          ) -> Iterator[Future | None]:
+    """Starts building the tracked project in a background thread as the session starts, when a
+    selected test needs it: its two ``kedro run`` subprocesses (a minute or two) then overlap the
+    quick tests instead of stalling the worker that first asks for it. ``None`` when no test needs it.
+    """
+    if not any("tracked_project" in getattr(item, "fixturenames", ()) for item in request.session.items):
+        yield None
+        return
+    # The environment as the session starts: MLFLOW_* variables that a test sets (through
+    # monkeypatch) while the build runs must not reach the runs.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_") or k == "MLFLOW_DISABLE_TELEMETRY"}
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tracked-project") as pool:
+        yield pool.submit(build_tracked_project_once, shared_temp(tmp_path_factory), env)
+        # leaving the pool waits for the build: another worker may be waiting for it
+
+
+@pytest.fixture(scope="session")
+def tracked_project(tracked_project_build: Future | None, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project (in a git repository) after two tracked ``kedro run`` of the whole ``test`` DAG.
+
+    The first runs from an empty data/ with ParallelRunner, and ``first_run_data/`` keeps the
+    data/ it left; the second (the default SequentialRunner) registers the SFT policy
+    (``registry.policy=sft``), which the gate must hold back. Each run's
     ``registry_decision.json`` is kept in ``decisions/``.
 
-    Built once per test session and shared by the pytest-xdist workers (under a file
-    lock in the session's common temp folder): whichever worker asks first builds it.
+    Built once per test session and shared by the pytest-xdist workers (under a file lock in
+    the session's common temp folder): whichever worker starts first builds it, in the background.
     """
-    from filelock import FileLock
+    if tracked_project_build is None:  # asked for at run time, not by a collected test's signature
+        return build_tracked_project_once(shared_temp(tmp_path_factory), dict(os.environ))
+    return tracked_project_build.result()
 
-    shared = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        shared = shared.parent
+
+def build_tracked_project_once(shared: Path, env: dict[str, str]) -> Path:
     project = shared / "tracked_project"
     with FileLock(str(shared / "tracked_project.lock")):
         # built in place (MLflow stores absolute artifact paths, so no build-then-rename);
         # a build that failed in another worker left no marker and is redone
         if not (project / ".built").exists():
             shutil.rmtree(project, ignore_errors=True)
-            _build_tracked_project(project)
+            _build_tracked_project(project, env)
             (project / ".built").touch()
     return project
 
 
-def _build_tracked_project(folder: Path) -> Path:
+def _build_tracked_project(folder: Path, env: dict[str, str]) -> Path:
     project = make_project_copy(folder)
     for args in (["init", "-q"], ["add", "conf", "pyproject.toml"],
                  ["-c", "user.name=alignops", "-c", "user.email=ci@example.com", "commit", "-qm", "project"]):
@@ -140,7 +189,9 @@ def _build_tracked_project(folder: Path) -> Path:
     decisions = project / "decisions"
     decisions.mkdir()
     for number, extra in enumerate([["--runner", "ParallelRunner"], ["--params", "registry.policy=sft"]], 1):
-        result = kedro_cli(project, "run", "--env", "test", *extra)
+        result = kedro_cli(project, "run", "--env", "test", *extra, env=env)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         shutil.copy2(project / "data" / "08_reporting" / "registry_decision.json", decisions / f"{number}.json")
+        if number == 1:
+            shutil.copytree(project / "data", project / TRACKED_FIRST_RUN_DATA)
     return project

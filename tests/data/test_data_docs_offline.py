@@ -22,7 +22,7 @@ from alignops.preferences.validation_docs import (
     VENDORED,
     localize,
 )
-from tests.data.test_validation import _set, clean_frame, validate
+from tests.data.helpers import clean_frame, set_values, validate
 
 GX_TEMPLATES = Path(great_expectations.__file__).parent / "render" / "view" / "templates"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -49,7 +49,7 @@ def fetched_urls(text: str) -> list[str]:
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     """A Data Docs site for one quarantine run: all_rows fails one expectation, good_rows none."""
-    outcome = validate(_set(clean_frame(), 4, chosen=""), "quarantine")
+    outcome = validate(set_values(clean_frame(), 4, chosen=""), "quarantine")
     root = tmp_path_factory.mktemp("data_docs")
     DataDocsDataset(path=str(root)).save(outcome.data_docs)
     return root, outcome

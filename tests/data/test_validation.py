@@ -7,93 +7,53 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 
+from alignops.catalog.data_docs import DataDocsDataset
 from alignops.preferences.ingestion import read_preferences
-from alignops.preferences.schema import as_canonical
 from alignops.preferences.validation import (
     DataValidationConfig,
     DataValidationError,
     parse_suite,
     raise_for_report,
-    validate_preferences,
 )
-from alignops.catalog.data_docs import DataDocsDataset
 from alignops.preferences.validation_suite import add_derived_columns, regex_token_counts, token_counter
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-BASE = yaml.safe_load((REPO_ROOT / "conf/base/parameters_data_validation.yml").read_text())
-TEST_ENV = yaml.safe_load((REPO_ROOT / "conf/test/parameters_data_validation.yml").read_text())
-ROWS = 40  # one bad row is 2.5%, under the base max_bad_fraction of 5%
-
-
-def clean_frame(n: int = ROWS) -> pd.DataFrame:
-    i = pd.RangeIndex(n)
-    return as_canonical(
-        pd.DataFrame(
-            {
-                "prompt": "Human: how do I reset my password, case " + i.astype(str) + "?",
-                "chosen": "Open settings, choose Security, then Reset (case "
-                + i.astype(str)
-                + ").",
-                "rejected": "No idea " + i.astype(str),
-                "annotator_id": pd.Series(["ann", "bob", "cy", "di"] * (n // 4 + 1))[:n],
-                "prompt_consistent": True,
-                "source": "crafted.jsonl",
-                "source_format": "trl_explicit",
-                "source_line": i + 1,
-            }
-        )
-    )
-
-
-def validate(frame: pd.DataFrame, mode: str, **overrides):
-    """Validate with the test environment's parameters (base limits, min_rows 10)."""
-    config = DataValidationConfig(**{**TEST_ENV["data_validation"], "mode": mode, **overrides})
-    return validate_preferences(frame, config, parse_suite(BASE["data_validation_suite"], config))
-
-
-def _set(frame: pd.DataFrame, row: int, **values) -> pd.DataFrame:
-    for column, value in values.items():
-        frame.loc[row, column] = value
-    return frame
-
+from tests.data.helpers import BASE, ROWS, clean_frame, set_values, validate
 
 # name -> (row to break, how, the reason it must be quarantined with, the failing expectation)
 BAD_ROWS = {
     "null": (
         5,
-        lambda f: _set(f, 5, chosen=pd.NA),
+        lambda f: set_values(f, 5, chosen=pd.NA),
         "chosen is null",
         "expect_column_values_to_not_be_null(column=chosen)",
     ),
     "empty": (
         7,
-        lambda f: _set(f, 7, rejected=" \n\t "),
+        lambda f: set_values(f, 7, rejected=" \n\t "),
         "rejected empty after stripping",
         "column=rejected_stripped_chars",
     ),
     "same": (
         11,
-        lambda f: _set(f, 11, rejected=f.loc[11, "chosen"]),
+        lambda f: set_values(f, 11, rejected=f.loc[11, "chosen"]),
         "chosen equals rejected",
         "column=chosen_differs",
     ),
     "inconsistent": (
         13,
-        lambda f: _set(f, 13, prompt_consistent=False),
+        lambda f: set_values(f, 13, prompt_consistent=False),
         "prompt inconsistent",
         "column=prompt_consistent",
     ),
     "chars": (
         17,
-        lambda f: _set(f, 17, prompt="x" * 4001),
+        lambda f: set_values(f, 17, prompt="x" * 4001),
         "prompt too long in characters",
         "column=prompt, max_value=4000",
     ),
     "tokens": (
         19,
-        lambda f: _set(f, 19, chosen="a " * 1100),
+        lambda f: set_values(f, 19, chosen="a " * 1100),
         "chosen too long in tokens",
         "column=chosen_tokens",
     ),
@@ -156,7 +116,7 @@ def test_quarantine_sets_aside_exactly_that_row(kind):
 
 
 def test_a_row_failing_several_checks_carries_every_reason():
-    frame = _set(clean_frame(), 3, chosen="   ", prompt_consistent=False)
+    frame = set_values(clean_frame(), 3, chosen="   ", prompt_consistent=False)
     reasons = validate(frame, "quarantine").quarantined["quarantine_reasons"].tolist()
     assert reasons == ["chosen empty after stripping; prompt inconsistent"]
 
@@ -164,7 +124,7 @@ def test_a_row_failing_several_checks_carries_every_reason():
 def test_bad_fraction_above_max_fails_quarantine_but_keeps_the_split():
     frame = clean_frame()
     for row in (1, 2, 3):  # 3 of 40 = 7.5% > 5%
-        _set(frame, row, chosen="")
+        set_values(frame, row, chosen="")
     outcome = validate(frame, "quarantine")
     assert not outcome.report["success"]
     assert len(outcome.quarantined) == 3 and len(outcome.good) == ROWS - 3
@@ -201,7 +161,7 @@ def test_table_level_failures_raise_in_both_modes(kind, mode):
 
 
 def test_quarantine_judges_the_row_count_on_the_good_rows():
-    outcome = validate(_set(clean_frame(), 0, chosen=""), "quarantine", min_rows=ROWS)
+    outcome = validate(set_values(clean_frame(), 0, chosen=""), "quarantine", min_rows=ROWS)
     with pytest.raises(
         DataValidationError, match=r"on the good rows: .*\[too few rows\]: observed 39"
     ):
@@ -217,7 +177,7 @@ def test_missing_column_names_the_gx_error():
 def test_unknown_annotators_count_as_one_for_duplicates_and_not_at_all_for_dominance():
     frame = clean_frame().assign(annotator_id=pd.NA)
     frame.loc[:4, "annotator_id"] = ["ann", "bob", "cy", "di", "ed"]  # 5 known, 20% each
-    frame = _set(
+    frame = set_values(
         frame,
         30,
         prompt=frame.loc[29, "prompt"],
@@ -227,7 +187,7 @@ def test_unknown_annotators_count_as_one_for_duplicates_and_not_at_all_for_domin
     outcome = validate(frame, "quarantine")
     assert outcome.report["success"], outcome.report["problems"]
     assert outcome.quarantined["source_line"].tolist() == [31]
-    other_annotator = _set(
+    other_annotator = set_values(
         frame.copy(), 30, annotator_id="ed"
     )  # same texts, another annotator: a new label
     assert validate(other_annotator, "quarantine").quarantined.empty
@@ -257,14 +217,14 @@ def test_tokenizer_json_counts_tokens(tmp_path):
     tokenizer.save(path)
     assert token_counter(path)(pd.Series(["abc de", pd.NA], dtype="string")).tolist() == [5, pd.NA]
 
-    frame = _set(clean_frame(), 9, chosen="abcdefgh " * 200)  # 200 regex words, 1,600 letter tokens
+    frame = set_values(clean_frame(), 9, chosen="abcdefgh " * 200)  # 200 regex words, 1,600 letter tokens
     assert validate(frame, "quarantine").quarantined.empty
     outcome = validate(frame, "quarantine", tokenizer_path=path)
     assert outcome.quarantined["quarantine_reasons"].tolist() == ["chosen too long in tokens"]
 
 
 def test_report_is_json_and_counts_each_expectation():
-    outcome = validate(_set(clean_frame(), 4, chosen=""), "quarantine")
+    outcome = validate(set_values(clean_frame(), 4, chosen=""), "quarantine")
     report = json.loads(json.dumps(outcome.report))
     assert set(report["runs"]) == {"all_rows", "good_rows"}
     checks = {
@@ -288,12 +248,12 @@ def test_report_is_json_and_counts_each_expectation():
 
 
 def test_examples_truncate_long_values():
-    outcome = validate(_set(clean_frame(), 6, prompt="y" * 5000), "strict", max_value_chars=10)
+    outcome = validate(set_values(clean_frame(), 6, prompt="y" * 5000), "strict", max_value_chars=10)
     assert "prompt='yyyyyyyyyy...'" in "\n".join(outcome.report["problems"])
 
 
 def test_data_docs_site_is_built_at_the_dataset_path(tmp_path):
-    outcome = validate(_set(clean_frame(), 4, chosen=""), "quarantine")
+    outcome = validate(set_values(clean_frame(), 4, chosen=""), "quarantine")
     dataset = DataDocsDataset(path=str(tmp_path / "docs"))
     assert not dataset.exists()
     dataset.save(outcome.data_docs)
@@ -312,10 +272,6 @@ def test_data_docs_site_is_built_at_the_dataset_path(tmp_path):
         "expect_column_values_to_not_be_null" in suite_page
         and "chosen empty after stripping" in suite_page
     )
-
-
-def test_defaults_equal_the_base_yaml():
-    assert DataValidationConfig() == DataValidationConfig(**BASE["data_validation"])
 
 
 @pytest.mark.parametrize(

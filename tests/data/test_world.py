@@ -60,12 +60,6 @@ def judge():
 # --- configuration -----------------------------------------------------------------------------
 
 
-def test_base_parameters_mirror_the_config_defaults():
-    # conf/test overrides only sizes and relies on the defaults for the rest.
-    assert WorldConfig(**_params("base")) == WorldConfig()
-    assert set(_params("test")) <= set(_params("base"))
-
-
 @pytest.mark.parametrize(
     "bad",
     [

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from alignops.core.losses import sft_loss
+from alignops.models import ModelConfig, build_causal_lm, build_tokenizer
 from alignops.models.collate import select_rows, tokenize_completions, tokenize_preference_pairs
 from alignops.models.packing import assign_rows, pack_sequences
-from alignops.models import ModelConfig, build_causal_lm, build_tokenizer
 
 TEXTS = [
     "Hello. Please reset your password from the login page.",
@@ -36,7 +36,7 @@ def _encode(tokenizer, text):
 def test_rows_are_prompt_then_completion_then_eos_then_padding(tokenizer):
     batch = tokenize_completions(tokenizer, PROMPTS, REPLIES, 64, 64, completion_prefix=" ")
     assert batch["input_ids"].shape == batch["attention_mask"].shape == batch["completion_mask"].shape
-    for row, (prompt, reply) in enumerate(zip(PROMPTS, REPLIES)):
+    for row, (prompt, reply) in enumerate(zip(PROMPTS, REPLIES, strict=True)):
         expected = _encode(tokenizer, prompt) + _encode(tokenizer, " " + reply) + [tokenizer.eos_token_id]
         n = int(batch["attention_mask"][row].sum())
         assert batch["input_ids"][row, :n].tolist() == expected

@@ -9,8 +9,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from alignops.models import ModelConfig, build_causal_lm, build_tokenizer, load_model
 from alignops.catalog.models import CheckpointDirectory, HFModelDataset, HFTokenizerDataset
+from alignops.models import ModelConfig, build_causal_lm, build_tokenizer, load_model
 from alignops.models.tokenizer import EOS_TOKEN, PAD_TOKEN, load_tokenizer
 
 TEXTS = [

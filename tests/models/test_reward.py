@@ -9,6 +9,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GPT2Config, GPT2ForSequenceClassification, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from alignops.catalog.reward_model import RewardModelDataset
 from alignops.models.config import ModelConfig
 from alignops.models.loading import build_causal_lm
 from alignops.models.reward import (
@@ -18,7 +19,6 @@ from alignops.models.reward import (
     reward_head_from_causal_lm,
     sequence_rewards,
 )
-from alignops.catalog.reward_model import RewardModelDataset
 from alignops.models.tokenizer import train_bpe_tokenizer
 
 TEXTS = [

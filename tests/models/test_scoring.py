@@ -29,7 +29,7 @@ def test_left_padded_batch_matches_each_sequence_scored_alone():
 
     batched = response_logprobs(model, query_ids, query_mask, response_ids, response_mask, batch_size=2)
 
-    for row, (prompt, response) in enumerate(zip(prompts, responses)):
+    for row, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
         ids = torch.tensor([prompt + response])
         with torch.no_grad():
             logps = torch.log_softmax(model(ids).logits[0], -1)

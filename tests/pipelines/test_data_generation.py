@@ -10,8 +10,8 @@ import yaml
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
-from alignops.world import GoldJudge
 from alignops.pipelines.data_generation import create_pipeline
+from alignops.world import GoldJudge
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 OUTPUTS = ("raw_preferences", "sft_demonstrations", "eval_prompts", "gold_judge_spec", "world_summary")

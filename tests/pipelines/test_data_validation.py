@@ -11,24 +11,15 @@ import yaml
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
-from alignops.preferences.validation import DataValidationError
 from alignops.pipelines.data_validation import create_pipeline
-from tests.conftest import run_kedro
-from tests.data.test_validation import BASE, TEST_ENV, clean_frame
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-ROWS = 40
+from alignops.preferences.validation import DataValidationError
+from tests.data.helpers import BASE, ROWS, TEST_ENV, clean_frame
+from tests.helpers import base_catalog, run_kedro
 
 
 def _catalog(frame: pd.DataFrame, root: Path, **params) -> DataCatalog:
     """The project's catalog entries, rooted at ``root``; the input and parameters in memory."""
-    config = yaml.safe_load((REPO_ROOT / "conf/base/catalog_data_validation.yml").read_text())
-    for entry in config.values():
-        entry = entry.get("dataset", entry)  # the MLflow artifact wrapper's inner dataset
-        for key in ("filepath", "path"):
-            if key in entry:
-                entry[key] = str(root / entry[key])
-    catalog = DataCatalog.from_config(config)
+    catalog = base_catalog(root, "data_validation")
     catalog["preferences"] = MemoryDataset(frame)
     catalog["params:data_validation"] = MemoryDataset({**TEST_ENV["data_validation"], **params})
     catalog["params:data_validation_suite"] = MemoryDataset(BASE["data_validation_suite"])

@@ -16,9 +16,8 @@ from kedro.framework.session import KedroSession
 from alignops.models import ModelConfig, build_causal_lm, build_tokenizer
 from alignops.pipeline_registry import STAGES
 from alignops.pipelines.dpo import create_pipeline
-from tests.conftest import run_kedro
+from tests.helpers import run_kedro
 
-UPSTREAM = ["data_generation", "ingestion", "data_validation"]
 LOGGED_EVERY_STEP = {"loss/dpo", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"}
 
 
@@ -40,8 +39,8 @@ def test_pipeline_wiring():
 
 
 @pytest.mark.slow
-def test_dpo_runs_in_the_test_environment(project_copy):
-    run_kedro(project_copy, env="test", pipeline_names=UPSTREAM)
+def test_dpo_runs_in_the_test_environment(project_after):
+    project_copy = project_after("data_validation")
     with KedroSession.create(project_path=project_copy, env="test") as session:
         catalog = session.load_context().catalog
         config = ModelConfig(**catalog.load("params:model"))

@@ -15,11 +15,11 @@ from kedro.io import DataCatalog, DatasetError, MemoryDataset
 from kedro.runner import SequentialRunner
 
 from alignops.catalog.preferences import PreferenceSourceDataset
+from alignops.pipelines.ingestion import create_pipeline
 from alignops.preferences.ingestion import IngestionError, read_preferences
 from alignops.preferences.schema import CANONICAL_COLUMNS
-from alignops.pipelines.ingestion import create_pipeline
-from tests.conftest import run_kedro
 from tests.data.fixtures_ingestion import KWISE, TRL_EXPLICIT, write_bytes, write_records
+from tests.helpers import run_kedro
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -16,23 +17,11 @@ from transformers import LlamaForCausalLM
 from alignops.catalog.models import HFModelDataset
 from alignops.pipelines.ppo import create_pipeline
 from alignops.pipelines.ppo.nodes import collect_prompts
-from tests.conftest import run_kedro
-from tests.training.test_ppo import LOGGED_EVERY_STEP, MODEL, CountingScorer, tiny_policy, tiny_tokenizer
+from tests.helpers import PPO_LOGGED_EVERY_STEP, REPO_ROOT, TINY_LLAMA, CountingScorer, base_catalog, run_kedro
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 BASE_PPO = yaml.safe_load((REPO_ROOT / "conf/base/parameters_ppo.yml").read_text())["ppo"]
 TEST_PPO = {**BASE_PPO, **yaml.safe_load((REPO_ROOT / "conf/test/parameters_ppo.yml").read_text())["ppo"]}
 OUTPUTS = {"ppo_model", "ppo_curves", "ppo_samples"}
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return tiny_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def sft_model(tokenizer):
-    return tiny_policy(tokenizer)
 
 
 def _frames() -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -68,15 +57,11 @@ def test_prompts_are_the_distinct_training_prompts_with_or_without_demonstration
 
 
 def _catalog(root: Path, sft_model, tokenizer) -> DataCatalog:
-    """The project's ppo catalog entries rooted at ``root``; the upstream stages' outputs in memory."""
-    config = yaml.safe_load((REPO_ROOT / "conf/base/catalog_ppo.yml").read_text())
-    for entry in config.values():
-        for key in ("filepath", "path"):
-            if key in entry:
-                entry[key] = str(root / entry[key])
-    catalog = DataCatalog.from_config(config)
+    """The project's ppo catalog entries (and the stage factories) rooted at ``root``; the
+    upstream stages' outputs in memory."""
+    catalog = base_catalog(root, "stages", "ppo")
     preferences, demonstrations = _frames()
-    model_params = {name: getattr(MODEL, name) for name in MODEL.__dataclass_fields__}
+    model_params = dataclasses.asdict(TINY_LLAMA)
     for name, value in {
         "sft_model": sft_model,
         "tokenizer": tokenizer,
@@ -95,11 +80,11 @@ def test_pipeline_saves_a_loadable_policy_its_history_and_samples(tmp_path, sft_
 
     policy = HFModelDataset(filepath=str(tmp_path / "data/06_models/ppo")).load()
     assert type(policy) is type(sft_model)
-    changed = any(not torch.equal(a, b) for a, b in zip(policy.state_dict().values(), sft_model.state_dict().values()))
-    assert changed
+    before = sft_model.state_dict()
+    assert any(not torch.equal(tensor, before[name]) for name, tensor in policy.state_dict().items())
     history = json.loads((tmp_path / "data/08_reporting/ppo_history.json").read_text())
     assert [row["step"] for row in history] == list(range(1, TEST_PPO["steps"] + 1))
-    assert all(LOGGED_EVERY_STEP <= set(row) for row in history)
+    assert all(PPO_LOGGED_EVERY_STEP <= set(row) for row in history)
     samples = pd.read_json(tmp_path / "data/08_reporting/ppo_samples.jsonl", lines=True)
     assert list(samples.columns) == ["step", "prompt", "response", "score"]
     assert len(samples) == TEST_PPO["steps"] * TEST_PPO["num_samples"]
@@ -107,12 +92,10 @@ def test_pipeline_saves_a_loadable_policy_its_history_and_samples(tmp_path, sft_
     assert [json.loads(c.read_text())["stage"] for c in checkpoints] == ["ppo"]
 
 
-UPSTREAM = ["data_generation", "ingestion", "data_validation", "sft", "reward"]
-
-
 @pytest.mark.slow
-def test_ppo_runs_in_the_test_environment_after_its_upstream_stages(project_copy):
-    run_kedro(project_copy, env="test", pipeline_names=[*UPSTREAM, "ppo"])
+def test_ppo_runs_in_the_test_environment_after_its_upstream_stages(project_after):
+    project_copy = project_after("reward")
+    run_kedro(project_copy, env="test", pipeline_names=["ppo"])
 
     policy = HFModelDataset(filepath=str(project_copy / "data/06_models/ppo")).load()
     assert isinstance(policy, LlamaForCausalLM)  # the test env's scratch model, without a value head

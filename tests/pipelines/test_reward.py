@@ -11,7 +11,7 @@ import pytest
 from alignops.catalog.reward_model import RewardModelDataset
 from alignops.pipeline_registry import STAGES
 from alignops.pipelines.reward import create_pipeline
-from tests.conftest import run_kedro
+from tests.helpers import run_kedro
 
 INPUTS = {
     "preferences_train",
@@ -34,12 +34,9 @@ def test_pipeline_wiring_and_registration():
 
 
 @pytest.mark.slow
-def test_reward_model_pipeline_runs_in_the_test_env(project_copy):
-    run_kedro(
-        project_copy,
-        env="test",
-        pipeline_names=["data_generation", "ingestion", "data_validation", "sft", "reward"],
-    )
+def test_reward_model_pipeline_runs_in_the_test_env(project_after):
+    project_copy = project_after("sft")
+    run_kedro(project_copy, env="test", pipeline_names=["reward"])
     folder = project_copy / "data/06_models/reward"
     names = {p.name for p in folder.iterdir()}
     assert {"model.safetensors", "reward_model.json", "tokenizer.json", "config.json"} <= names

@@ -6,23 +6,12 @@ import json
 import math
 
 import pytest
-import torch
 
-from alignops.models import generate
 from alignops.catalog.models import HFModelDataset, HFTokenizerDataset
+from alignops.models import generate
 from alignops.pipeline_registry import STAGES
 from alignops.pipelines.sft import create_pipeline
-from tests.conftest import run_kedro
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models gain nothing from intra-op threads, and two pytest-xdist workers with two
-    threads each on a 2-core machine stall on OpenMP barriers (seconds per step, not ms)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from tests.helpers import run_kedro
 
 
 def test_pipeline_wires_the_contracted_inputs_and_outputs():
@@ -36,8 +25,9 @@ def test_pipeline_wires_the_contracted_inputs_and_outputs():
 
 
 @pytest.mark.slow
-def test_sft_runs_in_the_test_environment_and_writes_model_tokenizer_and_history(project_copy):
-    run_kedro(project_copy, env="test", pipeline_names=["data_generation", "ingestion", "data_validation", "sft"])
+def test_sft_runs_in_the_test_environment_and_writes_model_tokenizer_and_history(project_after):
+    project_copy = project_after("data_validation")
+    run_kedro(project_copy, env="test", pipeline_names=["sft"])
 
     models = project_copy / "data" / "06_models"
     assert (models / "sft" / "model.safetensors").is_file()

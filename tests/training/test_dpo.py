@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from alignops.core.logprobs import sequence_logprobs
 from alignops.models.config import ModelConfig
@@ -27,7 +25,6 @@ from alignops.training.dpo import (
 )
 from alignops.training.dpo_config import DPOConfig
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 LOGGED_EVERY_STEP = {
     "loss/dpo",
     "rewards/chosen",
@@ -231,12 +228,6 @@ def test_unknown_loss_type_and_bad_values_fail_loudly():
         DPOConfig(rpo_alpha=-1.0)
     with pytest.raises(TypeError):
         DPOConfig(betta=0.1)  # a misspelt YAML key
-
-
-def test_parameters_yaml_mirrors_the_config():
-    params = yaml.safe_load((REPO_ROOT / "conf" / "base" / "parameters_dpo.yml").read_text())["dpo"]
-    assert set(params) == {field.name for field in dataclasses.fields(DPOConfig)}
-    assert DPOConfig(**params) == DPOConfig()
 
 
 def test_nan_guard_names_stage_and_step(sft_model, tokenizer, monkeypatch):

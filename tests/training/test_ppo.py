@@ -3,54 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
-from alignops.models.config import ModelConfig
-from alignops.models.loading import build_causal_lm
 from alignops.models.scoring import response_logits
-from alignops.models.tokenizer import train_bpe_tokenizer
 from alignops.models.value_head import PolicyWithValueHead
 from alignops.training import ppo as ppo_module
 from alignops.training.common import MetricHistory, NonFiniteLossError
 from alignops.training.ppo import prompt_batches, train_ppo
 from alignops.training.ppo_config import PPOConfig
+from tests.helpers import PPO_LOGGED_EVERY_STEP, TINY_LLAMA, CountingScorer
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-LOGGED_EVERY_STEP = {
-    "objective/scores",
-    "objective/kl",
-    "objective/entropy",
-    "objective/kl_coef",
-    "objective/rlhf_reward",
-    "policy/approxkl",
-    "policy/clipfrac",
-    "loss/policy",
-    "loss/value",
-    "val/clipfrac",
-    "val/explained_variance",
-    "ppo/lr",
-    "ppo/mean_response_length",
-    "ppo/eos_rate",
-    "ppo/episodes_per_s",
-    "ppo/generation_tokens_per_s",
-}
 PROMPTS = ["please reset my password", "where is my order", "refund the charge", "close my account"]
-MODEL = ModelConfig(
-    vocab_size=300,
-    tokenizer_min_frequency=1,
-    hidden_size=32,
-    num_layers=2,
-    num_heads=4,
-    intermediate_size=64,
-    max_position_embeddings=64,
-    max_prompt_tokens=16,
-    max_response_tokens=16,
-)
 # Small and quick; tests override what they exercise.
 TINY = PPOConfig(
     steps=2,
@@ -65,18 +31,6 @@ TINY = PPOConfig(
 )
 
 
-class CountingScorer:
-    """A reward model stand-in: how often ``text`` occurs in each response."""
-
-    def __init__(self, text: str = "e") -> None:
-        self.text = text
-        self.calls = 0
-
-    def score(self, prompts, responses, batch_size=64, normalise=True) -> torch.Tensor:
-        self.calls += 1
-        return torch.tensor([float(r.count(self.text)) for r in responses])
-
-
 class NanOnCall(CountingScorer):
     """Scores normally, except NaN on call ``bad_call``."""
 
@@ -89,29 +43,6 @@ class NanOnCall(CountingScorer):
         return torch.full_like(scores, float("nan")) if self.calls == self.bad_call else scores
 
 
-def tiny_tokenizer():
-    """A byte-level BPE trained on a few support-desk words (vocabulary ~300)."""
-    words = "yes no please thanks order refund account password reset help the where is my close charge".split()
-    texts = [" ".join(words[(i * 7 + j * 3) % len(words)] for j in range(10)) for i in range(100)]
-    return train_bpe_tokenizer(texts, MODEL.vocab_size, min_frequency=1, model_max_length=64)
-
-
-def tiny_policy(tokenizer):
-    """A randomly initialised 2-layer Llama standing in for the SFT model."""
-    torch.manual_seed(0)
-    return build_causal_lm(MODEL, tokenizer).eval()
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return tiny_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def sft_model(tokenizer):
-    return tiny_policy(tokenizer)
-
-
 def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
 
@@ -119,7 +50,7 @@ def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def _run(sft_model, tokenizer, scorer=None, **overrides):
     history = MetricHistory()
     config = dataclasses.replace(TINY, **overrides)
-    result = train_ppo(sft_model, tokenizer, scorer or CountingScorer(), PROMPTS, MODEL, config, history)
+    result = train_ppo(sft_model, tokenizer, scorer or CountingScorer(), PROMPTS, TINY_LLAMA, config, history)
     return result, history
 
 
@@ -146,7 +77,7 @@ def test_every_metric_is_logged_every_step_and_samples_are_rows(sft_model, token
     result, history = _run(sft_model, tokenizer, steps=3, sample_every=2)
     assert [row["step"] for row in history.rows] == [1, 2, 3]
     for row in history.rows:
-        assert LOGGED_EVERY_STEP <= set(row)
+        assert PPO_LOGGED_EVERY_STEP <= set(row)
     assert history.rows[0]["objective/kl"] == pytest.approx(0.0, abs=1e-5)  # the policy starts as the reference
     assert [s["step"] for s in result.samples] == [2, 2, 3, 3]  # every 2nd step and the last
     assert all(set(s) == {"step", "prompt", "response", "score"} and s["prompt"] in PROMPTS for s in result.samples)
@@ -227,7 +158,7 @@ def test_toy_reward_rises_over_twenty_steps(sft_model, tokenizer):
 def test_value_head_starts_at_zero_and_leaves_the_logits_alone(sft_model, tokenizer):
     policy = PolicyWithValueHead(sft_model)
     encoded = tokenizer(PROMPTS, padding=True, padding_side="left", return_tensors="pt")
-    response_ids = torch.randint(0, MODEL.vocab_size, (len(PROMPTS), 5))
+    response_ids = torch.randint(0, TINY_LLAMA.vocab_size, (len(PROMPTS), 5))
     response_mask = torch.ones_like(response_ids)
     with torch.no_grad():
         logits, values = policy(encoded["input_ids"], encoded["attention_mask"], response_ids, response_mask)
@@ -253,21 +184,11 @@ def test_config_fails_loudly_on_bad_keys_and_values():
         PPOConfig(kl_controller="pid")
 
 
-@pytest.mark.parametrize("env", ["base", "test"])
-def test_parameters_file_mirrors_the_config(env):
-    params = yaml.safe_load((REPO_ROOT / f"conf/{env}/parameters_ppo.yml").read_text())["ppo"]
-    fields = {f.name for f in dataclasses.fields(PPOConfig)}
-    assert set(params) == fields if env == "base" else set(params) <= fields
-    config = PPOConfig(**params)
-    if env == "base":
-        assert config == PPOConfig()  # the YAML states the defaults, not other values
-
-
 def test_trimmed_rollout_forward_equals_the_full_width_pass(sft_model, tokenizer):
     """Chunks sorted by length and cut to their own widths change no number."""
+    from alignops.core import selective_log_softmax
     from alignops.models.generation import generate
     from alignops.models.value_head import response_forward
-    from alignops.core import selective_log_softmax
 
     torch.manual_seed(0)
     policy = PolicyWithValueHead(sft_model).eval()

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-import yaml
 
 from alignops.models.config import ModelConfig
 from alignops.models.loading import build_causal_lm
@@ -26,7 +24,6 @@ from alignops.training.reward import (
 )
 from alignops.training.reward_config import RewardConfig
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = ["reset my password", "where is my order", "refund the charge", "close my account", "change my plan"]
 GOOD = ["thank you, I have done that for you", "happy to help, it is done now", "done, thank you for asking"]
 BAD = ["go away", "no", "stop asking me things"]
@@ -51,15 +48,6 @@ TINY = RewardConfig(
     eval_batch_size=16,
     norm_samples=0,
 )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models gain nothing from intra-op threads; several on 2 cores stall on OpenMP barriers."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def separable_pairs(n_items: int, seed: int = 0) -> pd.DataFrame:
@@ -198,12 +186,7 @@ def test_comparisons_tokenise_each_reply_once_and_batches_map_back(tokenizer, sf
     assert int(batch["input_ids"].shape[0]) <= 6
 
 
-def test_config_mirrors_the_yaml_and_rejects_bad_values():
-    base = yaml.safe_load((REPO_ROOT / "conf/base/parameters_reward.yml").read_text())["reward"]
-    assert set(base) == {f.name for f in dataclasses.fields(RewardConfig)}
-    assert RewardConfig(**base) == RewardConfig()  # the dataclass defaults are the shipped config
-    test = yaml.safe_load((REPO_ROOT / "conf/test/parameters_reward.yml").read_text())["reward"]
-    RewardConfig(**{**base, **test})
+def test_config_rejects_bad_keys_and_values():  # tests/test_config.py checks it against the YAML
     with pytest.raises(TypeError):
         RewardConfig(learning_rat=1e-3)
     for bad in ({"learning_rate": 0}, {"epochs": 0}, {"schedule": "step"}, {"norm_samples": 1},

@@ -6,11 +6,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from accelerate.utils import set_seed
 
 from alignops.models import ModelConfig, build_causal_lm, build_tokenizer
@@ -50,16 +48,6 @@ QUICK = SFTConfig(
     eval_fraction=0.25, eval_batch_size=4,
 )
 LOGGED = {"loss/sft", "sft/lr", "sft/grad_norm", "sft/tokens_per_s", "sft/epoch"}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models gain nothing from intra-op threads, and two pytest-xdist workers with two
-    threads each on a 2-core machine stall on OpenMP barriers (seconds per step, not ms)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -189,15 +177,3 @@ def test_sft_config_rejects_bad_values():
                 {"max_steps": 0}, {"batch_size": 0}):
         with pytest.raises(ValueError):
             SFTConfig(**bad)
-
-
-def test_base_parameters_mirror_the_config_defaults():
-    conf = Path(__file__).resolve().parents[2] / "conf"
-    sft = yaml.safe_load((conf / "base" / "parameters_sft.yml").read_text())["sft"]
-    model = yaml.safe_load((conf / "base" / "parameters_model.yml").read_text())["model"]
-    assert SFTConfig(**sft) == SFTConfig()
-    assert ModelConfig(**model) == ModelConfig()
-    # the test environment only shrinks sizes: its keys are a subset of the real ones
-    for stage, config in (("sft", SFTConfig), ("model", ModelConfig)):
-        test = yaml.safe_load((conf / "test" / f"parameters_{stage}.yml").read_text())[stage]
-        config(**test)

@@ -1,0 +1,178 @@
+"""Code the test modules share: throwaway Kedro projects, and the tiny Llama most loop tests train.
+
+Plain functions and constants; the fixtures built on them live in ``tests/conftest.py``.
+No test module imports another (``tests/test_layout.py`` checks it).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from alignops.models.config import ModelConfig
+from alignops.models.loading import build_causal_lm
+from alignops.models.tokenizer import train_bpe_tokenizer
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+KEDRO = Path(sys.executable).parent / "kedro"
+DATA_LAYERS = (
+    "01_raw",
+    "02_intermediate",
+    "03_primary",
+    "04_feature",
+    "05_model_input",
+    "06_models",
+    "07_model_output",
+    "08_reporting",
+)
+
+
+# --- Kedro projects -----------------------------------------------------------------------------------
+
+
+def make_project_copy(destination: Path) -> Path:
+    """A runnable copy of this Kedro project (config + metadata, empty data layers).
+
+    Pipelines then write into ``destination/data`` instead of the working tree, so
+    tests never clobber a developer's outputs and can run in parallel.
+    """
+    destination.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(REPO_ROOT / "conf", destination / "conf", dirs_exist_ok=True)
+    (destination / "conf" / "local").mkdir(exist_ok=True)
+    shutil.copy2(REPO_ROOT / "pyproject.toml", destination / "pyproject.toml")
+    # The package is installed (editable); Kedro only checks that the source dir exists.
+    (destination / "src").mkdir(exist_ok=True)
+    for layer in DATA_LAYERS:
+        (destination / "data" / layer).mkdir(parents=True, exist_ok=True)
+    return destination
+
+
+def base_catalog(root: Path, *stages: str):
+    """A ``DataCatalog`` of ``conf/base/catalog_<stage>.yml`` for each of ``stages`` (dataset
+    factories too), every path under ``root`` instead of the working tree."""
+    import yaml
+    from kedro.io import DataCatalog
+
+    config = {}
+    for stage in stages:
+        config.update(yaml.safe_load((REPO_ROOT / "conf" / "base" / f"catalog_{stage}.yml").read_text()))
+    for entry in config.values():
+        entry = entry.get("dataset", entry)  # the MLflow artifact wrapper's inner dataset
+        for key in ("filepath", "path"):
+            if key in entry:
+                entry[key] = str(root / entry[key])
+    return DataCatalog.from_config(config)
+
+
+def run_kedro(
+    project_path: Path,
+    env: str = "test",
+    pipeline_names: list[str] | None = None,
+    runtime_params: dict | None = None,
+    **run_kwargs,
+) -> dict:
+    """Run pipelines in-process with a real ``KedroSession`` rooted at ``project_path``."""
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+
+    bootstrap_project(project_path)
+    # No chdir: the tracking hook anchors conf/base/mlflow.yml's sqlite:///mlflow.db at
+    # project_path, so the run is tracked inside the copy wherever pytest runs from.
+    with KedroSession.create(
+        project_path=project_path, env=env, runtime_params=runtime_params or {}
+    ) as session:
+        return session.run(pipeline_names=pipeline_names, **run_kwargs)
+
+
+def kedro_cli(project: Path, *args: str, timeout: int = 600, env: dict[str, str] | None = None,
+              ) -> subprocess.CompletedProcess:
+    """``kedro <args>`` in ``project``, as a user types it (offline, one torch thread).
+
+    ``env`` is the environment to start from (default: this process's, as it is now).
+    """
+    return subprocess.run(
+        [str(KEDRO), *args],
+        cwd=project,
+        env={**(os.environ if env is None else env), "KEDRO_DISABLE_TELEMETRY": "true",
+             "GX_ANALYTICS_ENABLED": "false", "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+TRACKED_FIRST_RUN_DATA = "first_run_data"
+"""The tracked project's copy of data/ as its first ``kedro run`` (from an empty data/) left it."""
+
+
+# --- the tiny Llama -----------------------------------------------------------------------------------
+
+SUPPORT_WORDS = "yes no please thanks order refund account password reset help the where is my close charge".split()
+"""The tiny tokenizer's world: a support desk in sixteen words."""
+
+
+TINY_LLAMA = ModelConfig(
+    vocab_size=300,
+    tokenizer_min_frequency=1,
+    hidden_size=32,
+    num_layers=2,
+    num_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=64,
+    max_prompt_tokens=16,
+    max_response_tokens=16,
+)
+"""A 2-layer, 32-wide Llama: a training step takes milliseconds on one CPU thread."""
+
+
+def make_tiny_tokenizer(texts: list[str] | None = None):
+    """A byte-level BPE (vocabulary ~300) trained on ``texts``, by default sentences of ``SUPPORT_WORDS``."""
+    if texts is None:
+        words = SUPPORT_WORDS
+        texts = [" ".join(words[(i * 7 + j * 3) % len(words)] for j in range(10)) for i in range(100)]
+    return train_bpe_tokenizer(texts, TINY_LLAMA.vocab_size, min_frequency=1,
+                               model_max_length=TINY_LLAMA.max_position_embeddings)
+
+
+def make_tiny_policy(tokenizer, seed: int = 0):
+    """A randomly initialised ``TINY_LLAMA`` standing in for the SFT model, in eval mode."""
+    torch.manual_seed(seed)
+    return build_causal_lm(TINY_LLAMA, tokenizer).eval()
+
+
+class CountingScorer:
+    """A reward model stand-in: how often ``text`` occurs in each response."""
+
+    def __init__(self, text: str = "e") -> None:
+        self.text = text
+        self.calls = 0
+
+    def score(self, prompts, responses, batch_size=64, normalise=True) -> torch.Tensor:
+        self.calls += 1
+        return torch.tensor([float(r.count(self.text)) for r in responses])
+
+
+PPO_LOGGED_EVERY_STEP = {
+    "objective/scores",
+    "objective/kl",
+    "objective/entropy",
+    "objective/kl_coef",
+    "objective/rlhf_reward",
+    "policy/approxkl",
+    "policy/clipfrac",
+    "loss/policy",
+    "loss/value",
+    "val/clipfrac",
+    "val/explained_variance",
+    "ppo/lr",
+    "ppo/mean_response_length",
+    "ppo/eos_rate",
+    "ppo/episodes_per_s",
+    "ppo/generation_tokens_per_s",
+}
+"""What the PPO loop writes to its history (and MLflow) at every step."""

@@ -1,0 +1,96 @@
+"""Every parameter block mirrors its config dataclass one to one, and the test environment only
+overrides keys that exist: a misspelt or forgotten key fails here, not deep inside a run."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import yaml
+from kedro.config import OmegaConfigLoader
+
+from alignops.evaluation import EvaluationConfig
+from alignops.models import ModelConfig
+from alignops.preferences.report import ReportConfig
+from alignops.preferences.split import SplitConfig
+from alignops.preferences.validation import DataValidationConfig
+from alignops.settings import CONFIG_LOADER_ARGS
+from alignops.tracking.registry import RegistryConfig
+from alignops.training.config import SFTConfig
+from alignops.training.dpo_config import DPOConfig
+from alignops.training.ppo_config import PPOConfig
+from alignops.training.reward_config import RewardConfig
+from alignops.world import WorldConfig
+from tests.helpers import REPO_ROOT
+
+CONF = REPO_ROOT / "conf"
+CONFIGS: dict[str, tuple[str, type]] = {
+    "world": ("data_generation", WorldConfig),
+    "data_validation": ("data_validation", DataValidationConfig),
+    "data_split": ("data_split", SplitConfig),
+    "data_report": ("data_report", ReportConfig),
+    "model": ("model", ModelConfig),
+    "sft": ("sft", SFTConfig),
+    "reward": ("reward", RewardConfig),
+    "ppo": ("ppo", PPOConfig),
+    "dpo": ("dpo", DPOConfig),
+    "evaluation": ("evaluation", EvaluationConfig),
+    "registry": ("registry", RegistryConfig),
+}
+"""Parameter block -> (the ``parameters_<file>.yml`` it lives in, the dataclass its node builds from it)."""
+WITHOUT_CONFIG = {
+    "data_validation_suite": "data_validation",  # a list of expectations, parsed by parse_suite
+    "tracking": "tracking",  # read by the tracking hook, not by a node
+}
+"""Blocks that are not one dataclass's fields, and their files."""
+
+
+def blocks(env: str) -> dict[str, tuple[str, dict | list]]:
+    """Every top-level block of ``conf/<env>/parameters_*.yml``: name -> (file, value)."""
+    found: dict[str, tuple[str, dict | list]] = {}
+    for path in sorted((CONF / env).glob("parameters_*.yml")):
+        for name, value in yaml.safe_load(path.read_text()).items():
+            assert name not in found, f"{name} is set in {found[name][0]} and {path.name}"
+            found[name] = (path.stem.removeprefix("parameters_"), value)
+    return found
+
+
+def plain(value):
+    """``value`` with tuples as lists: YAML gives lists where a dataclass default is a tuple."""
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    return value
+
+
+def fields(config) -> dict:
+    """A config's fields (nested dataclasses too) as plain values."""
+    return plain(dataclasses.asdict(config))
+
+
+def test_every_base_block_has_a_config_in_its_own_file():
+    files = {name: file for name, (file, _) in blocks("base").items()}
+    assert files == {name: file for name, (file, _) in CONFIGS.items()} | WITHOUT_CONFIG
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_base_yaml_mirrors_the_config_and_states_its_defaults(name):
+    config_class = CONFIGS[name][1]
+    params = blocks("base")[name][1]
+    assert list(params) == [field.name for field in dataclasses.fields(config_class)]  # same keys, same order
+    # the YAML states the defaults, so code that builds a config without Kedro gets the shipped one
+    assert fields(config_class(**params)) == fields(config_class())
+
+
+@pytest.mark.parametrize("name", sorted(blocks("test")))
+def test_the_test_env_overrides_only_keys_the_config_has(name):
+    assert name in CONFIGS, f"conf/test sets {name}, which no config reads"
+    config_class = CONFIGS[name][1]
+    overrides = blocks("test")[name][1]
+    assert set(overrides) <= {field.name for field in dataclasses.fields(config_class)}
+    # what a node gets in the test env: base with the test env's keys merged in (soft merge)
+    merged = OmegaConfigLoader(str(CONF), env="test", **CONFIG_LOADER_ARGS)["parameters"][name]
+    assert merged == {**blocks("base")[name][1], **overrides}
+    built = fields(config_class(**merged))
+    assert {key: built[key] for key in overrides} == plain(overrides)
