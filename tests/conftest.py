@@ -134,6 +134,13 @@ def project_after(project_copy: Path, upstream_data: Callable[[str], Path]) -> C
 
 # --- the tracked project ------------------------------------------------------------------------------
 
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests on the tracked project run last (otherwise in their order), so its background build
+    has the whole session to finish before a worker waits for it. The order is the same in every
+    pytest-xdist worker, as the scheduler requires."""
+    items.sort(key=lambda item: "tracked_project" in getattr(item, "fixturenames", ()))
+
 @pytest.fixture(autouse=True, scope="session")
 def tracked_project_build(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
                           ) -> Iterator[Future | None]:

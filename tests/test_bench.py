@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from bench import run as bench
-from tests.conftest import run_kedro
 
 REQUIRED = (
     "sft_tokens_per_s",
@@ -26,8 +25,8 @@ REQUIRED = (
 
 
 @pytest.mark.slow
-def test_smoke_run_writes_every_figure_and_the_trl_workspace(project_copy, monkeypatch):
-    run_kedro(project_copy, "test", ["data_generation", "ingestion", "data_validation"])
+def test_smoke_run_writes_every_figure_and_the_trl_workspace(project_after, monkeypatch):
+    project_copy = project_after("data_validation")  # the data stages' outputs, built once per session
     threads = torch.get_num_threads()
     monkeypatch.chdir(project_copy)  # run.py moves into the project; the fixture moves back
     try:

@@ -80,7 +80,8 @@ def test_tags_name_commit_environment_pipelines_and_input_digests(runs, tracked_
     assert tags["runner"].endswith("ParallelRunner") and "0x" not in tags["runner"]
     # the tag reruns the run: pipelines, environment and runtime params
     assert tags["kedro_command"] == "kedro run --pipelines=__default__ --env=test"
-    assert runs[1].data.tags["kedro_command"] == "kedro run --pipelines=__default__ --env=test --params=registry.policy=sft"
+    assert runs[1].data.tags["kedro_command"] == (
+        "kedro run --pipelines=__default__ --env=test --params=registry.policy=sft")
     world = tracked_project / "data" / "01_raw" / "world"
     assert tags["data/raw_preferences/preference_rankings.jsonl"] == file_md5(world / "preference_rankings.jsonl")
     assert tags["data/sft_demonstrations/sft_demonstrations.jsonl"] == file_md5(world / "sft_demonstrations.jsonl")
@@ -124,7 +125,8 @@ def test_artifacts_hold_curves_reports_data_docs_and_the_sample_table(runs, clie
             "validation_report.json"} <= listed["reports"]
     assert "index.html" in listed["data_docs"]
     with tempfile.TemporaryDirectory() as folder:
-        logged = json.loads(Path(client.download_artifacts(run_id, "tables/sample_generations.json", folder)).read_text())
+        logged = json.loads(Path(client.download_artifacts(run_id, "tables/sample_generations.json", folder))
+                            .read_text())
     table = pd.DataFrame(logged["data"], columns=logged["columns"])
     assert {"prompt", "response", "reward_model_score", "gold_score", "step"} <= set(table.columns)
     assert set(table["source"]) == {"ppo_rollout", "evaluation"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -92,7 +93,7 @@ def test_bradley_terry_loss_is_log_two_at_equal_rewards_and_falls_with_the_gap()
     assert_close(loss_at_tie, torch.tensor(math.log(2)))
     assert stats["reward/accuracy"] == 0  # ties count as wrong
     losses = [bradley_terry_loss(rewards + gap, rewards)[0] for gap in (-1.0, 0.0, 0.5, 2.0, 8.0)]
-    assert all(later < earlier for earlier, later in zip(losses, losses[1:]))
+    assert all(later < earlier for earlier, later in itertools.pairwise(losses))
 
 
 def test_bradley_terry_margin_demands_a_larger_gap():
@@ -122,10 +123,9 @@ def test_dpo_sigmoid_loss_matches_a_loop(generator, label_smoothing):
     rejected = [beta * float(policy_r[i] - ref_r[i]) for i in range(B)]
     assert_close(stats["rewards/chosen"], torch.tensor(sum(chosen) / B, dtype=torch.float64))
     assert_close(stats["rewards/rejected"], torch.tensor(sum(rejected) / B, dtype=torch.float64))
-    assert_close(
-        stats["rewards/margins"], torch.tensor(sum(c - r for c, r in zip(chosen, rejected)) / B, dtype=torch.float64)
-    )
-    assert_close(stats["rewards/accuracies"], torch.tensor(sum(c > r for c, r in zip(chosen, rejected)) / B))
+    pairs = list(zip(chosen, rejected, strict=True))
+    assert_close(stats["rewards/margins"], torch.tensor(sum(c - r for c, r in pairs) / B, dtype=torch.float64))
+    assert_close(stats["rewards/accuracies"], torch.tensor(sum(c > r for c, r in pairs) / B))
 
 
 def test_ipo_loss_matches_a_loop(generator):
