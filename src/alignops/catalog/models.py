@@ -45,12 +45,7 @@ def _replace_folder(target: Path, write: Callable[[Path], None]) -> None:
 
 
 class HFModelDataset(AbstractDataset[PreTrainedModel, PreTrainedModel]):
-    """A transformers model folder (config.json + safetensors), saved and loaded whole.
-
-    ``model.config.alignops_metadata`` (see ``alignops.models.loading.set_metadata``)
-    rides along in config.json: a stage stores facts about its model there, such as
-    the reward model's normalisation.
-    """
+    """A transformers model folder (config.json + safetensors), saved and loaded whole."""
 
     def __init__(
         self,
