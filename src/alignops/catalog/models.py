@@ -110,7 +110,7 @@ class HFTokenizerDataset(AbstractDataset[PreTrainedTokenizerBase, PreTrainedToke
 
 
 class CheckpointDirectory(AbstractDataset[None, str]):
-    """A folder a training loop writes resumable checkpoints into; loads as its absolute path.
+    """A folder a training loop writes checkpoints into; loads as its absolute path.
 
     Checkpoints are the loop's own state (accelerate ``save_state``), not a node
     output, but where they go is still the catalog's call, not the node's.

@@ -69,7 +69,7 @@ class SFTConfig:
     log_every: int = 10
     """Optimiser steps between training-metric rows (loss averaged over the interval)."""
     checkpoint_every: int = 0
-    """Optimiser steps between resumable checkpoints (accelerate state: weights, optimizer,
+    """Optimiser steps between checkpoints (accelerate state: weights, optimizer,
     scheduler, RNG); 0 saves none. The catalog's ``sft_checkpoints`` says where."""
     keep_checkpoints: int = 2
     """How many of the newest checkpoints to keep on disk."""

@@ -72,7 +72,7 @@ class DPOConfig:
     """Optimiser steps between metric rows (means over the interval). Every step: a run is a
     few hundred steps and the host sync per row costs nothing next to the forward."""
     checkpoint_every: int = 0
-    """Optimiser steps between resumable checkpoints (accelerate state); 0 saves none. The
+    """Optimiser steps between checkpoints (accelerate state); 0 saves none. The
     catalog's ``dpo_checkpoints`` says where."""
     keep_checkpoints: int = 2
     """How many of the newest checkpoints to keep on disk."""

@@ -112,7 +112,7 @@ class PPOConfig:
     num_samples: int = 4
     """Rollout episodes saved as samples each time (step, prompt, response, score)."""
     checkpoint_every: int = 0
-    """Iterations between resumable checkpoints (policy, value head, optimizer, scheduler,
+    """Iterations between checkpoints (policy, value head, optimizer, scheduler,
     RNG); 0 saves none. The catalog's ``ppo_checkpoints`` says where."""
     keep_checkpoints: int = 2
     """How many of the newest checkpoints to keep."""

@@ -66,7 +66,7 @@ class RewardConfig:
     log_every: int = 10
     """Optimiser steps between training-metric rows (averaged over the interval)."""
     checkpoint_every: int = 0
-    """Optimiser steps between resumable checkpoints; 0 saves none. The catalog's
+    """Optimiser steps between checkpoints; 0 saves none. The catalog's
     ``reward_checkpoints`` says where."""
     keep_checkpoints: int = 2
     """How many of the newest checkpoints to keep on disk."""
