@@ -5,30 +5,20 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from alignops.evaluation import EvaluationConfig, evaluate_policies, reward_model_accuracy
 from alignops.evaluation.policies import win_rate
 from alignops.evaluation.report import plot_evaluation, samples_table
-from alignops.models.config import ModelConfig
-from alignops.models.loading import build_causal_lm
-from alignops.models.tokenizer import train_bpe_tokenizer
+from tests.helpers import TINY_LLAMA, make_tiny_policy, make_tiny_tokenizer
 
 TEXTS = ["my parcel is late, where is it?", "please reset my password", "thank you, happy to help"] * 20
-MODEL = ModelConfig(vocab_size=300, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
-                    max_prompt_tokens=16, max_response_tokens=16, max_position_embeddings=64)
 CONFIG = EvaluationConfig(max_new_tokens=8, best_of_n=3, batch_size=4, seed=0)
 PROMPTS = ["my parcel is late", "reset my password", "where is it", "thank you"]
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return train_bpe_tokenizer(TEXTS, vocab_size=300, min_frequency=1)
-
-
-def _policy(tokenizer, seed: int):
-    torch.manual_seed(seed)
-    return build_causal_lm(MODEL, tokenizer).eval()
+    return make_tiny_tokenizer(TEXTS)
 
 
 def _length_score(prompts, responses):
@@ -36,9 +26,9 @@ def _length_score(prompts, responses):
 
 
 def test_a_policy_against_itself_ties_everywhere_with_zero_kl(tokenizer):
-    sft = _policy(tokenizer, 0)
+    sft = make_tiny_policy(tokenizer, seed=0)
     summary, samples = evaluate_policies(
-        {"sft": sft, "same": sft}, tokenizer, _length_score, _length_score, PROMPTS, MODEL, CONFIG
+        {"sft": sft, "same": sft}, tokenizer, _length_score, _length_score, PROMPTS, TINY_LLAMA, CONFIG
     )
     assert summary["same"]["gold_win_rate_vs_sft"] == pytest.approx(0.5)  # same seed, same samples
     assert summary["same"]["kl_to_sft"] == pytest.approx(0.0, abs=1e-5)
@@ -48,8 +38,8 @@ def test_a_policy_against_itself_ties_everywhere_with_zero_kl(tokenizer):
 
 def test_a_different_policy_has_positive_kl_and_best_of_n_maximises_the_rm(tokenizer):
     summary, samples = evaluate_policies(
-        {"sft": _policy(tokenizer, 0), "other": _policy(tokenizer, 1)},
-        tokenizer, _length_score, _length_score, PROMPTS, MODEL, CONFIG,
+        {"sft": make_tiny_policy(tokenizer, seed=0), "other": make_tiny_policy(tokenizer, seed=1)},
+        tokenizer, _length_score, _length_score, PROMPTS, TINY_LLAMA, CONFIG,
     )
     assert summary["other"]["kl_to_sft"] > 0  # a mean of k1 over the policy's own samples
     best = samples["best_of_n"]

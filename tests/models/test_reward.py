@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import GPT2Config, GPT2ForSequenceClassification, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import GPT2Config, GPT2ForSequenceClassification, PreTrainedTokenizerFast
 
 from alignops.catalog.reward_model import RewardModelDataset
-from alignops.models.config import ModelConfig
-from alignops.models.loading import build_causal_lm
 from alignops.models.reward import (
     REWARD_FILE,
     RewardModel,
@@ -19,7 +18,7 @@ from alignops.models.reward import (
     reward_head_from_causal_lm,
     sequence_rewards,
 )
-from alignops.models.tokenizer import train_bpe_tokenizer
+from tests.helpers import TINY_LLAMA, make_tiny_tokenizer
 
 TEXTS = [
     "please reset my password",
@@ -30,28 +29,13 @@ TEXTS = [
     "ok",
 ]
 PROMPTS = ["reset my password", "where is my order 1234", "refund please", "help", "my code expired", "hi"]
-MODEL = ModelConfig(
-    vocab_size=300,
-    tokenizer_min_frequency=1,
-    hidden_size=32,
-    num_layers=2,
-    num_heads=4,
-    intermediate_size=64,
-    max_position_embeddings=64,
-    max_prompt_tokens=16,
-    max_response_tokens=44,
-)
+MODEL = dataclasses.replace(TINY_LLAMA, max_response_tokens=44)
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return train_bpe_tokenizer(TEXTS * 3, vocab_size=300, min_frequency=1, model_max_length=64)
-
-
-@pytest.fixture(scope="module")
-def sft_model(tokenizer) -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    return build_causal_lm(MODEL, tokenizer).eval()
+    """Overrides conftest's: this module's texts (``sft_model`` is conftest's tiny Llama on it)."""
+    return make_tiny_tokenizer(TEXTS * 3)
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,7 @@ import pytest
 import torch
 
 from alignops.core.logprobs import sequence_logprobs
-from alignops.models.config import ModelConfig
 from alignops.models.loading import build_causal_lm
-from alignops.models.tokenizer import train_bpe_tokenizer
 from alignops.training import dpo as dpo_module
 from alignops.training.common import MetricHistory, NonFiniteLossError
 from alignops.training.dpo import (
@@ -24,6 +22,7 @@ from alignops.training.dpo import (
     train_dpo,
 )
 from alignops.training.dpo_config import DPOConfig
+from tests.helpers import TINY_LLAMA, make_tiny_tokenizer
 
 LOGGED_EVERY_STEP = {
     "loss/dpo",
@@ -45,17 +44,7 @@ CHOSEN = [
     "done, your account is closed, thank you",
 ]
 REJECTED = ["no", "go away", "ask someone else", "no, not now"]
-MODEL = ModelConfig(
-    vocab_size=300,
-    tokenizer_min_frequency=1,
-    hidden_size=32,
-    num_layers=2,
-    num_heads=4,
-    intermediate_size=64,
-    max_position_embeddings=64,
-    max_prompt_tokens=16,
-    max_response_tokens=16,
-)
+MODEL = TINY_LLAMA
 TRAIN = PreferencePairs(PROMPTS * 2, CHOSEN * 2, REJECTED * 2)
 HELDOUT = PreferencePairs(PROMPTS, CHOSEN, REJECTED)
 # Small and quick; tests override what they exercise.
@@ -67,7 +56,7 @@ TINY = DPOConfig(
 @pytest.fixture(scope="module")
 def tokenizer():
     texts = MODEL.format_prompts(PROMPTS) + [MODEL.response_prefix + t for t in CHOSEN + REJECTED]
-    return train_bpe_tokenizer(texts, MODEL.vocab_size, MODEL.tokenizer_min_frequency, MODEL.max_position_embeddings)
+    return make_tiny_tokenizer(texts)
 
 
 @pytest.fixture

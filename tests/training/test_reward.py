@@ -9,9 +9,6 @@ import pandas as pd
 import pytest
 import torch
 
-from alignops.models.config import ModelConfig
-from alignops.models.loading import build_causal_lm
-from alignops.models.tokenizer import train_bpe_tokenizer
 from alignops.preferences.schema import as_canonical
 from alignops.training import reward as reward_module
 from alignops.training.common import MetricHistory, NonFiniteLossError
@@ -23,21 +20,12 @@ from alignops.training.reward import (
     train_reward_model,
 )
 from alignops.training.reward_config import RewardConfig
+from tests.helpers import TINY_LLAMA, make_tiny_tokenizer
 
 PROMPTS = ["reset my password", "where is my order", "refund the charge", "close my account", "change my plan"]
 GOOD = ["thank you, I have done that for you", "happy to help, it is done now", "done, thank you for asking"]
 BAD = ["go away", "no", "stop asking me things"]
-MODEL = ModelConfig(
-    vocab_size=300,
-    tokenizer_min_frequency=1,
-    hidden_size=32,
-    num_layers=2,
-    num_heads=4,
-    intermediate_size=64,
-    max_position_embeddings=64,
-    max_prompt_tokens=16,
-    max_response_tokens=24,
-)
+MODEL = dataclasses.replace(TINY_LLAMA, max_response_tokens=24)
 TINY = RewardConfig(
     learning_rate=3e-3,
     batch_size=8,
@@ -71,13 +59,8 @@ def separable_pairs(n_items: int, seed: int = 0) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return train_bpe_tokenizer(PROMPTS + GOOD + BAD, vocab_size=300, min_frequency=1, model_max_length=64)
-
-
-@pytest.fixture(scope="module")
-def sft_model(tokenizer):
-    torch.manual_seed(0)
-    return build_causal_lm(MODEL, tokenizer).eval()
+    """Overrides conftest's: this module's words (``sft_model`` is conftest's tiny Llama on it)."""
+    return make_tiny_tokenizer(PROMPTS + GOOD + BAD)
 
 
 def _train(sft_model, tokenizer, config=TINY, train=None, heldout=None, **kwargs):
