@@ -141,6 +141,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     pytest-xdist worker, as the scheduler requires."""
     items.sort(key=lambda item: "tracked_project" in getattr(item, "fixturenames", ()))
 
+
 @pytest.fixture(autouse=True, scope="session")
 def tracked_project_build(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
                           ) -> Iterator[Future | None]:
