@@ -19,7 +19,7 @@ from alignops.pipelines.ingestion import create_pipeline
 from alignops.preferences.ingestion import IngestionError, read_preferences
 from alignops.preferences.schema import CANONICAL_COLUMNS
 from tests.data.fixtures_ingestion import KWISE, TRL_EXPLICIT, write_bytes, write_records
-from tests.helpers import run_kedro
+from tests.helpers import REPO_ROOT, run_kedro
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
@@ -157,13 +157,13 @@ def test_base_catalog_declares_the_ingestion_datasets():
     assert type(catalog.get("preferences")).__name__ == "ParquetDataset"
 
 
-def test_hh_rlhf_environment_reads_the_real_file_and_never_writes_it(hh_rlhf_file):
+def test_hh_rlhf_environment_reads_the_real_file_and_never_writes_it():
     config = yaml.safe_load((CONF / "hh_rlhf" / "catalog.yml").read_text())
-    assert config["raw_preferences"]["filepath"] == "../shared/data/hh-rlhf/harmless-base-test.part1.jsonl.gz"
-    config["raw_preferences"]["filepath"] = str(hh_rlhf_file)  # tests may run from any folder
+    assert config["raw_preferences"]["filepath"] == "examples/hh_rlhf/harmless-base-sample.jsonl.gz"
+    config["raw_preferences"]["filepath"] = str(REPO_ROOT / config["raw_preferences"]["filepath"])  # any cwd
     raw = DataCatalog.from_config(config).get("raw_preferences")
     table = raw.load()
-    assert len(table) == 1800 and set(table["source_format"]) == {"hh_rlhf"}
+    assert len(table) == 405 and set(table["source_format"]) == {"hh_rlhf"}  # examples/hh_rlhf/README.md
     with pytest.raises(DatasetError, match="refusing to overwrite user data"):
         raw.save([{"chosen": "x", "rejected": "y"}])
 
