@@ -1,7 +1,9 @@
 """The MLflow UI and kedro-viz as a person sees them: real servers on loopback, headless Chromium.
 
-Both servers are started the way the README says (``mlflow ui``, ``kedro viz run``) on
-the project that ``tracked_project`` ran twice. Screenshots go to
+Both servers are started the way the README says (``mlflow ui``, ``kedro viz run``): the
+MLflow UI on the project that ``tracked_project`` ran twice; kedro-viz, which draws the
+pipelines and the catalog and reads no data, on a fresh project copy (so it need not wait
+for the tracked project's build). Screenshots go to
 ``$ALIGNOPS_TEST_ARTIFACTS/screenshots`` (default ``test-artifacts/screenshots``).
 """
 
@@ -194,7 +196,7 @@ def test_mlflow_registry_shows_the_policy_with_its_champion(page, mlflow_ui):
     screenshot(page, "mlflow_policy_versions")
 
 
-def test_kedro_viz_shows_every_pipeline_and_its_nodes(page, tracked_project):
+def test_kedro_viz_shows_every_pipeline_and_its_nodes(page, project_copy):
     from kedro.framework.project import configure_project, pipelines
     from playwright.sync_api import expect
 
@@ -203,7 +205,7 @@ def test_kedro_viz_shows_every_pipeline_and_its_nodes(page, tracked_project):
     port = free_port()
     command = [str(KEDRO), "viz", "run", "--host", "127.0.0.1", "--port", str(port), "--no-browser"]
     # ready once the API the page draws from answers (the pipelines are built by then)
-    with serve(command, tracked_project, port, ready_path="/api/main") as url:
+    with serve(command, project_copy, port, ready_path="/api/main") as url:
         for name, nodes in expected.items():
             page.goto(f"{url}/?pid={name}", wait_until="load")
             task_nodes = page.locator("g.pipeline-node--task")
