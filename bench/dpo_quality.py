@@ -37,12 +37,12 @@ for name, value in {
 from kedro.framework.session import KedroSession  # noqa: E402
 from kedro.framework.startup import bootstrap_project  # noqa: E402
 
-from alignops.world import GoldJudge  # noqa: E402
 from alignops.evaluation.policies import EvaluationConfig, kl_to_reference, sample_policy, win_rate  # noqa: E402
 from alignops.models.config import ModelConfig  # noqa: E402
 from alignops.training.common import MetricHistory  # noqa: E402
 from alignops.training.dpo import PreferencePairs, train_dpo  # noqa: E402
 from alignops.training.dpo_config import DPOConfig  # noqa: E402
+from alignops.world import GoldJudge  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

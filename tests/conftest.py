@@ -72,9 +72,11 @@ def sft_model(tokenizer):
 
 @pytest.fixture(scope="session")
 def hh_rlhf_file() -> Path:
-    """The real HH-RLHF sample that sits beside the repository in ``../shared``."""
+    """1,800 real HH-RLHF pairs beside the repository (``../shared``), where a developer's
+    machine or CI has them; skipped elsewhere. A fresh clone's tests use the 405 pairs of
+    ``examples/hh_rlhf`` instead (tests/test_run.py, tests/pipelines/test_ingestion.py)."""
     if not HH_RLHF_FILE.exists():
-        pytest.fail(f"expected the shared HH-RLHF sample at {HH_RLHF_FILE}")
+        pytest.skip(f"the larger HH-RLHF sample is not beside the repository ({HH_RLHF_FILE})")
     return HH_RLHF_FILE
 
 

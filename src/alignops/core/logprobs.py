@@ -29,10 +29,10 @@ def _row_blocks(logits: torch.Tensor, index: torch.Tensor) -> Iterator[tuple[tor
         return
     elif logits.dim() == 2 or logits[0].numel() <= _CHUNK_ELEMENTS:
         items_per_block = max(1, _CHUNK_ELEMENTS // max(logits[0].numel(), 1))
-        for logits_block, index_block in zip(logits.split(items_per_block), index.split(items_per_block)):
+        for logits_block, index_block in zip(logits.split(items_per_block), index.split(items_per_block), strict=True):
             yield logits_block.reshape(-1, logits.shape[-1]), index_block.reshape(-1)
     else:
-        for logits_item, index_item in zip(logits, index):
+        for logits_item, index_item in zip(logits, index, strict=True):
             yield from _row_blocks(logits_item, index_item)
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-from alignops.evaluation.policies import PolicySamples  # noqa: E402
+from alignops.evaluation.policies import PolicySamples
 
 
 def samples_table(samples: dict[str, PolicySamples]) -> pd.DataFrame:
@@ -55,7 +55,7 @@ def plot_evaluation(summary: dict, table: pd.DataFrame) -> plt.Figure:
         ax.text(i, rate + 0.02, f"{rate:.2f}", ha="center")
 
     ax = axes[2]
-    for colour, policy in zip(colours, policies):
+    for colour, policy in zip(colours, policies, strict=False):  # more colours than policies
         rows = table[table.policy == policy]
         ax.scatter(rows["rm"], rows["gold"], s=8, alpha=0.45, color=colour, label=policy)
     ax.set(title="Reward model vs gold judge", xlabel="RM score (normalised)", ylabel="gold score")

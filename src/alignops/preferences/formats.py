@@ -173,9 +173,11 @@ def _messages(table: pa.Table, name: str, violations: Violations, *, is_prompt: 
         values = pc.struct_field(flat, field) if present else pa.nulls(len(flat))
         if not (is_text(values.type) or pa.types.is_null(values.type)):
             wrong = f"{{}}: '{field}' must be a string, got {json_type(values.type)}"
-            violations.add(valid(values), lambda i: wrong.format(where(i)), rows=row)
+            violations.add(valid(values), lambda i: wrong.format(where(i)), rows=row)  # noqa: B023 (called at once)
             return None
-        violations.add(valid(flat) & ~valid(values), lambda i: f"{where(i)} has no '{field}'", rows=row)
+        violations.add(
+            valid(flat) & ~valid(values), lambda i: f"{where(i)} has no '{field}'", rows=row  # noqa: B023 (called at once)
+        )
         fields[field] = values.cast(TEXT).to_pandas()
     role, content = fields["role"], fields["content"]
     known = role.isin(list(ROLE_LABELS)).to_numpy(dtype=bool)

@@ -201,7 +201,7 @@ def _load_table(path: Path, kind: str, fmt: str) -> pa.Table:
             )
             table = loaded.data.table
         table.validate(full=True)  # the JSON reader lets bytes that are not UTF-8 through
-    except Exception as error:  # noqa: BLE001 -- any reader failure is diagnosed below
+    except Exception as error:
         raise _diagnose(path, kind, fmt, error) from error
     if table.num_rows == 0:
         raise IngestionError(path, 1, "the file holds no records")

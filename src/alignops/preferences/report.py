@@ -13,9 +13,9 @@ from itertools import combinations
 import matplotlib
 
 matplotlib.use("Agg")  # headless: the report is rendered to a file, never a window
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
 TEXT_COLUMNS = ("prompt", "chosen", "rejected")
 
@@ -108,7 +108,7 @@ def summarise_preferences(
             c: {
                 "mean": float(w.mean()) if len(w) else 0.0,
                 "max": int(w.max()) if len(w) else 0,
-                "quantiles": {str(q): float(v) for q, v in zip(quantiles, w.quantile(quantiles))},
+                "quantiles": {str(q): float(v) for q, v in zip(quantiles, w.quantile(quantiles), strict=True)},
             }
             for c, w in words.items()
         },

@@ -26,7 +26,6 @@ from alignops.core import (
     explained_variance,
     gae,
     kl_penalty,
-    masked_mean,
     masked_whiten,
     per_token_rewards,
     ppo_clip_loss,
@@ -36,7 +35,14 @@ from alignops.core import (
 from alignops.models.config import ModelConfig
 from alignops.models.generation import generate
 from alignops.models.value_head import PolicyWithValueHead, response_forward
-from alignops.training.common import LogFn, check_finite, make_accelerator, make_scheduler, progress_bar, save_checkpoint
+from alignops.training.common import (
+    LogFn,
+    check_finite,
+    make_accelerator,
+    make_scheduler,
+    progress_bar,
+    save_checkpoint,
+)
 from alignops.training.ppo_config import PPOConfig
 
 KL_CONTROLLERS: dict[str, Callable[[PPOConfig], FixedKLController | AdaptiveKLController]] = {
@@ -87,7 +93,9 @@ def prompt_batches(n_prompts: int, batch_size: int, generator: torch.Generator) 
         order = order[batch_size:]
 
 
-def _trim(rollout: dict[str, torch.Tensor], rows: torch.Tensor, widths: torch.Tensor) -> tuple[dict[str, torch.Tensor], int]:
+def _trim(
+    rollout: dict[str, torch.Tensor], rows: torch.Tensor, widths: torch.Tensor
+) -> tuple[dict[str, torch.Tensor], int]:
     """Rows ``rows`` of the rollout cut to their own widths, and that response width.
 
     ``widths`` is (B, 2) on the CPU: each row's real prompt and response lengths.
@@ -269,7 +277,7 @@ def train_ppo(
                 grad_norm.float(),
             ]
         )
-        metrics = dict(zip(DIAGNOSTICS, accelerator.reduce(diagnostics, reduction="mean").tolist()))
+        metrics = dict(zip(DIAGNOSTICS, accelerator.reduce(diagnostics, reduction="mean").tolist(), strict=True))
         kl_controller.update(metrics["objective/kl"], n_steps=global_batch)
         now = time.perf_counter()
         step_s = now - step_start
@@ -284,11 +292,12 @@ def train_ppo(
         bar.update(1)
         bar.set_postfix(score=f"{metrics['objective/scores']:.2f}", kl=f"{metrics['objective/kl']:.2f}")
 
-        if accelerator.is_main_process and config.num_samples and (step % config.sample_every == 0 or step == config.steps):
+        sample_now = step % config.sample_every == 0 or step == config.steps
+        if accelerator.is_main_process and config.num_samples and sample_now:
             kept = scores[: config.num_samples].tolist()
             samples += [
                 {"step": step, "prompt": p, "response": r, "score": s}
-                for p, r, s in zip(batch_prompts, out.texts, kept)
+                for p, r, s in zip(batch_prompts, out.texts, kept, strict=False)  # the first num_samples
             ]
         if checkpoint_dir and config.checkpoint_every and step % config.checkpoint_every == 0:
             extra = {"stage": "ppo", "kl_coef": kl_controller.value}

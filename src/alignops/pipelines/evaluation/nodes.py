@@ -6,10 +6,10 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from alignops.world import GoldJudge
 from alignops.evaluation import EvaluationConfig, evaluate_policies, reward_model_accuracy
 from alignops.evaluation.report import plot_evaluation, samples_table
 from alignops.models.config import ModelConfig
+from alignops.world import GoldJudge
 
 
 def evaluate(
