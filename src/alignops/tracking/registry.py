@@ -4,28 +4,20 @@ Each new policy version gets the alias ``candidate``. ``champion`` moves to it o
 it beats the current champion on the gate's metric by the configured margin; the
 decision and its reasons are tags on the version, so the UI shows why a model was or
 was not promoted. A person overrides the gate by moving the alias (README).
-``register_run`` does all of it for one run: the registry pipeline's node only calls it.
+``alignops.tracking.registration.register_run`` does all of it for one run (the registry
+pipeline's node only calls it); this module needs MLflow alone, so the promotion CLI and
+the Kedro hook start without torch.
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
-import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
-
-from alignops.models.config import ModelConfig
-from alignops.models.reward import RewardModel
-from alignops.tracking.evaluation import is_number
-from alignops.tracking.models import log_policy, log_reward_model
-
-logger = logging.getLogger(__name__)
 
 CANDIDATE, CHAMPION = "candidate", "champion"
 METHODS = ("sft", "ppo", "dpo")
@@ -198,73 +190,6 @@ def apply_gate(
         "promotion.compared_to": f"v{champion_version}" if champion_version else "none",
     })
     return decision
-
-
-def register_run(
-    client: MlflowClient,
-    run_id: str,
-    policies: dict[str, PreTrainedModel],
-    tokenizer: PreTrainedTokenizerBase,
-    reward_model: RewardModel,
-    summary: dict,
-    model_config: ModelConfig,
-    config: RegistryConfig,
-) -> dict:
-    """Log and register the run's reward model and its chosen policy (``policies`` by method),
-    tag both versions with their evaluation figures and data hash, then run the gate.
-    Returns the decision as the registry pipeline saves it (``registry_decision``)."""
-    digest = data_hash(client.get_run(run_id).data.tags)
-    if digest:
-        client.set_tag(run_id, "data.hash", digest)
-
-    rm_info = log_reward_model(reward_model)
-    rm_version = str(mlflow.register_model(rm_info.model_uri, config.reward_model).version)
-    tag_version(client, config.reward_model, rm_version, {
-        "data_hash": digest or "unknown",
-        "run_id": run_id,
-        **{f"eval.{k}": f"{v:.4f}" for k, v in summary["reward_model"].items() if is_number(v)},
-    })
-    client.set_registered_model_alias(config.reward_model, CANDIDATE, rm_version)
-
-    method = choose_policy(summary, config)
-    figures = policy_figures(summary, method)
-    info = log_policy(policies[method], tokenizer, model_config, config.generation)
-    version = str(mlflow.register_model(info.model_uri, config.policy_model).version)
-    tag_version(client, config.policy_model, version, {
-        "method": method,
-        "data_hash": digest or "unknown",
-        "run_id": run_id,
-        "reward_model_version": rm_version,
-        **{f"eval.{k}": f"{v:.4f}" for k, v in figures.items() if v is not None},
-    })
-    client.update_model_version(
-        config.policy_model, version,
-        description=f"{method.upper()} policy of run {run_id}; "
-        + ", ".join(f"{k} {v:.3f}" for k, v in figures.items() if v is not None),
-    )
-
-    decision = apply_gate(client, config.policy_model, version, figures, config)
-    if decision.promote:
-        # the reward model this champion was judged (and, for PPO, trained) with
-        client.set_registered_model_alias(config.reward_model, CHAMPION, rm_version)
-    client.set_tag(run_id, "registry.policy_version", version)
-    client.set_tag(run_id, "registry.decision", "promoted" if decision.promote else "held")
-    logger.info("Registered %s v%s (%s): %s — %s", config.policy_model, version, method,
-                "promoted to champion" if decision.promote else "stays candidate", decision.reason)
-    return {
-        "policy_model": config.policy_model,
-        "policy_version": version,
-        "method": method,
-        "figures": figures,
-        "promoted": decision.promote,
-        "reason": decision.reason,
-        "metric": decision.metric,
-        "champion_version": version if decision.promote else decision.champion_version,
-        "reward_model": config.reward_model,
-        "reward_model_version": rm_version,
-        "data_hash": digest,
-        "run_id": run_id,
-    }
 
 
 def _number(value: Any) -> float | None:

@@ -10,7 +10,8 @@ from alignops.models.config import ModelConfig
 from alignops.models.reward import RewardModel
 from alignops.tracking.evaluation import final_steps, log_evaluation_to_run, samples_table
 from alignops.tracking.logger import require_run
-from alignops.tracking.registry import RegistryConfig, register_run
+from alignops.tracking.registration import register_run
+from alignops.tracking.registry import RegistryConfig
 
 
 def log_evaluation(
