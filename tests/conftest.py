@@ -4,6 +4,7 @@ upstream stages' data (``upstream_data``) and the tracked project (``tracked_pro
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import subprocess
@@ -137,11 +138,60 @@ def project_after(project_copy: Path, upstream_data: Callable[[str], Path]) -> C
 # --- the tracked project ------------------------------------------------------------------------------
 
 
+def _runs_the_whole_suite(config: pytest.Config) -> bool:
+    """No selection narrower than the suite's own test paths (no -k, -m or other paths)."""
+    tests = {(config.rootpath / path).resolve() for path in config.getini("testpaths")}
+    selected = {Path(arg.split("::")[0]).resolve() for arg in config.args}
+    return not config.option.keyword and not config.option.markexpr and selected <= tests
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Under pytest-xdist, the controlling process starts the tracked project's build before
+    the workers even collect (~15 s each), when the whole suite runs: that build (two ``kedro
+    run`` subprocesses) is the longest chain of the session, and the controller is otherwise idle.
+    The workers then find it built, or wait on its file lock (``build_tracked_project_once``)."""
+    config = session.config
+    if os.environ.get("PYTEST_XDIST_WORKER") or not getattr(config.option, "numprocesses", None):
+        return
+    if not _runs_the_whole_suite(config):
+        return
+    shared = config._tmp_path_factory.getbasetemp()  # the workers' common folder (``shared_temp``)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_") or k == "MLFLOW_DISABLE_TELEMETRY"}
+    os.environ[_EARLY_BUILD_ENV] = "1"  # set before xdist starts the workers, which inherit it
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tracked-project")
+    config.stash[_EARLY_BUILD] = (pool, pool.submit(build_tracked_project_once, shared, env))
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if (early := session.config.stash.get(_EARLY_BUILD, None)) is not None:
+        pool, _ = early
+        pool.shutdown(wait=True)  # never leave a half-built project (or its kedro run) behind;
+        # a failed build left no marker: the first test that needs the project rebuilds it and fails
+
+
+_EARLY_BUILD = pytest.StashKey[tuple[ThreadPoolExecutor, Future]]()
+_EARLY_BUILD_ENV = "ALIGNOPS_TESTS_TRACKED_PROJECT_EARLY"
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Everything imported by now (torch, transformers, Kedro, MLflow, Great Expectations: about
+    a million objects) lives for the whole session; frozen out of garbage collection, it is not
+    walked again by every full collection the tests' training steps trigger (the loops do the
+    same for themselves, ``alignops.training.common.gc_frozen``)."""
+    gc.collect()
+    gc.freeze()
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests on the tracked project run last (otherwise in their order), so its background build
-    has the whole session to finish before a worker waits for it. The order is the same in every
-    pytest-xdist worker, as the scheduler requires."""
-    items.sort(key=lambda item: "tracked_project" in getattr(item, "fixturenames", ()))
+    has the whole session to finish before a worker waits for it; not when the controller
+    started the build before collection (``pytest_sessionstart``): then it is done by the time
+    the workers reach them in their own order, and these heavy tests (servers, browsers, a fresh
+    process) overlap the light ones instead of piling up at the end. The order is the same in
+    every pytest-xdist worker, as the scheduler requires."""
+    if os.environ.get(_EARLY_BUILD_ENV) != "1":
+        items.sort(key=lambda item: "tracked_project" in getattr(item, "fixturenames", ()))
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -164,12 +214,12 @@ def tracked_project_build(request: pytest.FixtureRequest, tmp_path_factory: pyte
 
 @pytest.fixture(scope="session")
 def tracked_project(tracked_project_build: Future | None, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A project (in a git repository) after two tracked ``kedro run`` of the whole ``test`` DAG.
+    """A project (in a git repository) after two tracked ``kedro run`` of the ``test`` env.
 
-    The first runs from an empty data/ with ParallelRunner, and ``first_run_data/`` keeps the
-    data/ it left; the second (the default SequentialRunner) registers the SFT policy
-    (``registry.policy=sft``), which the gate must hold back. Each run's
-    ``registry_decision.json`` is kept in ``decisions/``.
+    The first runs the whole DAG from an empty data/ with ParallelRunner, and
+    ``first_run_data/`` keeps the data/ it left; the second runs the registry pipeline alone
+    (the default SequentialRunner) to register the SFT policy (``registry.policy=sft``), which
+    the gate must hold back. Each run's ``registry_decision.json`` is kept in ``decisions/``.
 
     Built once per test session and shared by the pytest-xdist workers (under a file lock in
     the session's common temp folder): whichever worker starts first builds it, in the background.
@@ -192,13 +242,15 @@ def build_tracked_project_once(shared: Path, env: dict[str, str]) -> Path:
 
 
 def _build_tracked_project(folder: Path, env: dict[str, str]) -> Path:
-    project = make_project_copy(folder)
+    project = make_project_copy(folder, tracking_store=False)  # its first run creates the store
     for args in (["init", "-q"], ["add", "conf", "pyproject.toml"],
                  ["-c", "user.name=alignops", "-c", "user.email=ci@example.com", "commit", "-qm", "project"]):
         subprocess.run(["git", *args], cwd=project, check=True, capture_output=True)
     decisions = project / "decisions"
     decisions.mkdir()
-    for number, extra in enumerate([["--runner", "ParallelRunner"], ["--params", "registry.policy=sft"]], 1):
+    # the second run only re-registers, as a user would: the first run's evaluation, the SFT policy
+    second = ["--pipelines", "registry", "--params", "registry.policy=sft"]
+    for number, extra in enumerate([["--runner", "ParallelRunner"], second], 1):
         result = kedro_cli(project, "run", "--env", "test", *extra, env=env)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         shutil.copy2(project / "data" / "08_reporting" / "registry_decision.json", decisions / f"{number}.json")

@@ -6,10 +6,12 @@ No test module imports another (``tests/test_layout.py`` checks it).
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -35,13 +37,42 @@ DATA_LAYERS = (
 # --- Kedro projects -----------------------------------------------------------------------------------
 
 
-def make_project_copy(destination: Path) -> Path:
+_EMPTY_STORE: Path | None = None
+
+
+def empty_mlflow_store() -> Path:
+    """An empty MLflow sqlite store (schema migrated, the Default experiment), made once per
+    process. A new store runs every schema migration, ~2 s of CPU; tests that only need a
+    store of their own take a copy of this one instead (the tracked project makes its own,
+    as a user's first run does)."""
+    global _EMPTY_STORE
+    if _EMPTY_STORE is None:
+        from mlflow.tracking import MlflowClient
+
+        folder = Path(tempfile.mkdtemp(prefix="alignops-mlflow-store-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}").search_experiments()
+        _EMPTY_STORE = folder / "mlflow.db"
+    return _EMPTY_STORE
+
+
+def copy_empty_mlflow_store(destination: Path) -> Path:
+    """``destination`` (a ``.db`` path) as a fresh copy of ``empty_mlflow_store()``."""
+    shutil.copyfile(empty_mlflow_store(), destination)
+    return destination
+
+
+def make_project_copy(destination: Path, tracking_store: bool = True) -> Path:
     """A runnable copy of this Kedro project (config + metadata, empty data layers).
 
     Pipelines then write into ``destination/data`` instead of the working tree, so
-    tests never clobber a developer's outputs and can run in parallel.
+    tests never clobber a developer's outputs and can run in parallel. With
+    ``tracking_store`` the project starts with an empty MLflow store (``mlflow.db``, a copy
+    of ``empty_mlflow_store()``); without, its first tracked run creates one.
     """
     destination.mkdir(parents=True, exist_ok=True)
+    if tracking_store:
+        copy_empty_mlflow_store(destination / "mlflow.db")
     shutil.copytree(REPO_ROOT / "conf", destination / "conf", dirs_exist_ok=True)
     (destination / "conf" / "local").mkdir(exist_ok=True)
     shutil.copy2(REPO_ROOT / "pyproject.toml", destination / "pyproject.toml")

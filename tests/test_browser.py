@@ -146,8 +146,9 @@ def test_mlflow_ui_lists_the_runs_and_charts_a_ppo_metric(page, mlflow_ui, track
 
     experiment_id, run_ids = tracked_runs
     page.goto(f"{mlflow_ui}/#/experiments/{experiment_id}/runs", wait_until="load")
-    rows = page.get_by_role("link", name="__default__")
-    expect(rows).to_have_count(len(run_ids), timeout=60_000)
+    # each run listed under its name: the whole DAG, then the registry pipeline alone
+    for name in ("__default__ test ", "registry test "):
+        expect(page.get_by_role("link", name=re.compile(f"^{name}\\w+$"))).to_have_count(1, timeout=60_000)
     expect(page.get_by_text(f"{len(run_ids)} matching runs")).to_be_visible()
     screenshot(page, "mlflow_runs")
 
@@ -206,7 +207,15 @@ def test_kedro_viz_shows_every_pipeline_and_its_nodes(page, project_copy):
     command = [str(KEDRO), "viz", "run", "--host", "127.0.0.1", "--port", str(port), "--no-browser"]
     # ready once the API the page draws from answers (the pipelines are built by then)
     with serve(command, project_copy, port, ready_path="/api/main") as url:
+        # every pipeline as the server hands it to the page: its task nodes are Kedro's
         for name, nodes in expected.items():
+            with urllib.request.urlopen(f"{url}/api/pipelines/{name}", timeout=30) as response:
+                graph = json.load(response)
+            assert sorted(n["name"] for n in graph["nodes"] if n["type"] == "task") == nodes, name
+        # and drawn in the browser: the whole DAG, the data composition and the registry stage
+        # (each page load parses the whole app again, so not every one of the twelve)
+        for name in ("__default__", "data", "registry"):
+            nodes = expected[name]
             page.goto(f"{url}/?pid={name}", wait_until="load")
             task_nodes = page.locator("g.pipeline-node--task")
             try:

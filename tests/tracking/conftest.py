@@ -1,4 +1,4 @@
-"""A real MLflow sqlite store per test, in a temp folder."""
+"""A real MLflow sqlite store per test, in a temp folder (a copy of an empty, migrated one)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tests.helpers import copy_empty_mlflow_store
+
 
 @pytest.fixture
 def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = f"sqlite:///{copy_empty_mlflow_store(tmp_path / 'mlflow.db')}"
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     # mlflow.set_*_uri also export these variables: set them through monkeypatch so they
     # are restored, or every later `kedro run` subprocess of this worker would inherit them.

@@ -63,3 +63,30 @@ def test_accumulated_micro_batches_make_one_step_and_max_steps_wins():
     history, seen = _run(_config(grad_accum=2, max_steps=3, log_every=1))
     assert [row["step"] for row in history.rows if "loss/toy" in row] == [1, 2, 3]
     assert len(seen) == 6  # two micro-batches per optimiser step, the loader restarted after 4
+
+
+def test_gc_frozen_freezes_for_the_loop_only_and_leaves_an_outer_freeze_alone():
+    import gc
+
+    from alignops.training.common import gc_frozen
+
+    seen = []
+
+    @gc_frozen
+    def loop(value):
+        seen.append(gc.get_freeze_count())
+        return value * 2
+
+    frozen_by_the_session = gc.get_freeze_count()  # tests/conftest.py freezes after collection
+    gc.unfreeze()
+    try:
+        assert loop(21) == 42 and seen[-1] > 0  # what existed at the start is out of the collector's way
+        assert gc.get_freeze_count() == 0  # and back in it afterwards
+        gc.freeze()
+        outer = gc.get_freeze_count()
+        loop(1)
+        assert gc.get_freeze_count() == outer  # an outer freeze is neither redone nor undone
+    finally:
+        gc.unfreeze()
+        if frozen_by_the_session:
+            gc.freeze()

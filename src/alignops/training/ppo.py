@@ -38,6 +38,7 @@ from alignops.models.value_head import PolicyWithValueHead, response_forward
 from alignops.training.common import (
     LogFn,
     check_finite,
+    gc_frozen,
     make_accelerator,
     make_scheduler,
     progress_bar,
@@ -148,6 +149,7 @@ def _rollout_forward(
     return tuple(outputs)
 
 
+@gc_frozen
 def train_ppo(
     sft_model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
