@@ -152,8 +152,8 @@ def ppo_prompts(inputs: Inputs) -> list[str]:
 
 
 def bench_sft(inputs: Inputs, tokenizer, steps: int, warmup: int) -> tuple[dict, Any]:
-    from alignops.training.config import SFTConfig
     from alignops.training.sft import train_sft
+    from alignops.training.sft_config import SFTConfig
 
     config = make_config(SFTConfig, inputs.params.get("sft", {}), warmup + steps)
     clock = StepClock()

@@ -214,12 +214,12 @@ def tracked_project_build(request: pytest.FixtureRequest, tmp_path_factory: pyte
 
 @pytest.fixture(scope="session")
 def tracked_project(tracked_project_build: Future | None, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A project (in a git repository) after two tracked ``kedro run`` of the ``test`` env.
+    """A project (in a git repository) after two tracked ``kedro run`` of the whole ``test`` DAG.
 
-    The first runs the whole DAG from an empty data/ with ParallelRunner, and
-    ``first_run_data/`` keeps the data/ it left; the second runs the registry pipeline alone
-    (the default SequentialRunner) to register the SFT policy (``registry.policy=sft``), which
-    the gate must hold back. Each run's ``registry_decision.json`` is kept in ``decisions/``.
+    The first runs from an empty data/ with ParallelRunner, and ``first_run_data/`` keeps the
+    data/ it left; the second (the default SequentialRunner) registers the SFT policy
+    (``registry.policy=sft``), which the gate must hold back. Each run's
+    ``registry_decision.json`` is kept in ``decisions/``.
 
     Built once per test session and shared by the pytest-xdist workers (under a file lock in
     the session's common temp folder): whichever worker starts first builds it, in the background.
@@ -248,9 +248,8 @@ def _build_tracked_project(folder: Path, env: dict[str, str]) -> Path:
         subprocess.run(["git", *args], cwd=project, check=True, capture_output=True)
     decisions = project / "decisions"
     decisions.mkdir()
-    # the second run only re-registers, as a user would: the first run's evaluation, the SFT policy
-    second = ["--pipelines", "registry", "--params", "registry.policy=sft"]
-    for number, extra in enumerate([["--runner", "ParallelRunner"], second], 1):
+    # the second run is plain `kedro run` (SequentialRunner), the README's other way to run it all
+    for number, extra in enumerate([["--runner", "ParallelRunner"], ["--params", "registry.policy=sft"]], 1):
         result = kedro_cli(project, "run", "--env", "test", *extra, env=env)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         shutil.copy2(project / "data" / "08_reporting" / "registry_decision.json", decisions / f"{number}.json")

@@ -1,4 +1,4 @@
-"""The benchmark harness (bench/run.py) runs our loops and writes every figure the issue asks for.
+"""The benchmark harness (bench/run.py) runs our loops and writes every figure it promises.
 
 Only the harness is checked here: keys, types and the TRL merge. Timings belong to
 the benchmark and its note, never to a test.

@@ -16,10 +16,10 @@ from alignops.preferences.split import SplitConfig
 from alignops.preferences.validation import DataValidationConfig
 from alignops.settings import CONFIG_LOADER_ARGS
 from alignops.tracking.registry import RegistryConfig
-from alignops.training.config import SFTConfig
 from alignops.training.dpo_config import DPOConfig
 from alignops.training.ppo_config import PPOConfig
 from alignops.training.reward_config import RewardConfig
+from alignops.training.sft_config import SFTConfig
 from alignops.world import WorldConfig
 from tests.helpers import REPO_ROOT
 

@@ -39,7 +39,12 @@ def imported_modules(path: Path, package: str) -> list[str]:
         if isinstance(node, ast.Import):
             modules.extend(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
-            modules.append(f"alignops.{package}" if node.level else node.module or "")
+            if node.level:  # a relative import stays inside the package
+                modules.append(f"alignops.{package}")
+            elif node.module == "alignops":  # `from alignops import training` imports alignops.training
+                modules.extend(f"alignops.{alias.name}" for alias in node.names)
+            else:
+                modules.append(node.module or "")
     return modules
 
 

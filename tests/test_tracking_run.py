@@ -2,8 +2,8 @@
 
 One throwaway project (a git repository, so the commit is tagged) runs the whole
 default DAG in the tiny `test` environment with Kedro's ParallelRunner (worker
-processes log into the parent's run), then runs the registry pipeline again to register
-the SFT policy, which can never beat the first run's best by the gate's margin.
+processes log into the parent's run), then runs it again sequentially registering the
+SFT policy, which can never beat the first run's best by the gate's margin.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from alignops.hooks import file_md5
+from alignops.tracking.run_info import file_md5
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +39,7 @@ def runs(client: MlflowClient) -> list:
 def test_one_finished_run_per_kedro_run_named_after_its_pipelines(runs, tracked_project):
     head = subprocess.run(["git", "rev-parse", "--short=7", "HEAD"], cwd=tracked_project,
                           capture_output=True, text=True).stdout.strip()
-    assert [r.info.run_name for r in runs] == [f"__default__ test {head}", f"registry test {head}"]
+    assert [r.info.run_name for r in runs] == [f"__default__ test {head}"] * 2
     assert {r.info.status for r in runs} == {"FINISHED"}
 
 
@@ -81,7 +81,7 @@ def test_tags_name_commit_environment_pipelines_and_input_digests(runs, tracked_
     # the tag reruns the run: pipelines, environment and runtime params
     assert tags["kedro_command"] == "kedro run --pipelines=__default__ --env=test"
     assert runs[1].data.tags["kedro_command"] == (
-        "kedro run --pipelines=registry --env=test --params=registry.policy=sft")
+        "kedro run --pipelines=__default__ --env=test --params=registry.policy=sft")
     world = tracked_project / "data" / "01_raw" / "world"
     assert tags["data/raw_preferences/preference_rankings.jsonl"] == file_md5(world / "preference_rankings.jsonl")
     assert tags["data/sft_demonstrations/sft_demonstrations.jsonl"] == file_md5(world / "sft_demonstrations.jsonl")

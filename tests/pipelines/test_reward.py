@@ -34,7 +34,7 @@ def test_pipeline_wiring_and_registration():
 
 
 @pytest.mark.slow
-def test_reward_model_pipeline_runs_in_the_test_env(project_after):
+def test_reward_pipeline_runs_in_the_test_env(project_after):
     project_copy = project_after("sft")
     run_kedro(project_copy, env="test", pipeline_names=["reward"])
     folder = project_copy / "data/06_models/reward"

@@ -32,7 +32,20 @@ def test_length_grouping_keeps_whole_groups_in_a_window_and_shuffles_items_withi
         assert sorted(i for batch in epoch for i in batch) == list(range(240))
         # Two whole prompts fit a batch of 12, and prompts never straddle a window of 4 batches.
         assert all(len(set(group[batch].tolist())) == 2 for batch in epoch)
-    assert any(batch != sorted(batch) for batch in first_epoch)  # items shuffled within their group
+
+    def order_within_groups(epoch: list[list[int]]) -> list[list[int]]:
+        flat = [i for batch in epoch for i in batch]
+        return [[i for i in flat if group[i] == g] for g in range(40)]
+
+    assert any(items != sorted(items) for items in order_within_groups(first_epoch))  # shuffled within
+    kept = list(GroupedBatches(group, 12, seed=0, shuffle_within=False, lengths=lengths, group_batches=4))
+    assert all(items == sorted(items) for items in order_within_groups(kept))
+
+    def padded_tokens(epoch: list[list[int]]) -> int:
+        return sum(int(lengths[batch].max()) * len(batch) for batch in epoch)
+
+    # grouping by length pads less than the same sampler drawing whole groups at random
+    assert padded_tokens(first_epoch) < padded_tokens(list(GroupedBatches(group, 12, seed=0, shuffle_within=True)))
     assert first_epoch != second_epoch
     again = GroupedBatches(group, 12, seed=0, shuffle_within=True, lengths=lengths, group_batches=4)
     assert list(again) == first_epoch

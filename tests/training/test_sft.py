@@ -21,8 +21,8 @@ from alignops.training.common import (
     make_accelerator,
     make_scheduler,
 )
-from alignops.training.config import SFTConfig
 from alignops.training.sft import train_sft
+from alignops.training.sft_config import SFTConfig
 
 PROMPTS = [
     "Where is my order #4411?", "Please reset my password.", "I was charged twice.",
@@ -119,7 +119,7 @@ def test_a_diverging_run_stops_naming_the_stage_and_step(tokenizer):
         _train(tokenizer, diverging)
 
 
-def test_checkpoints_are_resumable_state(tokenizer, tmp_path):
+def test_checkpoints_hold_the_state_a_resume_needs(tokenizer, tmp_path):
     config = dataclasses.replace(QUICK, max_steps=4, checkpoint_every=2, keep_checkpoints=1)
     model = _train(tokenizer, config, checkpoint_dir=str(tmp_path))
 

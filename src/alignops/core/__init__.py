@@ -1,6 +1,6 @@
 """Pure torch math for RLHF: masked reductions, log-probs, losses, GAE, KL estimators and controllers.
 
-Nothing here imports kedro, mlflow or accelerate (``tests/core/test_purity.py``
+Nothing here imports kedro, mlflow or accelerate (``tests/test_layout.py``
 checks it). Functions take tensors and an explicit mask and return tensors;
 losses return ``(loss, stats)`` with detached stats. The two KL controllers are
 the only state.

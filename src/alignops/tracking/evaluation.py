@@ -16,16 +16,17 @@ def final_steps(histories: dict[str, list[dict]]) -> dict[str, int]:
 
 
 def samples_table(
-    evaluation_samples: pd.DataFrame, ppo_samples: pd.DataFrame, final_steps: dict[str, int]
+    evaluation_samples: pd.DataFrame, ppo_samples: pd.DataFrame, steps: dict[str, int]
 ) -> pd.DataFrame:
     """PPO's rollouts during training (reward-model score only) and every evaluated
     response (gold and reward-model scores), each with the training step it came from
-    (``final_steps`` by policy; a policy without one, such as best-of-N, is SFT's)."""
+    (``steps``, from ``final_steps``, by policy; a policy without one, such as best-of-N,
+    is SFT's)."""
     rollouts = ppo_samples.rename(columns={"score": "reward_model_score"}).assign(
         source="ppo_rollout", policy="ppo", gold_score=float("nan")
     )
     evaluated = evaluation_samples.rename(columns={"rm": "reward_model_score", "gold": "gold_score"}).assign(
-        source="evaluation", step=evaluation_samples["policy"].map(lambda p: final_steps.get(p, final_steps["sft"]))
+        source="evaluation", step=evaluation_samples["policy"].map(lambda p: steps.get(p, steps["sft"]))
     )
     return pd.concat([rollouts[SAMPLE_COLUMNS], evaluated[SAMPLE_COLUMNS]], ignore_index=True)
 
@@ -48,5 +49,6 @@ def log_evaluation_to_run(client: MlflowClient, run_id: str, summary: dict, samp
     client.log_table(run_id, data=samples, artifact_file=SAMPLES_ARTIFACT)
 
 
-def is_number(value) -> bool:
+def is_number(value: object) -> bool:
+    """A real number of the summary (an int or a float, not a bool): what becomes a metric or a tag."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -27,6 +27,8 @@ from alignops.models.collate import Batch
 LogFn = Callable[[dict[str, float], int], None]
 Stats = dict[str, torch.Tensor]
 CHECKPOINT_PREFIX = "step_"
+MIXED_PRECISION = ("no", "bf16", "fp16")
+"""What a stage's ``mixed_precision`` may be (accelerate's names)."""
 P = ParamSpec("P")
 R = TypeVar("R")
 

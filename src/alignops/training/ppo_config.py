@@ -11,8 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from alignops.core import KL_ESTIMATORS
-from alignops.training.common import SCHEDULES
-from alignops.training.config import MIXED_PRECISION
+from alignops.training.common import MIXED_PRECISION, SCHEDULES
 
 KL_CONTROLLER_NAMES = ("fixed", "adaptive")
 

@@ -34,7 +34,6 @@ from alignops.training.reward_config import RewardConfig
 
 __all__ = [
     "Comparisons",
-    "RewardConfig",
     "comparisons",
     "normalise_reward_model",
     "policy_samples",

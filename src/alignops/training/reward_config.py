@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from alignops.training.common import check_epoch_loop_settings
-from alignops.training.config import MIXED_PRECISION
+from alignops.training.common import MIXED_PRECISION, check_epoch_loop_settings
 
 
 @dataclass(frozen=True)

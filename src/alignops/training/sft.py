@@ -22,7 +22,7 @@ from alignops.models.config import ModelConfig
 from alignops.models.loading import build_causal_lm
 from alignops.models.packing import pack_sequences
 from alignops.training.common import LogFn, Stats, make_accelerator, make_optimizer, train_epochs
-from alignops.training.config import SFTConfig
+from alignops.training.sft_config import SFTConfig
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")
 

@@ -21,7 +21,6 @@ from alignops.world.prompts import sample_prompts
 from alignops.world.responses import compose, draw_attributes
 from alignops.world.spec import world_spec
 
-ATTRIBUTE_COLUMNS = ["body", "tone", "detail", "n_filler", "degenerate"]
 MAX_DRAWS_PER_REPLY = 50
 
 

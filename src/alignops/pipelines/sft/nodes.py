@@ -8,8 +8,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from alignops.models import ModelConfig, build_tokenizer
 from alignops.tracking.logger import metric_logger
 from alignops.training.common import MetricHistory
-from alignops.training.config import SFTConfig
 from alignops.training.sft import train_sft
+from alignops.training.sft_config import SFTConfig
 
 
 def make_tokenizer(

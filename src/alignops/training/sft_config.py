@@ -1,20 +1,11 @@
-"""Per-stage training configurations. ``conf/base/parameters_<stage>.yml`` mirrors each one
-to one and nodes build them with ``Config(**params)``, so a misspelt key fails loudly.
-
-``ModelConfig`` lives with the models (the model layer builds from it) and is
-re-exported here so a stage finds all of its configuration in one place.
-"""
+"""Supervised fine-tuning configuration; ``conf/base/parameters_sft.yml`` mirrors it one to one
+and the node builds it with ``SFTConfig(**params)``, so a misspelt key fails loudly."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from alignops.models.config import ModelConfig
-from alignops.training.common import check_epoch_loop_settings
-
-MIXED_PRECISION = ("no", "bf16", "fp16")
-
-__all__ = ["MIXED_PRECISION", "ModelConfig", "SFTConfig"]
+from alignops.training.common import MIXED_PRECISION, check_epoch_loop_settings
 
 
 @dataclass(frozen=True)
