@@ -34,9 +34,10 @@ RUNNER ?= ParallelRunner
 run: setup
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/kedro run --runner $(RUNNER)
 
-## The test suite (tiny sizes from the Kedro `test` environment).
+## The test suite (tiny sizes from the Kedro `test` environment). worksteal: an idle worker takes
+## queued tests from the other, so the few heavy ones (servers, browsers) do not pile up at the end.
 test: setup
-	$(BIN)/pytest -n 2 --durations=10
+	$(BIN)/pytest -n 2 --dist worksteal --durations=10
 
 ## The linter, configured under [tool.ruff] in pyproject.toml (`ruff check --fix` for the
 ## fixable findings). Formatting is not checked: the code predates `ruff format`.
