@@ -30,6 +30,7 @@ from filelock import FileLock
 from tests.helpers import (
     REPO_ROOT,
     TRACKED_FIRST_RUN_DATA,
+    environment_without_mlflow_run,
     kedro_cli,
     make_project_copy,
     make_tiny_policy,
@@ -157,7 +158,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     if not _runs_the_whole_suite(config):
         return
     shared = config._tmp_path_factory.getbasetemp()  # the workers' common folder (``shared_temp``)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_") or k == "MLFLOW_DISABLE_TELEMETRY"}
+    env = environment_without_mlflow_run()
     os.environ[_EARLY_BUILD_ENV] = "1"  # set before xdist starts the workers, which inherit it
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tracked-project")
     config.stash[_EARLY_BUILD] = (pool, pool.submit(build_tracked_project_once, shared, env))
@@ -206,7 +207,7 @@ def tracked_project_build(request: pytest.FixtureRequest, tmp_path_factory: pyte
         return
     # The environment as the session starts: MLFLOW_* variables that a test sets (through
     # monkeypatch) while the build runs must not reach the runs.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_") or k == "MLFLOW_DISABLE_TELEMETRY"}
+    env = environment_without_mlflow_run()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tracked-project") as pool:
         yield pool.submit(build_tracked_project_once, shared_temp(tmp_path_factory), env)
         # leaving the pool waits for the build: another worker may be waiting for it

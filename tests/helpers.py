@@ -62,6 +62,13 @@ def copy_empty_mlflow_store(destination: Path) -> Path:
     return destination
 
 
+def environment_without_mlflow_run() -> dict[str, str]:
+    """This process's environment without the ``MLFLOW_*`` variables a run or a test exported
+    (run id, tracking and registry URIs), telemetry still off: what a fresh shell would give
+    a ``kedro run`` or a new Python process."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_") or k == "MLFLOW_DISABLE_TELEMETRY"}
+
+
 def make_project_copy(destination: Path, tracking_store: bool = True) -> Path:
     """A runnable copy of this Kedro project (config + metadata, empty data layers).
 

@@ -9,7 +9,6 @@ SFT policy, which can never beat the first run's best by the gate's margin.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from alignops.tracking.run_info import file_md5
+from tests.helpers import environment_without_mlflow_run
 
 pytestmark = pytest.mark.slow
 
@@ -170,7 +170,7 @@ print(json.dumps({"replies": replies, "greedy": greedy, "rewards": rewards["rewa
         [sys.executable, "-c", script, f"sqlite:///{tracked_project / 'mlflow.db'}"],
         cwd=tracked_project.parent, capture_output=True, text=True, timeout=300,
         # a fresh shell: no tracking or registry URI left behind by this worker's other runs
-        env={k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_") or k == "MLFLOW_DISABLE_TELEMETRY"},
+        env=environment_without_mlflow_run(),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
