@@ -199,13 +199,15 @@ def bench_reward(inputs: Inputs, tokenizer, policy, steps: int, warmup: int) -> 
 
 
 def bench_ppo(inputs: Inputs, tokenizer, policy, reward_model, steps: int, warmup: int) -> dict:
+    from alignops.models.generation import GenerationConfig
     from alignops.training.ppo import train_ppo
     from alignops.training.ppo_config import PPOConfig
 
     config = make_config(PPOConfig, inputs.params.get("ppo", {}), warmup + steps)
+    generation = GenerationConfig(**inputs.params.get("generation", {}))
     clock = StepClock()
     prompts = ppo_prompts(inputs)
-    train_ppo(policy, tokenizer, reward_model, prompts, inputs.model_config, config, clock)
+    train_ppo(policy, tokenizer, reward_model, prompts, inputs.model_config, config, generation, clock)
     window = clock.window(warmup)
     episodes = config.rollout_batch_size  # per iteration (one process)
     # per iteration: generated tokens (mean length x episodes) and the loop's generation time
@@ -262,6 +264,7 @@ def bench_dpo(inputs: Inputs, tokenizer, policy, steps: int, warmup: int) -> dic
         "pairs_per_step": pairs_per_step,
         **timing(window),
     }
+
 
 # ---------------------------------------------------------------------------------------
 # Tokenizer and policy

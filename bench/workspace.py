@@ -43,17 +43,18 @@ def stage_workload(config_class: type, params: dict[str, Any], steps: int, **ext
     return {**values, "steps": steps, **extra}
 
 
-def ppo_workload(params: dict[str, Any], steps: int) -> dict[str, Any]:
+def ppo_workload(params: dict[str, Any], generation_params: dict[str, Any], steps: int) -> dict[str, Any]:
+    from alignops.models.generation import GenerationConfig
     from alignops.training.ppo_config import PPOConfig
 
     config = PPOConfig(**params)
+    generation = GenerationConfig(**generation_params)
     names = (
         "rollout_batch_size",
         "minibatch_size",
         "ppo_epochs",
         "generation_batch_size",
         "max_new_tokens",
-        "temperature",
         "learning_rate",
         "schedule",
         "kl_coef",
@@ -64,7 +65,7 @@ def ppo_workload(params: dict[str, Any], steps: int) -> dict[str, Any]:
         "gamma",
         "lam",
     )
-    values = {name: getattr(config, name) for name in names}
+    values = {name: getattr(config, name) for name in names} | {"temperature": generation.temperature}
     # ours replaces the score of a reply without EOS by missing_eos_score; TRL subtracts a penalty
     values["missing_eos_penalty"] = None if config.missing_eos_score is None else abs(config.missing_eos_score)
     return {**values, "steps": steps}
@@ -87,7 +88,7 @@ def build_workload(inputs: Inputs, steps: dict[str, int], warmup: int, threads: 
     n_pairs = len(inputs.preferences)
     workload["reward"] = stage_workload(RewardConfig, inputs.params.get("reward", {}), steps["reward"], n_pairs=n_pairs)
     workload["dpo"] = stage_workload(DPOConfig, inputs.params.get("dpo", {}), steps["dpo"], n_pairs=n_pairs)
-    workload["ppo"] = ppo_workload(inputs.params.get("ppo", {}), steps["ppo"])
+    workload["ppo"] = ppo_workload(inputs.params.get("ppo", {}), inputs.params.get("generation", {}), steps["ppo"])
     return workload
 
 

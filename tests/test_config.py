@@ -10,7 +10,7 @@ import yaml
 from kedro.config import OmegaConfigLoader
 
 from alignops.evaluation import EvaluationConfig
-from alignops.models import ModelConfig
+from alignops.models import GenerationConfig, ModelConfig
 from alignops.preferences.report import ReportConfig
 from alignops.preferences.split import SplitConfig
 from alignops.preferences.validation import DataValidationConfig
@@ -30,6 +30,7 @@ CONFIGS: dict[str, tuple[str, type]] = {
     "data_split": ("data_split", SplitConfig),
     "data_report": ("data_report", ReportConfig),
     "model": ("model", ModelConfig),
+    "generation": ("generation", GenerationConfig),
     "sft": ("sft", SFTConfig),
     "reward": ("reward", RewardConfig),
     "ppo": ("ppo", PPOConfig),

@@ -9,10 +9,12 @@ import pytest
 from alignops.evaluation import EvaluationConfig, evaluate_policies, reward_model_accuracy
 from alignops.evaluation.policies import win_rate
 from alignops.evaluation.report import plot_evaluation, samples_table
+from alignops.models.generation import GenerationConfig
 from tests.helpers import TINY_LLAMA, make_tiny_policy, make_tiny_tokenizer
 
 TEXTS = ["my parcel is late, where is it?", "please reset my password", "thank you, happy to help"] * 20
-CONFIG = EvaluationConfig(max_new_tokens=8, best_of_n=3, batch_size=4, seed=0)
+CONFIG = EvaluationConfig(best_of_n=3, batch_size=4, seed=0)
+SAMPLING = GenerationConfig(max_new_tokens=8)
 PROMPTS = ["my parcel is late", "reset my password", "where is it", "thank you"]
 
 
@@ -28,7 +30,7 @@ def _length_score(prompts, responses):
 def test_a_policy_against_itself_ties_everywhere_with_zero_kl(tokenizer):
     sft = make_tiny_policy(tokenizer, seed=0)
     summary, samples = evaluate_policies(
-        {"sft": sft, "same": sft}, tokenizer, _length_score, _length_score, PROMPTS, TINY_LLAMA, CONFIG
+        {"sft": sft, "same": sft}, tokenizer, _length_score, _length_score, PROMPTS, TINY_LLAMA, SAMPLING, CONFIG
     )
     assert summary["same"]["gold_win_rate_vs_sft"] == pytest.approx(0.5)  # same seed, same samples
     assert summary["same"]["kl_to_sft"] == pytest.approx(0.0, abs=1e-5)
@@ -39,7 +41,13 @@ def test_a_policy_against_itself_ties_everywhere_with_zero_kl(tokenizer):
 def test_a_different_policy_has_positive_kl_and_best_of_n_maximises_the_rm(tokenizer):
     summary, samples = evaluate_policies(
         {"sft": make_tiny_policy(tokenizer, seed=0), "other": make_tiny_policy(tokenizer, seed=1)},
-        tokenizer, _length_score, _length_score, PROMPTS, TINY_LLAMA, CONFIG,
+        tokenizer,
+        _length_score,
+        _length_score,
+        PROMPTS,
+        TINY_LLAMA,
+        SAMPLING,
+        CONFIG,
     )
     assert summary["other"]["kl_to_sft"] > 0  # a mean of k1 over the policy's own samples
     best = samples["best_of_n"]
@@ -79,5 +87,7 @@ def test_reward_model_accuracy_against_panel_and_gold():
 def test_config_rejects_misspelt_keys_and_greedy_temperature():
     with pytest.raises(TypeError):
         EvaluationConfig(temprature=0.7)
-    with pytest.raises(ValueError):
-        EvaluationConfig(temperature=0.0)
+    with pytest.raises(TypeError):
+        GenerationConfig(temprature=0.7)
+    with pytest.raises(ValueError, match="temperature"):
+        GenerationConfig(temperature=0.0)

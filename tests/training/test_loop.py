@@ -17,8 +17,18 @@ Y = X.sum(1, keepdim=True) * 3  # (N, 1)
 
 def _config(**overrides) -> SimpleNamespace:
     settings = dict(
-        learning_rate=0.1, weight_decay=0.0, adam_beta2=0.98, max_grad_norm=1.0, grad_accum=1, epochs=2.0,
-        max_steps=None, warmup_steps=0, schedule="linear", log_every=4, eval_every=4, checkpoint_every=0,
+        learning_rate=0.1,
+        weight_decay=0.0,
+        adam_beta2=0.98,
+        max_grad_norm=1.0,
+        grad_accum=1,
+        epochs=2.0,
+        max_steps=None,
+        warmup_steps=0,
+        schedule="linear",
+        log_every=4,
+        eval_every=4,
+        checkpoint_every=0,
         keep_checkpoints=1,
     )
     return SimpleNamespace(**{**settings, **overrides})
@@ -39,9 +49,19 @@ def _run(config: SimpleNamespace) -> tuple[MetricHistory, list[tuple[float, int]
 
     history = MetricHistory()
     train_epochs(
-        accelerator, model, optimizer, loader, config, "toy", loss_and_stats, history,
-        averaged=("loss/toy",), weight=lambda batch, stats: len(batch["x"]), throughput=("rows", lambda b: len(b["x"])),
-        postfix={"loss": "loss/toy"}, evaluate=lambda: {"loss": 0.5},
+        accelerator,
+        model,
+        optimizer,
+        loader,
+        config,
+        "toy",
+        loss_and_stats,
+        history,
+        averaged=("loss/toy",),
+        weight=lambda batch, stats: len(batch["x"]),
+        throughput=("rows", lambda b: len(b["x"])),
+        postfix={"loss": "loss/toy"},
+        evaluate=lambda: {"loss": 0.5},
     )
     return history, seen
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
+from alignops.models.generation import GenerationConfig
 from alignops.models.scoring import response_logits
 from alignops.models.value_head import PolicyWithValueHead
 from alignops.training import ppo as ppo_module
@@ -47,10 +48,13 @@ def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
 
 
-def _run(sft_model, tokenizer, scorer=None, **overrides):
+def _run(sft_model, tokenizer, scorer=None, temperature=0.7, **overrides):
     history = MetricHistory()
     config = dataclasses.replace(TINY, **overrides)
-    result = train_ppo(sft_model, tokenizer, scorer or CountingScorer(), PROMPTS, TINY_LLAMA, config, history)
+    generation = GenerationConfig(temperature=temperature)
+    result = train_ppo(
+        sft_model, tokenizer, scorer or CountingScorer(), PROMPTS, TINY_LLAMA, config, generation, history
+    )
     return result, history
 
 

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from alignops.models.generation import GenerationConfig
 from alignops.preferences.schema import as_canonical
 from alignops.training import reward as reward_module
 from alignops.training.common import MetricHistory, NonFiniteLossError
@@ -26,6 +27,7 @@ PROMPTS = ["reset my password", "where is my order", "refund the charge", "close
 GOOD = ["thank you, I have done that for you", "happy to help, it is done now", "done, thank you for asking"]
 BAD = ["go away", "no", "stop asking me things"]
 MODEL = dataclasses.replace(TINY_LLAMA, max_response_tokens=24)
+SAMPLING = GenerationConfig()
 TINY = RewardConfig(
     learning_rate=3e-3,
     batch_size=8,
@@ -50,9 +52,15 @@ def separable_pairs(n_items: int, seed: int = 0) -> pd.DataFrame:
         for a in range(3):
             for b in range(a + 1, 3):
                 rows.append(
-                    {"prompt": prompt, "chosen": ranked[a][0], "rejected": ranked[b][0], "item_id": f"item-{item}",
-                     "chosen_rank": ranked[a][1], "rejected_rank": ranked[b][1],
-                     "margin": float(ranked[b][1] - ranked[a][1])}
+                    {
+                        "prompt": prompt,
+                        "chosen": ranked[a][0],
+                        "rejected": ranked[b][0],
+                        "item_id": f"item-{item}",
+                        "chosen_rank": ranked[a][1],
+                        "rejected_rank": ranked[b][1],
+                        "margin": float(ranked[b][1] - ranked[a][1]),
+                    }
                 )
     return as_canonical(pd.DataFrame(rows))
 
@@ -120,8 +128,10 @@ def test_margin_raises_the_loss_of_the_same_first_batch(sft_model, tokenizer):
 def test_a_nan_loss_stops_the_run(sft_model, tokenizer, monkeypatch):
     def nan_loss(r_chosen, r_rejected, margin=None):
         loss = (r_chosen - r_rejected).mean() * float("nan")
-        return loss, {k: loss.detach() for k in ("loss/reward", "reward/accuracy", "reward/margin",
-                                                 "reward/chosen", "reward/rejected")}
+        return loss, {
+            k: loss.detach()
+            for k in ("loss/reward", "reward/accuracy", "reward/margin", "reward/chosen", "reward/rejected")
+        }
 
     monkeypatch.setattr(reward_module, "bradley_terry_loss", nan_loss)
     with pytest.raises(NonFiniteLossError, match="reward: non-finite loss .* step 0"):
@@ -139,13 +149,15 @@ def test_normalisation_centres_and_scales_the_policy_samples(sft_model, tokenize
     reward_model, _ = _train(sft_model, tokenizer)
     config = dataclasses.replace(TINY, norm_samples=12, norm_max_new_tokens=6, norm_batch_size=5)
     history = MetricHistory()
-    normalised = normalise_reward_model(reward_model, sft_model, tokenizer, PROMPTS * 2, MODEL, config, history, 3)
-    picked, samples = policy_samples(sft_model, tokenizer, PROMPTS * 2, MODEL, config)
+    normalised = normalise_reward_model(
+        reward_model, sft_model, tokenizer, PROMPTS * 2, MODEL, config, SAMPLING, history, 3
+    )
+    picked, samples = policy_samples(sft_model, tokenizer, PROMPTS * 2, MODEL, config, SAMPLING)
     assert len(picked) == 12 and set(picked) == set(PROMPTS)  # distinct prompts, cycled
     scores = normalised.score(picked, samples.texts)
     assert abs(float(scores.mean())) < 1e-4 and abs(float(scores.std()) - 1.0) < 1e-4
     assert history.rows[-1]["step"] == 3 and history.rows[-1]["reward/norm_std"] == pytest.approx(normalised.std)
-    off = normalise_reward_model(normalised, sft_model, tokenizer, PROMPTS, MODEL, TINY, history)
+    off = normalise_reward_model(normalised, sft_model, tokenizer, PROMPTS, MODEL, TINY, SAMPLING, history)
     assert (off.mean, off.std) == (0.0, 1.0)
 
 
@@ -172,7 +184,14 @@ def test_comparisons_tokenise_each_reply_once_and_batches_map_back(tokenizer, sf
 def test_config_rejects_bad_keys_and_values():  # tests/test_config.py checks it against the YAML
     with pytest.raises(TypeError):
         RewardConfig(learning_rat=1e-3)
-    for bad in ({"learning_rate": 0}, {"epochs": 0}, {"schedule": "step"}, {"norm_samples": 1},
-                {"margin_scale": -1.0}, {"mixed_precision": "fp8"}, {"max_steps": 0}):
+    for bad in (
+        {"learning_rate": 0},
+        {"epochs": 0},
+        {"schedule": "step"},
+        {"norm_samples": 1},
+        {"margin_scale": -1.0},
+        {"mixed_precision": "fp8"},
+        {"max_steps": 0},
+    ):
         with pytest.raises(ValueError):
             RewardConfig(**bad)

@@ -25,9 +25,14 @@ from alignops.training.sft import train_sft
 from alignops.training.sft_config import SFTConfig
 
 PROMPTS = [
-    "Where is my order #4411?", "Please reset my password.", "I was charged twice.",
-    "Cancel my plan.", "The app crashes on start.", "How do I get an invoice?",
-    "My watch will not charge.", "Unsubscribe me from emails.",
+    "Where is my order #4411?",
+    "Please reset my password.",
+    "I was charged twice.",
+    "Cancel my plan.",
+    "The app crashes on start.",
+    "How do I get an invoice?",
+    "My watch will not charge.",
+    "Unsubscribe me from emails.",
 ]
 RESPONSES = [
     "Order #4411 ships today; the tracking link is in your email.",
@@ -40,12 +45,25 @@ RESPONSES = [
     "Use the Unsubscribe link at the bottom of any email.",
 ]
 TINY = ModelConfig(
-    vocab_size=320, tokenizer_min_frequency=1, hidden_size=32, num_layers=2, num_heads=2,
-    intermediate_size=64, max_position_embeddings=96, max_prompt_tokens=32, max_response_tokens=48,
+    vocab_size=320,
+    tokenizer_min_frequency=1,
+    hidden_size=32,
+    num_layers=2,
+    num_heads=2,
+    intermediate_size=64,
+    max_position_embeddings=96,
+    max_prompt_tokens=32,
+    max_response_tokens=48,
 )
 QUICK = SFTConfig(
-    learning_rate=3e-3, batch_size=2, max_steps=6, warmup_steps=1, log_every=1, eval_every=3,
-    eval_fraction=0.25, eval_batch_size=4,
+    learning_rate=3e-3,
+    batch_size=2,
+    max_steps=6,
+    warmup_steps=1,
+    log_every=1,
+    eval_every=3,
+    eval_fraction=0.25,
+    eval_batch_size=4,
 )
 LOGGED = {"loss/sft", "sft/lr", "sft/grad_norm", "sft/tokens_per_s", "sft/epoch"}
 
@@ -84,8 +102,14 @@ def test_a_few_steps_log_finite_metrics_and_change_every_parameter(tokenizer):
 
 def test_loss_falls_on_a_repeated_tiny_batch(tokenizer):
     config = dataclasses.replace(
-        QUICK, learning_rate=1e-2, batch_size=8, max_steps=40, warmup_steps=0, schedule="constant",
-        eval_fraction=0.0, packing=False,
+        QUICK,
+        learning_rate=1e-2,
+        batch_size=8,
+        max_steps=40,
+        warmup_steps=0,
+        schedule="constant",
+        eval_fraction=0.0,
+        packing=False,
     )
     history = MetricHistory()
     _train(tokenizer, config, history)
@@ -173,7 +197,13 @@ def test_metric_history_keeps_rows_and_forwards_them():
 def test_sft_config_rejects_bad_values():
     with pytest.raises(TypeError):
         SFTConfig(lr=1e-3)  # a misspelt key fails loudly
-    for bad in ({"learning_rate": 0}, {"schedule": "step"}, {"eval_fraction": 1.0}, {"mixed_precision": "fp8"},
-                {"max_steps": 0}, {"batch_size": 0}):
+    for bad in (
+        {"learning_rate": 0},
+        {"schedule": "step"},
+        {"eval_fraction": 1.0},
+        {"mixed_precision": "fp8"},
+        {"max_steps": 0},
+        {"batch_size": 0},
+    ):
         with pytest.raises(ValueError):
             SFTConfig(**bad)

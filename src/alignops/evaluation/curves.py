@@ -69,12 +69,11 @@ def plot_training_curves(rows: list[dict], stage: str) -> plt.Figure:
             ax.legend(fontsize=8)
         else:
             ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="grey")
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
     fig.suptitle(f"{TITLES[stage]}: training curves ({len(rows)} logged rows)")
     fig.tight_layout()
     return fig
-
 
 
 # One module-level function per stage: Kedro's ParallelRunner pickles nodes, and closures

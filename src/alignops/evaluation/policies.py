@@ -15,7 +15,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from alignops.models.config import ModelConfig
-from alignops.models.generation import GenerationOutput, generate
+from alignops.models.generation import GenerationConfig, GenerationOutput, sample_responses
 from alignops.models.scoring import response_logprobs
 
 REFERENCE = "sft"
@@ -23,13 +23,10 @@ REFERENCE = "sft"
 
 @dataclass(frozen=True)
 class EvaluationConfig:
-    temperature: float = 0.7
-    """Sampling temperature for every policy. Sampling, not greedy: a policy is a
-    distribution, and greedy decoding hides how often it says something bad."""
-    top_p: float = 1.0
-    """Nucleus sampling cut-off (1.0 = off)."""
-    max_new_tokens: int = 160
-    """Longest response; the world's replies need at most ~130 tokens."""
+    """How many samples evaluation draws and in what batches. Every policy samples with the
+    run's ``generation`` settings (sampling, not greedy: a policy is a distribution, and
+    greedy decoding hides how often it says something bad)."""
+
     samples_per_prompt: int = 1
     """Responses per prompt and policy; more lowers the variance of every figure."""
     best_of_n: int = 4
@@ -41,12 +38,8 @@ class EvaluationConfig:
     """Sampling seed; the same seed gives the same samples for the same models."""
 
     def __post_init__(self) -> None:
-        if self.temperature <= 0:
-            raise ValueError("temperature must be > 0 (evaluation samples; set top_p to narrow it)")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must lie in (0, 1], got {self.top_p}")
-        if min(self.max_new_tokens, self.samples_per_prompt, self.batch_size) < 1 or self.best_of_n < 0:
-            raise ValueError("max_new_tokens, samples_per_prompt and batch_size must be positive, best_of_n >= 0")
+        if min(self.samples_per_prompt, self.batch_size) < 1 or self.best_of_n < 0:
+            raise ValueError("samples_per_prompt and batch_size must be positive, best_of_n >= 0")
 
 
 @dataclass
@@ -72,22 +65,13 @@ def sample_policy(
     tokenizer: PreTrainedTokenizerBase,
     prompts: list[str],
     model_config: ModelConfig,
+    generation: GenerationConfig,
     config: EvaluationConfig,
     seed: int,
 ) -> GenerationOutput:
-    """One sampled response per prompt (prompts are canonical; the template is applied here)."""
-    return generate(
-        model,
-        tokenizer,
-        model_config.format_prompts(prompts),
-        max_new_tokens=config.max_new_tokens,
-        temperature=config.temperature,
-        top_p=config.top_p,
-        do_sample=True,
-        batch_size=config.batch_size,
-        seed=seed,
-        max_prompt_tokens=model_config.max_prompt_tokens,
-        response_prefix=model_config.response_prefix,
+    """One sampled response per (canonical) prompt, with the run's generation settings."""
+    return sample_responses(
+        model, tokenizer, prompts, model_config, generation, seed=seed, batch_size=config.batch_size
     )
 
 
@@ -129,6 +113,7 @@ def evaluate_policies(
     score_rm,
     prompts: list[str],
     model_config: ModelConfig,
+    generation: GenerationConfig,
     config: EvaluationConfig,
 ) -> tuple[dict, dict[str, PolicySamples]]:
     """Summary per policy (and best-of-N from SFT + RM) and the samples behind it.
@@ -142,10 +127,8 @@ def evaluate_policies(
     prompts = [p for p in prompts for _ in range(config.samples_per_prompt)]
     samples: dict[str, PolicySamples] = {}
     for name, model in policies.items():
-        generation = sample_policy(model, tokenizer, prompts, model_config, config, config.seed)
-        samples[name] = PolicySamples(
-            prompts, generation, score_gold(prompts, generation.texts), score_rm(prompts, generation.texts)
-        )
+        out = sample_policy(model, tokenizer, prompts, model_config, generation, config, config.seed)
+        samples[name] = PolicySamples(prompts, out, score_gold(prompts, out.texts), score_rm(prompts, out.texts))
     summary = {
         name: policy_summary(
             s,
@@ -157,7 +140,9 @@ def evaluate_policies(
         for name, s in samples.items()
     }
     if config.best_of_n:
-        best = best_of_n(policies[REFERENCE], tokenizer, score_gold, score_rm, prompts, model_config, config)
+        best = best_of_n(
+            policies[REFERENCE], tokenizer, score_gold, score_rm, prompts, model_config, generation, config
+        )
         samples["best_of_n"] = best
         # KL of best-of-N to its base policy has a closed-form bound: log N - (N-1)/N (Stiennon et al. 2020)
         n = config.best_of_n
@@ -175,21 +160,22 @@ def best_of_n(
     score_rm,
     prompts: list[str],
     model_config: ModelConfig,
+    generation: GenerationConfig,
     config: EvaluationConfig,
 ) -> PolicySamples:
     """N SFT samples per prompt; keep the one the reward model scores highest."""
     n = config.best_of_n
     repeated = [p for p in prompts for _ in range(n)]  # prompt-major: rows i*n .. i*n+n-1
-    generation = sample_policy(reference, tokenizer, repeated, model_config, config, config.seed + 1)
-    rm = score_rm(repeated, generation.texts).reshape(len(prompts), n)
+    out = sample_policy(reference, tokenizer, repeated, model_config, generation, config, config.seed + 1)
+    rm = score_rm(repeated, out.texts).reshape(len(prompts), n)
     pick = np.arange(len(prompts)) * n + rm.argmax(1)  # (N,) row of each prompt's best sample
     index = torch.from_numpy(pick)
     chosen = GenerationOutput(
-        query_ids=generation.query_ids[index],
-        query_mask=generation.query_mask[index],
-        response_ids=generation.response_ids[index],
-        response_mask=generation.response_mask[index],
-        texts=[generation.texts[i] for i in pick],
-        ended_with_eos=generation.ended_with_eos[index],
+        query_ids=out.query_ids[index],
+        query_mask=out.query_mask[index],
+        response_ids=out.response_ids[index],
+        response_mask=out.response_mask[index],
+        texts=[out.texts[i] for i in pick],
+        ended_with_eos=out.ended_with_eos[index],
     )
     return PolicySamples(prompts, chosen, score_gold(prompts, chosen.texts), rm.max(1))

@@ -15,10 +15,53 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+
+from alignops.models.config import ModelConfig
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """How every policy samples: PPO's rollouts, reward normalisation, evaluation, best-of-N,
+    the gate's comparison with the champion and the registered model's defaults.
+
+    One source (``conf/base/parameters_generation.yml``, key ``generation``): the reward
+    model is normalised on the distribution PPO starts from, evaluation judges the
+    distribution PPO optimised, and the served model samples as it was evaluated. A
+    stage that departs from it on purpose says so in its own config (PPO's shorter
+    rollouts, ``PPOConfig.max_new_tokens``).
+    """
+
+    temperature: float = 0.7
+    """Sampling temperature. Below 1 trims the tiny model's long tail of misspelt slots
+    without collapsing the policy to one reply; log-probs for PPO's ratio and every KL
+    are taken at this temperature, so they describe the distribution actually sampled."""
+    top_k: int = 0
+    """Top-k sampling (0 = off). Log-probs ignore the truncation, so keep it off for exact
+    ratios and KLs."""
+    top_p: float = 1.0
+    """Nucleus sampling (1 = off); same caveat as ``top_k``."""
+    max_new_tokens: int = 160
+    """Longest response in evaluation and serving; the world's replies need at most ~130
+    tokens. PPO rollouts set their own, shorter limit."""
+
+    def __post_init__(self) -> None:
+        if not self.temperature > 0:
+            raise ValueError(
+                f"generation.temperature must be > 0 (greedy is a decode mode, not a setting), got {self.temperature}"
+            )
+        if self.top_k < 0 or not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"generation.top_k must be >= 0 and top_p in (0, 1], got {self.top_k}, {self.top_p}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"generation.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+    def sampling_kwargs(self) -> dict[str, Any]:
+        """The settings as ``generate`` takes them (and as the served model's defaults)."""
+        return {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p}
 
 
 @dataclass(frozen=True)
@@ -175,8 +218,16 @@ def generate(
             mask = query_mask[start : start + batch_size].to(device)
             width = int(mask.sum(1).max())  # drop columns that are padding in every row
             new = decode(
-                model, ids[:, -width:], mask[:, -width:], max_new_tokens, eos_id, pad_id,
-                temperature, top_k, top_p, do_sample,
+                model,
+                ids[:, -width:],
+                mask[:, -width:],
+                max_new_tokens,
+                eos_id,
+                pad_id,
+                temperature,
+                top_k,
+                top_p,
+                do_sample,
             )  # (b, r), r <= max_new_tokens
             responses.append(F.pad(new, (0, max_new_tokens - new.shape[1]), value=pad_id))
     model.train(was_training)
@@ -194,4 +245,36 @@ def generate(
         response_mask=response_mask,
         texts=[t.removeprefix(response_prefix) for t in texts],
         ended_with_eos=(response_ids == eos_id).any(dim=1),
+    )
+
+
+def sample_responses(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    model_config: ModelConfig,
+    settings: GenerationConfig,
+    *,
+    seed: int | None,
+    batch_size: int = 64,
+    max_new_tokens: int | None = None,
+    do_sample: bool = True,
+) -> GenerationOutput:
+    """Responses to canonical ``prompts``: the one way every stage turns prompts into samples.
+
+    The prompt format comes from ``model_config`` and the sampling settings from
+    ``settings``; ``max_new_tokens`` overrides the settings' limit for a stage that
+    samples shorter on purpose (PPO rollouts), ``do_sample=False`` decodes greedily.
+    """
+    return generate(
+        model,
+        tokenizer,
+        model_config.format_prompts(prompts),
+        max_new_tokens=max_new_tokens or settings.max_new_tokens,
+        **settings.sampling_kwargs(),
+        do_sample=do_sample,
+        batch_size=batch_size,
+        seed=seed,
+        max_prompt_tokens=model_config.max_prompt_tokens,
+        response_prefix=model_config.response_prefix,
     )

@@ -15,9 +15,7 @@ def final_steps(histories: dict[str, list[dict]]) -> dict[str, int]:
     return {stage: int(rows[-1]["step"]) if rows else 0 for stage, rows in histories.items()}
 
 
-def samples_table(
-    evaluation_samples: pd.DataFrame, ppo_samples: pd.DataFrame, steps: dict[str, int]
-) -> pd.DataFrame:
+def samples_table(evaluation_samples: pd.DataFrame, ppo_samples: pd.DataFrame, steps: dict[str, int]) -> pd.DataFrame:
     """PPO's rollouts during training (reward-model score only) and every evaluated
     response (gold and reward-model scores), each with the training step it came from
     (``steps``, from ``final_steps``, by policy; a policy without one, such as best-of-N,

@@ -63,10 +63,7 @@ class MlflowMetricLogger:
 
     def __call__(self, metrics: dict[str, Any], step: int) -> None:
         timestamp = int(time.time() * 1000)
-        self._pending.extend(
-            Metric(name, float(value), timestamp, int(step))
-            for name, value in metrics.items()
-        )
+        self._pending.extend(Metric(name, float(value), timestamp, int(step)) for name, value in metrics.items())
         if time.monotonic() - self._last_flush >= self._flush_every_s:
             self.flush()
 

@@ -22,12 +22,17 @@ def promote(client: MlflowClient, name: str, version: str, reason: str, by: str 
     client.get_model_version(name, version)  # fails clearly on a version that does not exist
     previous = alias_version(client, name, CHAMPION)
     client.set_registered_model_alias(name, CHAMPION, version)
-    tag_version(client, name, version, {
-        "promotion.decision": "overridden",
-        "promotion.override_reason": reason,
-        "promotion.override_by": by or getpass.getuser(),
-        "promotion.replaced": f"v{previous}" if previous else "none",
-    })
+    tag_version(
+        client,
+        name,
+        version,
+        {
+            "promotion.decision": "overridden",
+            "promotion.override_reason": reason,
+            "promotion.override_by": by or getpass.getuser(),
+            "promotion.replaced": f"v{previous}" if previous else "none",
+        },
+    )
     return previous
 
 

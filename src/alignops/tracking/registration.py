@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from alignops.models.config import ModelConfig
+from alignops.models.generation import GenerationConfig
 from alignops.models.reward import RewardModel
 from alignops.tracking.evaluation import is_number
 from alignops.tracking.models import log_policy, log_reward_model
@@ -38,6 +39,7 @@ def register_run(
     reward_model: RewardModel,
     summary: dict,
     model_config: ModelConfig,
+    generation: GenerationConfig,
     config: RegistryConfig,
 ) -> dict:
     """Log and register the run's reward model and its chosen policy (``policies`` by method),
@@ -49,26 +51,39 @@ def register_run(
 
     rm_info = log_reward_model(reward_model)
     rm_version = str(mlflow.register_model(rm_info.model_uri, config.reward_model).version)
-    tag_version(client, config.reward_model, rm_version, {
-        "data_hash": digest or "unknown",
-        "run_id": run_id,
-        **{f"eval.{k}": f"{v:.4f}" for k, v in summary["reward_model"].items() if is_number(v)},
-    })
+    tag_version(
+        client,
+        config.reward_model,
+        rm_version,
+        {
+            "data_hash": digest or "unknown",
+            "run_id": run_id,
+            **{f"eval.{k}": f"{v:.4f}" for k, v in summary["reward_model"].items() if is_number(v)},
+        },
+    )
     client.set_registered_model_alias(config.reward_model, CANDIDATE, rm_version)
 
     method = choose_policy(summary, config)
     figures = policy_figures(summary, method)
-    info = log_policy(policies[method], tokenizer, model_config, config.generation)
+    # the served defaults are the settings the policy was evaluated with
+    served = {"max_new_tokens": generation.max_new_tokens, "do_sample": True, **generation.sampling_kwargs()}
+    info = log_policy(policies[method], tokenizer, model_config, served)
     version = str(mlflow.register_model(info.model_uri, config.policy_model).version)
-    tag_version(client, config.policy_model, version, {
-        "method": method,
-        "data_hash": digest or "unknown",
-        "run_id": run_id,
-        "reward_model_version": rm_version,
-        **{f"eval.{k}": f"{v:.4f}" for k, v in figures.items() if v is not None},
-    })
+    tag_version(
+        client,
+        config.policy_model,
+        version,
+        {
+            "method": method,
+            "data_hash": digest or "unknown",
+            "run_id": run_id,
+            "reward_model_version": rm_version,
+            **{f"eval.{k}": f"{v:.4f}" for k, v in figures.items() if v is not None},
+        },
+    )
     client.update_model_version(
-        config.policy_model, version,
+        config.policy_model,
+        version,
         description=f"{method.upper()} policy of run {run_id}; "
         + ", ".join(f"{k} {v:.3f}" for k, v in figures.items() if v is not None),
     )
@@ -79,8 +94,14 @@ def register_run(
         client.set_registered_model_alias(config.reward_model, CHAMPION, rm_version)
     client.set_tag(run_id, "registry.policy_version", version)
     client.set_tag(run_id, "registry.decision", "promoted" if decision.promote else "held")
-    logger.info("Registered %s v%s (%s): %s — %s", config.policy_model, version, method,
-                "promoted to champion" if decision.promote else "stays candidate", decision.reason)
+    logger.info(
+        "Registered %s v%s (%s): %s — %s",
+        config.policy_model,
+        version,
+        method,
+        "promoted to champion" if decision.promote else "stays candidate",
+        decision.reason,
+    )
     return {
         "policy_model": config.policy_model,
         "policy_version": version,

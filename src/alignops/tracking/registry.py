@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from mlflow.exceptions import MlflowException
@@ -55,10 +55,6 @@ class RegistryConfig:
     max_kl: float = 5.0
     """KL bound (nats per response, against SFT) for promotion on rm_score: a policy far
     from its reference can score high on the reward model by exploiting it."""
-    generation: dict[str, Any] = field(
-        default_factory=lambda: {"max_new_tokens": 160, "do_sample": True, "temperature": 0.7}
-    )
-    """The logged policy's default generation settings (the evaluation's)."""
 
     def __post_init__(self) -> None:
         if self.policy not in (*METHODS, "best"):
@@ -112,8 +108,11 @@ def decide(
     held = champion.get(metric)
     if held is None:
         return Decision(
-            False, f"champion v{champion_version} has no {metric} figure to compare with; a person decides",
-            metric, value, champion_version,
+            False,
+            f"champion v{champion_version} has no {metric} figure to compare with; a person decides",
+            metric,
+            value,
+            champion_version,
         )
     gain = value - held
     verdict = (
@@ -182,13 +181,18 @@ def apply_gate(
     client.set_registered_model_alias(name, CANDIDATE, version)
     if decision.promote:
         client.set_registered_model_alias(name, CHAMPION, version)
-    tag_version(client, name, version, {
-        "promotion.decision": "promoted" if decision.promote else "held",
-        "promotion.reason": decision.reason,
-        "promotion.metric": decision.metric,
-        "promotion.margin": str(config.margin),
-        "promotion.compared_to": f"v{champion_version}" if champion_version else "none",
-    })
+    tag_version(
+        client,
+        name,
+        version,
+        {
+            "promotion.decision": "promoted" if decision.promote else "held",
+            "promotion.reason": decision.reason,
+            "promotion.metric": decision.metric,
+            "promotion.margin": str(config.margin),
+            "promotion.compared_to": f"v{champion_version}" if champion_version else "none",
+        },
+    )
     return decision
 
 

@@ -10,11 +10,26 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-SECRET_NAMES = frozenset({
-    "token", "hf_token", "hub_token", "auth_token", "access_token", "api_token", "use_auth_token",
-    "password", "passwd", "api_key", "apikey", "access_key", "secret_key", "private_key",
-    "credential", "credentials",
-})
+SECRET_NAMES = frozenset(
+    {
+        "token",
+        "hf_token",
+        "hub_token",
+        "auth_token",
+        "access_token",
+        "api_token",
+        "use_auth_token",
+        "password",
+        "passwd",
+        "api_key",
+        "apikey",
+        "access_key",
+        "secret_key",
+        "private_key",
+        "credential",
+        "credentials",
+    }
+)
 """Last segments of parameter names whose values never reach the tracking server (with any
 segment containing "secret" or "password"). Whole segments, so ``max_prompt_tokens`` or
 ``tokenizer_min_frequency`` are still logged."""
@@ -85,4 +100,4 @@ def project_sqlite_uri(uri: str | None, project_path: Path) -> str | None:
     prefix = "sqlite:///"
     if not uri or not uri.startswith(prefix) or uri.startswith(prefix + "/") or uri == prefix + ":memory:":
         return uri
-    return prefix + str((project_path / uri[len(prefix):]).resolve())
+    return prefix + str((project_path / uri[len(prefix) :]).resolve())

@@ -33,7 +33,7 @@ from alignops.core import (
     value_loss_clipped,
 )
 from alignops.models.config import ModelConfig
-from alignops.models.generation import generate
+from alignops.models.generation import GenerationConfig, sample_responses
 from alignops.models.value_head import PolicyWithValueHead, response_forward
 from alignops.training.common import (
     LogFn,
@@ -157,6 +157,7 @@ def train_ppo(
     prompts: Sequence[str],
     model_config: ModelConfig,
     config: PPOConfig,
+    generation: GenerationConfig,
     log: LogFn,
     checkpoint_dir: str | None = None,
 ) -> PPOResult:
@@ -189,7 +190,6 @@ def train_ppo(
     kl_controller = KL_CONTROLLERS[config.kl_controller](config)
 
     prompts = list(prompts)
-    formatted = model_config.format_prompts(prompts)
     seeds = torch.Generator().manual_seed(config.seed)
     global_batch = config.rollout_batch_size * accelerator.num_processes
     batches = prompt_batches(len(prompts), global_batch, seeds)
@@ -206,18 +206,15 @@ def train_ppo(
         index = next(batches)[accelerator.process_index :: accelerator.num_processes].tolist()
         batch_prompts = [prompts[i] for i in index]
         with accelerator.autocast():
-            out = generate(
+            out = sample_responses(
                 accelerator.unwrap_model(policy).policy,
                 tokenizer,
-                [formatted[i] for i in index],
-                max_new_tokens=config.max_new_tokens,
-                temperature=config.temperature,
-                top_k=config.top_k,
-                top_p=config.top_p,
-                batch_size=config.generation_batch_size,
+                batch_prompts,
+                model_config,
+                generation,
                 seed=rollout_seeds[step - 1] + accelerator.process_index,
-                max_prompt_tokens=model_config.max_prompt_tokens,
-                response_prefix=model_config.response_prefix,
+                batch_size=config.generation_batch_size,
+                max_new_tokens=config.max_new_tokens,
             )
         generation_s = time.perf_counter() - step_start
         rollout = {k: getattr(out, k).to(device) for k in ROLLOUT_KEYS}
@@ -225,7 +222,7 @@ def train_ppo(
         mask = rollout["response_mask"].bool()  # (B, R)
         with accelerator.autocast():
             logprobs, ref_logprobs, values, entropy = _rollout_forward(
-                policy, reference, rollout, widths, config.minibatch_size, config.temperature
+                policy, reference, rollout, widths, config.minibatch_size, generation.temperature
             )
         scores = reward_model.score(batch_prompts, out.texts, batch_size=config.reward_batch_size, normalise=True)
         scores = scores.to(device=device, dtype=torch.float32)  # (B,)
@@ -246,7 +243,7 @@ def train_ppo(
                 trimmed, w = _trim(rollout, rows, widths)
                 rows = rows.to(device)
                 logits, vpred = policy(**trimmed)  # (b, w, V), (b, w)
-                new_logprobs = selective_log_softmax(logits / config.temperature, trimmed["response_ids"])
+                new_logprobs = selective_log_softmax(logits / generation.temperature, trimmed["response_ids"])
                 rows_mask = mask[rows, :w]
                 pg_loss, pg_stats = ppo_clip_loss(
                     new_logprobs, logprobs[rows, :w], advantages[rows, :w], rows_mask, config.cliprange

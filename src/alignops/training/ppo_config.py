@@ -82,18 +82,11 @@ class PPOConfig:
     """Per-token KL estimator in the reward: ``k1`` (log π - log π_ref, unbiased) or ``k3``
     (never negative, lower variance)."""
 
-    temperature: float = 0.7
-    """Sampling temperature of the rollouts; log-probs are computed from logits divided by it,
-    so the ratio and the KL describe the distribution actually sampled. Evaluation samples
-    at the same temperature."""
-    top_k: int = 0
-    """Top-k sampling (0 = off). Log-probs ignore the truncation, so keep it off for exact ratios."""
-    top_p: float = 1.0
-    """Nucleus sampling (1 = off); same caveat as ``top_k``."""
     max_new_tokens: int = 96
-    """Longest rollout response: room above a typical world reply for the policy to grow
-    (reply lengths are in docs/tuning.md), while generation time grows with the longest
-    row of each batch."""
+    """Longest rollout response, on purpose shorter than ``generation.max_new_tokens``:
+    room above a typical world reply for the policy to grow (reply lengths are in
+    docs/tuning.md), while generation time grows with the longest row of each batch.
+    Temperature, top-k and top-p are the run's ``generation`` settings."""
     missing_eos_score: float | None = -3.0
     """Score given instead of the reward model's to a response that did not end with EOS
     (hit ``max_new_tokens``); null keeps the model's score. Huang et al. 2024: without it
@@ -148,8 +141,6 @@ class PPOConfig:
             raise ValueError("kl_target and kl_horizon must be positive")
         if self.kl_estimator not in KL_ESTIMATORS:
             raise ValueError(f"kl_estimator must be one of {sorted(KL_ESTIMATORS)}, got {self.kl_estimator!r}")
-        if self.temperature <= 0 or self.top_k < 0 or not 0.0 < self.top_p <= 1.0:
-            raise ValueError("temperature must be > 0, top_k >= 0 and top_p in (0, 1]")
         if self.sample_every < 1 or self.num_samples < 0:
             raise ValueError("sample_every must be >= 1 and num_samples >= 0")
         if self.mixed_precision not in MIXED_PRECISION:

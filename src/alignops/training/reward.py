@@ -26,7 +26,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from alignops.core.losses import bradley_terry_loss
 from alignops.models.collate import Batch, select_rows
 from alignops.models.config import ModelConfig
-from alignops.models.generation import GenerationOutput, generate
+from alignops.models.generation import GenerationConfig, GenerationOutput, sample_responses
 from alignops.models.reward import RewardModel, build_reward_backbone, sequence_rewards
 from alignops.training.batching import GroupedBatches
 from alignops.training.common import LogFn, Stats, make_accelerator, make_optimizer, train_epochs
@@ -203,6 +203,7 @@ def policy_samples(
     prompts: Sequence[str],
     model_config: ModelConfig,
     config: RewardConfig,
+    generation: GenerationConfig,
 ) -> tuple[list[str], GenerationOutput]:
     """``config.norm_samples`` canonical prompts, drawn (seeded) from the distinct ``prompts``
     (cycling when there are fewer), and the policy's sampled replies to them."""
@@ -212,16 +213,15 @@ def policy_samples(
     draw = torch.randperm(len(distinct), generator=torch.Generator().manual_seed(config.seed))  # (P,)
     repeats = math.ceil(config.norm_samples / len(distinct))
     picked = [distinct[i] for i in draw.repeat(repeats)[: config.norm_samples].tolist()]
-    samples = generate(
+    samples = sample_responses(
         policy,
         policy_tokenizer,
-        model_config.format_prompts(picked),
-        max_new_tokens=config.norm_max_new_tokens,
-        temperature=config.norm_temperature,
-        batch_size=config.norm_batch_size,
+        picked,
+        model_config,
+        generation,
         seed=config.seed,
-        max_prompt_tokens=model_config.max_prompt_tokens,
-        response_prefix=model_config.response_prefix,
+        batch_size=config.norm_batch_size,
+        max_new_tokens=config.norm_max_new_tokens,
     )
     return picked, samples
 
@@ -233,6 +233,7 @@ def normalise_reward_model(
     prompts: Sequence[str],
     model_config: ModelConfig,
     config: RewardConfig,
+    generation: GenerationConfig,
     log: LogFn,
     step: int = 0,
 ) -> RewardModel:
@@ -244,7 +245,7 @@ def normalise_reward_model(
     """
     if config.norm_samples == 0:
         return reward_model.with_normalisation(0.0, 1.0)
-    picked, samples = policy_samples(policy, policy_tokenizer, prompts, model_config, config)
+    picked, samples = policy_samples(policy, policy_tokenizer, prompts, model_config, config, generation)
     raw = reward_model.score(picked, samples.texts, batch_size=config.eval_batch_size, normalise=False)  # (N,)
     mean, std = float(raw.mean()), float(raw.std())
     if not math.isfinite(mean) or not std > 0:

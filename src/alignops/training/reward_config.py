@@ -79,11 +79,9 @@ class RewardConfig:
     (a sample std's relative error is ~1/sqrt(2n)) in one generation batch; 0 turns
     normalisation off (mean 0, std 1)."""
     norm_max_new_tokens: int = 96
-    """Longest sampled reply for normalisation. It sits well above the length at which SFT
-    replies end (EOS); the cap only bounds the odd looping sample."""
-    norm_temperature: float = 1.0
-    """Sampling temperature for the normalisation samples: PPO's rollouts sample at 1.0, and
-    the normalisation should describe what PPO will see."""
+    """Longest sampled reply for normalisation, PPO's rollout length: the normalisation
+    describes what PPO will see. The samples' temperature, top-k and top-p are the run's
+    ``generation`` settings, which PPO samples with."""
     norm_batch_size: int = 128
     """Prompts per generation batch: one batch, so per-token decoding overhead is paid once."""
 
@@ -99,7 +97,5 @@ class RewardConfig:
             raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
         if self.norm_samples < 0 or min(self.norm_max_new_tokens, self.norm_batch_size) < 1:
             raise ValueError("norm_samples must be >= 0, norm_max_new_tokens and norm_batch_size >= 1")
-        if self.norm_temperature <= 0:
-            raise ValueError(f"norm_temperature must be positive, got {self.norm_temperature}")
         if self.norm_samples == 1:
             raise ValueError("norm_samples must be 0 (off) or >= 2: one sample has no spread")

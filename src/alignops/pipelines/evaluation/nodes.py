@@ -9,6 +9,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from alignops.evaluation import EvaluationConfig, evaluate_policies, reward_model_accuracy
 from alignops.evaluation.report import plot_evaluation, samples_table
 from alignops.models.config import ModelConfig
+from alignops.models.generation import GenerationConfig
 from alignops.world import GoldJudge
 
 
@@ -22,6 +23,7 @@ def evaluate(
     gold_judge_spec: dict,
     preferences_heldout: pd.DataFrame,
     model_params: dict,
+    generation: dict,
     params: dict,
 ) -> tuple[dict, pd.DataFrame, plt.Figure]:
     config = EvaluationConfig(**params)
@@ -37,6 +39,7 @@ def evaluate(
         score_rm,
         eval_prompts["prompt"].tolist(),
         ModelConfig(**model_params),
+        GenerationConfig(**generation),
         config,
     )
     summary = {

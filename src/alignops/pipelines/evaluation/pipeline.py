@@ -20,6 +20,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "gold_judge_spec",
                     "preferences_heldout",
                     "params:model",
+                    "params:generation",
                     "params:evaluation",
                 ],
                 outputs=["evaluation_summary", "evaluation_samples", "evaluation_plot"],

@@ -6,6 +6,7 @@ import pandas as pd
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from alignops.models.config import ModelConfig
+from alignops.models.generation import GenerationConfig
 from alignops.tracking.logger import metric_logger
 from alignops.training.common import MetricHistory
 from alignops.training.ppo import train_ppo
@@ -29,6 +30,7 @@ def train(
     prompts: list[str],
     checkpoint_dir: str,
     model_params: dict,
+    generation: dict,
     params: dict,
 ) -> tuple[PreTrainedModel, list[dict], pd.DataFrame]:
     """The PPO policy, every iteration's metrics, and the sampled generations."""
@@ -40,6 +42,7 @@ def train(
             prompts,
             ModelConfig(**model_params),
             PPOConfig(**params),
+            GenerationConfig(**generation),
             history,
             checkpoint_dir=checkpoint_dir,
         )

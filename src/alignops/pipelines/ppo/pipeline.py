@@ -25,6 +25,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "ppo_prompts",
                     "ppo_checkpoints",
                     "params:model",
+                    "params:generation",
                     "params:ppo",
                 ],
                 outputs=["ppo_model", "ppo_history", "ppo_samples"],

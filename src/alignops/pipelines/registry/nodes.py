@@ -7,6 +7,7 @@ from mlflow.tracking import MlflowClient
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from alignops.models.config import ModelConfig
+from alignops.models.generation import GenerationConfig
 from alignops.models.reward import RewardModel
 from alignops.tracking.evaluation import final_steps, log_evaluation_to_run, samples_table
 from alignops.tracking.logger import require_run
@@ -37,12 +38,20 @@ def register_models(
     reward_model: RewardModel,
     evaluation_summary: dict,
     model_params: dict,
+    generation: dict,
     params: dict,
 ) -> dict:
     """Log and register the run's reward model and its chosen policy, then run the gate."""
     config = RegistryConfig(**params)
     policies = {"sft": sft_model, "ppo": ppo_model, "dpo": dpo_model}
     return register_run(
-        MlflowClient(), require_run(), policies, tokenizer, reward_model, evaluation_summary,
-        ModelConfig(**model_params), config,
+        MlflowClient(),
+        require_run(),
+        policies,
+        tokenizer,
+        reward_model,
+        evaluation_summary,
+        ModelConfig(**model_params),
+        GenerationConfig(**generation),
+        config,
     )

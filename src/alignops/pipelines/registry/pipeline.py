@@ -10,8 +10,14 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             node(
                 log_evaluation,
-                inputs=["evaluation_summary", "evaluation_samples", "ppo_samples",
-                        "sft_history", "ppo_history", "dpo_history"],
+                inputs=[
+                    "evaluation_summary",
+                    "evaluation_samples",
+                    "ppo_samples",
+                    "sft_history",
+                    "ppo_history",
+                    "dpo_history",
+                ],
                 outputs="tracked_samples",
                 name="log_evaluation",
             ),
@@ -25,6 +31,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "reward_model",
                     "evaluation_summary",
                     "params:model",
+                    "params:generation",
                     "params:registry",
                 ],
                 outputs="registry_decision",

@@ -6,6 +6,7 @@ import pandas as pd
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from alignops.models.config import ModelConfig
+from alignops.models.generation import GenerationConfig
 from alignops.models.reward import RewardModel
 from alignops.tracking.logger import metric_logger
 from alignops.training.common import MetricHistory
@@ -20,6 +21,7 @@ def train(
     tokenizer: PreTrainedTokenizerBase,
     reward_checkpoints: str,
     model: dict,
+    generation: dict,
     reward: dict,
 ) -> tuple[RewardModel, list[dict]]:
     """The normalised reward model and every metric row the loop and the normalisation logged.
@@ -42,6 +44,14 @@ def train(
         prompts = preferences_train["prompt"].astype(str).tolist()
         last_step = history.rows[-1]["step"] if history.rows else 0
         reward_model = normalise_reward_model(
-            reward_model, sft_model, tokenizer, prompts, model_config, config, history, step=last_step
+            reward_model,
+            sft_model,
+            tokenizer,
+            prompts,
+            model_config,
+            config,
+            GenerationConfig(**generation),
+            history,
+            step=last_step,
         )
     return reward_model, history.rows

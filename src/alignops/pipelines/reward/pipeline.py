@@ -19,6 +19,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "tokenizer",
                     "reward_checkpoints",
                     "params:model",
+                    "params:generation",
                     "params:reward",
                 ],
                 outputs=["reward_model", "reward_history"],
