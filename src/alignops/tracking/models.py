@@ -6,6 +6,7 @@ model returns raw scalar rewards for (prompt, response) rows.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tempfile
 from importlib.metadata import PackageNotFoundError, version
@@ -19,6 +20,7 @@ from mlflow.types import ColSpec, Schema
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from alignops.models.config import ModelConfig
+from alignops.models.generation import GenerationConfig
 from alignops.models.reward import RewardModel
 
 RUNTIME_PACKAGES = ("torch", "transformers", "tokenizers", "accelerate", "safetensors")
@@ -31,6 +33,8 @@ SHIPPED_PACKAGES = ("core", "models", "tracking")
 """What the logged reward model imports (its pyfunc class lives in ``tracking``): nothing of
 the pipeline, its data or its web assets travels with it."""
 
+POLICY_METADATA = "alignops"
+"""Key of the logged policy's MLflow metadata holding its ModelConfig and generation settings."""
 EXAMPLE_PROMPT = "Where is my order? It was due last Friday."
 EXAMPLE_RESPONSE = "Sorry about the delay. Your order shipped on Monday and should arrive within two days."
 
@@ -72,7 +76,21 @@ def log_policy(
         signature=infer_signature([example_prompt], [EXAMPLE_RESPONSE], params=dict(generation)),
         input_example=[example_prompt],
         pip_requirements=pip_requirements(),
+        # what load_policy needs to sample exactly as the pipeline did (prompt format, limits)
+        metadata={POLICY_METADATA: {"model": dataclasses.asdict(model_config), "generation": dict(generation)}},
     )
+
+
+def load_policy(model_uri: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, ModelConfig, GenerationConfig]:
+    """A logged policy back as (model, tokenizer, model config, generation settings), ready for
+    ``sample_responses``: the gate samples the champion exactly as evaluation sampled it."""
+    info = mlflow.models.get_model_info(model_uri)
+    facts = (info.metadata or {}).get(POLICY_METADATA)
+    if facts is None:
+        raise ValueError(f"{model_uri} was not logged by alignops (no {POLICY_METADATA!r} metadata)")
+    components = mlflow.transformers.load_model(model_uri, return_type="components")
+    sampling = {k: v for k, v in facts["generation"].items() if k in GenerationConfig.__dataclass_fields__}
+    return components["model"], components["tokenizer"], ModelConfig(**facts["model"]), GenerationConfig(**sampling)
 
 
 class RewardModelPyfunc(mlflow.pyfunc.PythonModel):
