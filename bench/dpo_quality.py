@@ -2,8 +2,8 @@
 
 Loads the catalog's outputs (``sft_model``, ``dpo_model``, ``tokenizer``, ``eval_prompts``,
 ``gold_judge_spec``, ``dpo_history``), samples one response per evaluation prompt from
-each policy with the evaluation stage's settings (``params:evaluation``: temperature
-0.7, same seed for both), scores both with the gold judge and prints gold means, the
+each policy with the run's sampling settings (``params:generation``: temperature
+0.7; the same seed for both), scores both with the gold judge and prints gold means, the
 win rate of DPO over SFT (ties count half), a Monte-Carlo KL(DPO ‖ SFT), response
 lengths, degenerate-reply rates and DPO's timing. Run from the repository root after
 ``kedro run --pipelines data_generation,ingestion,data_validation,sft,dpo``::
@@ -39,6 +39,7 @@ from kedro.framework.startup import bootstrap_project  # noqa: E402
 
 from alignops.evaluation.policies import EvaluationConfig, kl_to_reference, sample_policy, win_rate  # noqa: E402
 from alignops.models.config import ModelConfig  # noqa: E402
+from alignops.models.generation import GenerationConfig  # noqa: E402
 from alignops.training.common import MetricHistory  # noqa: E402
 from alignops.training.dpo import PreferencePairs, train_dpo  # noqa: E402
 from alignops.training.dpo_config import DPOConfig  # noqa: E402
@@ -76,17 +77,19 @@ def degenerate_share(judge: GoldJudge, prompts: list[str], texts: list[str]) -> 
     return float(looping.mean()), float(near_empty.mean())
 
 
-def measure(sft_model, dpo_model, tokenizer, prompts, judge, model_config, eval_config, seed) -> dict:
+def measure(sft_model, dpo_model, tokenizer, prompts, judge, model_config, generation, eval_config, seed) -> dict:
     """One sampled response per prompt from each policy (same seed), scored by the gold judge."""
-    sft = sample_policy(sft_model, tokenizer, prompts, model_config, eval_config, seed)
-    dpo = sample_policy(dpo_model, tokenizer, prompts, model_config, eval_config, seed)
+    sft = sample_policy(sft_model, tokenizer, prompts, model_config, generation, eval_config, seed)
+    dpo = sample_policy(dpo_model, tokenizer, prompts, model_config, generation, eval_config, seed)
     gold_sft, gold_dpo = judge.score(prompts, sft.texts), judge.score(prompts, dpo.texts)
     looping, near_empty = degenerate_share(judge, prompts, dpo.texts)
     return {
         "gold_sft": float(np.mean(gold_sft)),
         "gold_dpo": float(np.mean(gold_dpo)),
         "win_rate": win_rate(np.asarray(gold_dpo), np.asarray(gold_sft)),
-        "kl_dpo_sft": float(kl_to_reference(dpo_model, sft_model, dpo, eval_config.batch_size).mean()),
+        "kl_dpo_sft": float(kl_to_reference(
+            dpo_model, sft_model, dpo, generation.temperature, eval_config.batch_size
+        ).mean()),
         "len_sft": float(sft.response_mask.sum(1).float().mean()),
         "len_dpo": float(dpo.response_mask.sum(1).float().mean()),
         "words_sft": float(np.mean([len(t.split()) for t in sft.texts])),
@@ -114,6 +117,7 @@ def main() -> None:
     with KedroSession.create(project_path=REPO_ROOT, env=args.env) as session:
         catalog = session.load_context().catalog
         model_config = ModelConfig(**catalog.load("params:model"))
+        generation = GenerationConfig(**catalog.load("params:generation"))
         eval_config = EvaluationConfig(**catalog.load("params:evaluation"))
         tokenizer, sft_model = catalog.load("tokenizer"), catalog.load("sft_model")
         judge = GoldJudge.from_spec(catalog.load("gold_judge_spec"))
@@ -141,7 +145,7 @@ def main() -> None:
     results = []
     for seed in args.seeds if args.seeds is not None else [eval_config.seed]:
         start = time.perf_counter()
-        r = measure(sft_model, dpo_model, tokenizer, prompts, judge, model_config, eval_config, seed)
+        r = measure(sft_model, dpo_model, tokenizer, prompts, judge, model_config, generation, eval_config, seed)
         results.append(r)
         print(
             f"seed {seed}: gold SFT {r['gold_sft']:.3f}  DPO {r['gold_dpo']:.3f}  win rate {r['win_rate']:.3f}  "

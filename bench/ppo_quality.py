@@ -2,8 +2,8 @@
 
 Loads the catalog's outputs (``sft_model``, ``ppo_model``, ``tokenizer``, ``reward_model``,
 ``eval_prompts``, ``gold_judge_spec``, ``ppo_history``), samples one response per
-evaluation prompt from each policy with the evaluation stage's settings
-(``params:evaluation``: temperature 0.7, max 160 new tokens, the same seed for both),
+evaluation prompt from each policy with the run's sampling settings
+(``params:generation``: temperature 0.7, max 160 new tokens; the same seed for both),
 scores both with the gold judge and the reward model, and prints gold means, the win
 rate of PPO over SFT (ties count half), the RM means, a Monte-Carlo KL(PPO ‖ SFT),
 response lengths, degenerate-reply rates and PPO's timing. Reward hacking shows as
@@ -42,6 +42,7 @@ from kedro.framework.startup import bootstrap_project  # noqa: E402
 
 from alignops.evaluation.policies import EvaluationConfig, kl_to_reference, sample_policy, win_rate  # noqa: E402
 from alignops.models.config import ModelConfig  # noqa: E402
+from alignops.models.generation import GenerationConfig  # noqa: E402
 from alignops.pipelines.ppo.nodes import collect_prompts  # noqa: E402
 from alignops.training.common import MetricHistory  # noqa: E402
 from alignops.training.ppo import train_ppo  # noqa: E402
@@ -80,10 +81,12 @@ def degenerate_share(judge: GoldJudge, prompts: list[str], texts: list[str]) -> 
     return float(looping.mean()), float(near_empty.mean())
 
 
-def measure(sft_model, ppo_model, tokenizer, reward_model, prompts, judge, model_config, eval_config, seed) -> dict:
+def measure(
+    sft_model, ppo_model, tokenizer, reward_model, prompts, judge, model_config, generation, eval_config, seed
+) -> dict:
     """One sampled response per prompt from each policy (same seed), scored by the gold judge and the RM."""
-    sft = sample_policy(sft_model, tokenizer, prompts, model_config, eval_config, seed)
-    ppo = sample_policy(ppo_model, tokenizer, prompts, model_config, eval_config, seed)
+    sft = sample_policy(sft_model, tokenizer, prompts, model_config, generation, eval_config, seed)
+    ppo = sample_policy(ppo_model, tokenizer, prompts, model_config, generation, eval_config, seed)
     gold_sft, gold_ppo = judge.score(prompts, sft.texts), judge.score(prompts, ppo.texts)
     rm_sft = reward_model.score(prompts, sft.texts, batch_size=eval_config.batch_size).numpy()
     rm_ppo = reward_model.score(prompts, ppo.texts, batch_size=eval_config.batch_size).numpy()
@@ -94,7 +97,9 @@ def measure(sft_model, ppo_model, tokenizer, reward_model, prompts, judge, model
         "win_rate": win_rate(np.asarray(gold_ppo), np.asarray(gold_sft)),
         "rm_sft": float(rm_sft.mean()),
         "rm_ppo": float(rm_ppo.mean()),
-        "kl_ppo_sft": float(kl_to_reference(ppo_model, sft_model, ppo, eval_config.batch_size).mean()),
+        "kl_ppo_sft": float(kl_to_reference(
+            ppo_model, sft_model, ppo, generation.temperature, eval_config.batch_size
+        ).mean()),
         "len_sft": float(sft.response_mask.sum(1).float().mean()),
         "len_ppo": float(ppo.response_mask.sum(1).float().mean()),
         "words_sft": float(np.mean([len(t.split()) for t in sft.texts])),
@@ -140,6 +145,7 @@ def main() -> None:
     with KedroSession.create(project_path=REPO_ROOT, env=args.env) as session:
         catalog = session.load_context().catalog
         model_config = ModelConfig(**catalog.load("params:model"))
+        generation = GenerationConfig(**catalog.load("params:generation"))
         eval_config = EvaluationConfig(**catalog.load("params:evaluation"))
         tokenizer, sft_model = catalog.load("tokenizer"), catalog.load("sft_model")
         reward_model = catalog.load("reward_model")
@@ -157,7 +163,9 @@ def main() -> None:
     results = []
     for seed in args.seeds if args.seeds is not None else [eval_config.seed]:
         start = time.perf_counter()
-        r = measure(sft_model, ppo_model, tokenizer, reward_model, prompts, judge, model_config, eval_config, seed)
+        r = measure(
+            sft_model, ppo_model, tokenizer, reward_model, prompts, judge, model_config, generation, eval_config, seed
+        )
         results.append(r)
         print(
             f"seed {seed}: gold SFT {r['gold_sft']:.3f}  PPO {r['gold_ppo']:.3f}  win rate {r['win_rate']:.3f}  "

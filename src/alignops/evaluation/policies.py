@@ -14,9 +14,10 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from alignops.core import kl_k1, selective_log_softmax
 from alignops.models.config import ModelConfig
 from alignops.models.generation import GenerationConfig, GenerationOutput, sample_responses
-from alignops.models.scoring import response_logprobs
+from alignops.models.scoring import response_logits
 
 REFERENCE = "sft"
 
@@ -75,18 +76,46 @@ def sample_policy(
     )
 
 
-def kl_to_reference(
-    policy: PreTrainedModel, reference: PreTrainedModel, samples: GenerationOutput, batch_size: int
-) -> np.ndarray:
-    """(N,) Monte-Carlo KL(π ‖ π_sft) per sample: Σ_t log π − log π_sft over the policy's own tokens.
+@torch.no_grad()
+def sampled_logprobs(
+    model: PreTrainedModel, samples: GenerationOutput, temperature: float, batch_size: int
+) -> torch.Tensor:
+    """(N, R) log π_T(response token | prefix) with π_T = softmax(logits / T), 0 off the response mask.
 
-    Its mean is an unbiased estimate of the sequence-level KL (k1 estimator,
-    Schulman 2020); single samples can be negative.
+    π_T is the distribution ``generate`` drew the samples from at ``temperature`` T (PPO
+    takes its log-probs the same way, ``training.ppo._rollout_forward``).
     """
-    tensors = (samples.query_ids, samples.query_mask, samples.response_ids, samples.response_mask)
-    logp = response_logprobs(policy, *tensors, batch_size=batch_size)  # (N, R)
-    ref_logp = response_logprobs(reference, *tensors, batch_size=batch_size)
-    return (logp - ref_logp).sum(1).cpu().numpy()
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    chunks = []
+    for start in range(0, len(samples.query_ids), batch_size):
+        rows = slice(start, start + batch_size)
+        ids = samples.response_ids[rows].to(device)  # (b, R)
+        mask = samples.response_mask[rows].to(device)
+        query_ids, query_mask = samples.query_ids[rows].to(device), samples.query_mask[rows].to(device)
+        logits = response_logits(model, query_ids, query_mask, ids, mask) / temperature  # (b, R, V)
+        chunks.append(torch.where(mask.bool(), selective_log_softmax(logits, ids), 0.0).cpu())
+    model.train(was_training)
+    return torch.cat(chunks)
+
+
+def kl_to_reference(
+    policy: PreTrainedModel,
+    reference: PreTrainedModel,
+    samples: GenerationOutput,
+    temperature: float,
+    batch_size: int,
+) -> np.ndarray:
+    """(N,) Monte-Carlo KL(π_T ‖ π_sft,T) per sample: Σ_t log π_T − log π_sft,T over the policy's own tokens.
+
+    Both at the sampling ``temperature``: the samples come from π_T, so only its
+    log-probs make the mean an unbiased estimate of the sequence-level KL between the
+    distributions evaluated (k1 estimator, Schulman 2020); single samples can be negative.
+    """
+    logp = sampled_logprobs(policy, samples, temperature, batch_size)  # (N, R)
+    ref_logp = sampled_logprobs(reference, samples, temperature, batch_size)
+    return kl_k1(logp, ref_logp).sum(1).numpy()
 
 
 def win_rate(candidate: np.ndarray, baseline: np.ndarray) -> float:
@@ -133,7 +162,9 @@ def evaluate_policies(
         name: policy_summary(
             s,
             samples[REFERENCE],
-            kl_to_reference(policies[name], policies[REFERENCE], s.generation, config.batch_size)
+            kl_to_reference(
+                policies[name], policies[REFERENCE], s.generation, generation.temperature, config.batch_size
+            )
             if name != REFERENCE
             else None,
         )
