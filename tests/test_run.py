@@ -14,8 +14,9 @@ from alignops.preferences.validation import DataValidationError
 from tests.helpers import REPO_ROOT, TRACKED_FIRST_RUN_DATA, run_kedro
 
 STAGES = {"data_generation", "ingestion", "data_validation", "data_report",
-          "sft", "reward", "ppo", "dpo", "evaluation", "registry"}
+          "sft", "reward", "audit_judge", "ppo", "dpo", "evaluation", "registry"}
 DATA_STAGES = {"ingestion", "data_validation", "data_report"}
+FILES_STAGES = STAGES - {"data_generation"} | {"sources"}
 
 
 def _write_env(project: Path, env: str, catalog: dict, parameters: dict | None = None) -> None:
@@ -26,15 +27,27 @@ def _write_env(project: Path, env: str, catalog: dict, parameters: dict | None =
         (folder / "parameters.yml").write_text(json.dumps(parameters))
 
 
-def test_registry_has_every_stage_and_the_compositions():
+@pytest.mark.parametrize(("sources", "journey"), [(None, STAGES), ({"kind": "files"}, FILES_STAGES)])
+def test_registry_has_every_stage_and_the_journey_for_the_data_source(sources, journey):
     from kedro.framework.project import configure_project, pipelines
 
+    from alignops.pipeline_registry import use_sources
+
     configure_project("alignops")
-    names = set(pipelines)
-    assert STAGES | {"data", "__default__"} <= names
-    nodes = {name: {n.name for n in pipelines[name].nodes} for name in STAGES | {"data", "__default__"}}
-    assert nodes["__default__"] == set().union(*(nodes[stage] for stage in STAGES))
-    assert nodes["data"] == set().union(*(nodes[stage] for stage in DATA_STAGES))
+    use_sources(sources)
+    try:
+        names = set(pipelines)
+        assert STAGES | FILES_STAGES | {"data", "__default__"} <= names
+        nodes = {name: {n.name for n in pipelines[name].nodes} for name in journey | {"data", "__default__"}}
+        assert nodes["__default__"] == set().union(*(nodes[stage] for stage in journey))
+        assert nodes["data"] == set().union(*(nodes[stage] for stage in DATA_STAGES))
+        inputs, datasets = pipelines["__default__"].inputs(), pipelines["__default__"].datasets()
+        if sources is None:  # the world makes the preferences and its gold judge
+            assert "raw_preferences" not in inputs and "gold_judge_spec" in datasets
+        else:  # the user's preferences, and nothing of the world: no gold judge, no world summary
+            assert "raw_preferences" in inputs and not {"gold_judge_spec", "world_summary"} & datasets
+    finally:
+        use_sources(None)
 
 
 @pytest.mark.slow
@@ -51,8 +64,9 @@ def test_kedro_run_cli_runs_the_default_dag_end_to_end(tracked_project):
     assert len(validated) + quarantined == len(canonical)  # nothing dropped silently
     train = pd.read_parquet(data / "05_model_input" / "preferences_train.parquet")
     heldout = pd.read_parquet(data / "05_model_input" / "preferences_heldout.parquet")
-    assert len(train) + len(heldout) == len(validated) and len(heldout) > 0
-    assert not set(train["prompt"]) & set(heldout["prompt"])
+    audit = pd.read_parquet(data / "05_model_input" / "preferences_audit.parquet")
+    assert len(train) + len(heldout) + len(audit) == len(validated) and len(heldout) > 0 and len(audit) > 0
+    assert not set(train["prompt"]) & set(heldout["prompt"]) and not set(train["prompt"]) & set(audit["prompt"])
 
     report = json.loads((data / "08_reporting" / "data_report.json").read_text())
     assert report["rows"] == len(validated)

@@ -37,9 +37,19 @@ PANELS: dict[str, list[tuple[str, list[str]]]] = {
         ("log-probabilities", ["logps/chosen", "logps/rejected"]),
     ],
 }
+# The audit judge is trained by the reward loop, its metrics renamed reward -> audit_judge.
+PANELS["audit_judge"] = [
+    (title, [name.replace("reward", "audit_judge") for name in names]) for title, names in PANELS["reward"]
+]
 """Per stage: (panel title, metric names drawn in it). Names a run did not log are skipped."""
 
-TITLES = {"sft": "Supervised fine-tuning", "reward": "Reward model", "ppo": "PPO", "dpo": "DPO"}
+TITLES = {
+    "sft": "Supervised fine-tuning",
+    "reward": "Reward model",
+    "audit_judge": "Audit judge (reward model on the audit split)",
+    "ppo": "PPO",
+    "dpo": "DPO",
+}
 
 
 def plot_training_curves(rows: list[dict], stage: str) -> plt.Figure:

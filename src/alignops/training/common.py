@@ -295,15 +295,24 @@ class MetricHistory:
 
     Loops log into it; nodes return ``rows`` (JSON-ready) for the stage's history file and
     curves. ``sink`` is another log callable to forward to as well (the MLflow logger);
-    used as a context manager, a sink's ``flush`` runs on exit.
+    used as a context manager, a sink's ``flush`` runs on exit. ``stage`` renames a loop's
+    stage segment (``reward/accuracy`` -> ``audit_judge/accuracy`` for ``stage=("reward",
+    "audit_judge")``) in both, when one loop trains two models in one run.
     """
 
-    def __init__(self, sink: LogFn | None = None) -> None:
+    def __init__(self, sink: LogFn | None = None, stage: tuple[str, str] | None = None) -> None:
         self.rows: list[dict[str, float]] = []
         self._sink = sink
+        self._stage = stage
+
+    def _name(self, name: str) -> str:
+        if self._stage is None:
+            return name
+        old, new = self._stage
+        return "/".join(new if part == old else part for part in name.split("/"))
 
     def __call__(self, metrics: dict[str, Any], step: int) -> None:
-        values = {name: float(value) for name, value in metrics.items()}
+        values = {self._name(name): float(value) for name, value in metrics.items()}
         self.rows.append({"step": int(step), **values})
         if self._sink is not None:
             self._sink(values, step)

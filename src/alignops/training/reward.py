@@ -27,7 +27,9 @@ from alignops.core.losses import bradley_terry_loss
 from alignops.models.collate import Batch, select_rows
 from alignops.models.config import ModelConfig
 from alignops.models.generation import GenerationConfig, GenerationOutput, sample_responses
+from alignops.models.loading import load_model
 from alignops.models.reward import RewardModel, build_reward_backbone, sequence_rewards
+from alignops.models.tokenizer import ensure_pad_token, load_tokenizer, resize_for_tokenizer
 from alignops.training.batching import GroupedBatches
 from alignops.training.common import LogFn, Stats, make_accelerator, make_optimizer, train_epochs
 from alignops.training.reward_config import RewardConfig
@@ -35,6 +37,7 @@ from alignops.training.reward_config import RewardConfig
 __all__ = [
     "Comparisons",
     "comparisons",
+    "pretrained_reward_model",
     "normalise_reward_model",
     "policy_samples",
     "train_reward_model",
@@ -195,6 +198,31 @@ def train_reward_model(
         checkpoint_dir=checkpoint_dir,
     )
     return dataclasses.replace(reward_model, model=trained)
+
+
+def pretrained_reward_model(path: str, model_config: ModelConfig) -> RewardModel:
+    """A trained one-output sequence classifier from elsewhere (a local folder or hub id), with
+    its own tokenizer, showing prompts in the run's format; un-normalised (mean 0, std 1).
+
+    Loaded without resizing its head: a checkpoint with another number of labels is
+    refused rather than given a fresh, untrained head.
+    """
+    model = load_model(path, "sequence_classification", model_config.trust_remote_code, model_config.dtype)
+    if model.config.num_labels != 1:
+        raise ValueError(
+            f"{path} has {model.config.num_labels} outputs; a reward model has one (a scalar score per reply)"
+        )
+    model.config.use_cache = False
+    tokenizer = load_tokenizer(path, trust_remote_code=model_config.trust_remote_code)
+    ensure_pad_token(tokenizer)
+    return RewardModel(
+        model=resize_for_tokenizer(model, tokenizer),
+        tokenizer=tokenizer,
+        prompt_template=model_config.prompt_template,
+        response_prefix=model_config.response_prefix,
+        max_prompt_tokens=model_config.max_prompt_tokens,
+        max_response_tokens=model_config.max_response_tokens,
+    )
 
 
 def policy_samples(

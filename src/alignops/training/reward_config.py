@@ -21,6 +21,10 @@ class RewardConfig:
     head (Ouyang et al. 2022: the RM knows what the policy knows). Anything else is a
     local folder or hub id loaded as a sequence classifier with ITS OWN tokenizer;
     texts are re-tokenised from strings either way."""
+    train: bool = True
+    """False uses ``base`` as it is: a trained Hugging Face sequence classifier with one
+    output from elsewhere (no alignops normalisation file needed). Nothing is fitted;
+    the model is only normalised on the SFT policy's samples, like a trained one."""
     learning_rate: float = 1e-3
     """Peak AdamW rate. The SFT body is tiny and gets a few hundred steps, so it takes a
     rate ~50x a pretrained RM's (1e-5 to 3e-5 there); half of it scored a little lower
@@ -88,6 +92,8 @@ class RewardConfig:
     def __post_init__(self) -> None:
         if not self.base:
             raise ValueError("reward.base must be 'sft', a local path or a hub id")
+        if not self.train and self.base == "sft":
+            raise ValueError("reward.train false uses a trained classifier as it is: set reward.base to its path")
         check_epoch_loop_settings(self)
         if min(self.batch_size, self.grad_accum, self.eval_batch_size, self.log_every, self.eval_every) < 1:
             raise ValueError("batch sizes, grad_accum, log_every and eval_every must be >= 1")

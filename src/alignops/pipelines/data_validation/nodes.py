@@ -34,6 +34,8 @@ def gate(validation_report: dict[str, Any], passing_preferences: pd.DataFrame) -
     return passing_preferences
 
 
-def split(validated_preferences: pd.DataFrame, params: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Train and held-out comparisons, split by prompt (see ``alignops.preferences.split``)."""
+def split(
+    validated_preferences: pd.DataFrame, params: dict[str, Any]
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Train, held-out and audit comparisons, split by prompt (see ``alignops.preferences.split``)."""
     return split_preferences(validated_preferences, SplitConfig(**params))

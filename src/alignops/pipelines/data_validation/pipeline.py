@@ -1,5 +1,5 @@
 """data_validation: `preferences` -> report, Data Docs, quarantine -> `validated_preferences`,
-split by prompt into `preferences_train` and `preferences_heldout`."""
+split by prompt into `preferences_train`, `preferences_heldout` and `preferences_audit`."""
 
 from kedro.pipeline import Pipeline, node
 
@@ -29,7 +29,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             node(
                 split,
                 inputs=["validated_preferences", "params:data_split"],
-                outputs=["preferences_train", "preferences_heldout"],
+                outputs=["preferences_train", "preferences_heldout", "preferences_audit"],
                 name="split_preferences",
             ),
         ]

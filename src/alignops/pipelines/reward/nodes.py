@@ -1,4 +1,4 @@
-"""Nodes of reward: fit the reward model to the preference pairs, then normalise it."""
+"""Nodes of reward: fit the reward model to the preference pairs (or take a trained one), then normalise it."""
 
 from __future__ import annotations
 
@@ -10,8 +10,36 @@ from alignops.models.generation import GenerationConfig
 from alignops.models.reward import RewardModel
 from alignops.tracking.logger import metric_logger
 from alignops.training.common import MetricHistory
-from alignops.training.reward import normalise_reward_model, train_reward_model
+from alignops.training.reward import normalise_reward_model, pretrained_reward_model, train_reward_model
 from alignops.training.reward_config import RewardConfig
+
+
+def fit_reward_model(
+    train_pairs: pd.DataFrame,
+    heldout_pairs: pd.DataFrame,
+    sft_model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    checkpoint_dir: str,
+    model_config: ModelConfig,
+    generation: GenerationConfig,
+    config: RewardConfig,
+    history: MetricHistory,
+    normalisation_prompts: list[str],
+) -> RewardModel:
+    """Trained on ``train_pairs`` (or loaded from ``config.base`` when ``config.train`` is off),
+    then normalised on the SFT policy's samples for ``normalisation_prompts``."""
+    if config.train:
+        reward_model = train_reward_model(
+            sft_model, tokenizer, train_pairs, heldout_pairs, model_config, config, history,
+            checkpoint_dir=checkpoint_dir,
+        )
+    else:
+        reward_model = pretrained_reward_model(config.base, model_config)
+    last_step = history.rows[-1]["step"] if history.rows else 0
+    return normalise_reward_model(
+        reward_model, sft_model, tokenizer, normalisation_prompts, model_config, config, generation,
+        history, step=last_step,
+    )
 
 
 def train(
@@ -29,29 +57,10 @@ def train(
     Held-out accuracy is against the panel's labels on ``preferences_heldout``;
     normalisation samples the SFT policy on the training prompts.
     """
-    model_config, config = ModelConfig(**model), RewardConfig(**reward)
     with MetricHistory(sink=metric_logger()) as history:
-        reward_model = train_reward_model(
-            sft_model,
-            tokenizer,
-            preferences_train,
-            preferences_heldout,
-            model_config,
-            config,
-            history,
-            checkpoint_dir=reward_checkpoints,
-        )
-        prompts = preferences_train["prompt"].astype(str).tolist()
-        last_step = history.rows[-1]["step"] if history.rows else 0
-        reward_model = normalise_reward_model(
-            reward_model,
-            sft_model,
-            tokenizer,
-            prompts,
-            model_config,
-            config,
-            GenerationConfig(**generation),
-            history,
-            step=last_step,
+        reward_model = fit_reward_model(
+            preferences_train, preferences_heldout, sft_model, tokenizer, reward_checkpoints,
+            ModelConfig(**model), GenerationConfig(**generation), RewardConfig(**reward), history,
+            preferences_train["prompt"].astype(str).tolist(),
         )
     return reward_model, history.rows
