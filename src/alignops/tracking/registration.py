@@ -7,6 +7,7 @@ the models' code: the promotion CLI and the Kedro hook import ``registry`` witho
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import mlflow
 from mlflow.tracking import MlflowClient
@@ -20,7 +21,9 @@ from alignops.tracking.models import log_policy, log_reward_model
 from alignops.tracking.registry import (
     CANDIDATE,
     CHAMPION,
+    Evidence,
     RegistryConfig,
+    alias_version,
     apply_gate,
     choose_policy,
     data_hash,
@@ -29,6 +32,11 @@ from alignops.tracking.registry import (
 )
 
 logger = logging.getLogger(__name__)
+
+HeadToHead = Callable[[str, str | None], Evidence]
+"""(the candidate's model URI, the champion's model URI or None) -> the evidence: the
+candidate loaded back from the registry against the champion, or against the run's own
+SFT policy when there is no champion yet (``alignops.pipelines.registry.nodes``)."""
 
 
 def register_run(
@@ -41,9 +49,11 @@ def register_run(
     model_config: ModelConfig,
     generation: GenerationConfig,
     config: RegistryConfig,
+    head_to_head: HeadToHead,
 ) -> dict:
     """Log and register the run's reward model and its chosen policy (``policies`` by method),
-    tag both versions with their evaluation figures and data hash, then run the gate.
+    tag both versions with their evaluation figures and data hash, make the policy the
+    ``candidate``, judge it with ``head_to_head`` and run the gate.
     Returns the decision as the registry pipeline saves it (``registry_decision``)."""
     digest = data_hash(client.get_run(run_id).data.tags)
     if digest:
@@ -78,19 +88,26 @@ def register_run(
             "data_hash": digest or "unknown",
             "run_id": run_id,
             "reward_model_version": rm_version,
-            **{f"eval.{k}": f"{v:.4f}" for k, v in figures.items() if v is not None},
+            **{f"eval.{k}": f"{v:.4f}" for k, v in figures.items()},
         },
     )
     client.update_model_version(
         config.policy_model,
         version,
         description=f"{method.upper()} policy of run {run_id}; "
-        + ", ".join(f"{k} {v:.3f}" for k, v in figures.items() if v is not None),
+        + ", ".join(f"{k} {v:.3f}" for k, v in figures.items() if "." not in k),
     )
+    client.set_registered_model_alias(config.policy_model, CANDIDATE, version)
 
-    decision = apply_gate(client, config.policy_model, version, figures, config)
+    # The registered artifact is what gets judged, against the champion as it was registered.
+    champion_version = alias_version(client, config.policy_model, CHAMPION)
+    evidence = head_to_head(
+        f"models:/{config.policy_model}/{version}",
+        f"models:/{config.policy_model}/{champion_version}" if champion_version else None,
+    )
+    decision = apply_gate(client, config.policy_model, version, evidence, champion_version, config)
     if decision.promote:
-        # the reward model this champion was judged (and, for PPO, trained) with
+        # the run's reward model goes with its champion policy (a PPO policy was trained against it)
         client.set_registered_model_alias(config.reward_model, CHAMPION, rm_version)
     client.set_tag(run_id, "registry.policy_version", version)
     client.set_tag(run_id, "registry.decision", "promoted" if decision.promote else "held")
@@ -106,11 +123,10 @@ def register_run(
         "policy_model": config.policy_model,
         "policy_version": version,
         "method": method,
-        "figures": figures,
         "promoted": decision.promote,
-        "reason": decision.reason,
-        "metric": decision.metric,
-        "champion_version": version if decision.promote else decision.champion_version,
+        **decision.as_dict(),
+        "champion_version": version if decision.promote else champion_version,
+        "figures": figures,
         "reward_model": config.reward_model,
         "reward_model_version": rm_version,
         "data_hash": digest,

@@ -1,12 +1,16 @@
 """The model registry: every run registers its policy and reward model; a gate moves ``champion``.
 
-Each new policy version gets the alias ``candidate``. ``champion`` moves to it only if
-it beats the current champion on the gate's metric by the configured margin; the
-decision and its reasons are tags on the version, so the UI shows why a model was or
-was not promoted. A person overrides the gate by moving the alias (README).
-``alignops.tracking.registration.register_run`` does all of it for one run (the registry
-pipeline's node only calls it); this module needs MLflow alone, so the promotion CLI and
-the Kedro hook start without torch.
+Each new policy version gets the alias ``candidate``. ``champion`` moves to it only on
+evidence: the candidate and the current champion (or, before there is one, the run's
+own SFT policy) answer the same evaluation prompts, one judge scores both, and the
+lower end of the paired bootstrap interval of the per-prompt difference must be above
+``margin``. The comparison itself is ``alignops.evaluation.comparison`` (tracking does
+not import evaluation); here it arrives as an ``Evidence``. The decision, its interval
+and its reason are tags on the version, so the UI shows why a model was or was not
+promoted. A person overrides the gate by moving the alias (README).
+
+``alignops.tracking.registration.register_run`` does all of it for one run; this module
+needs MLflow alone, so the promotion CLI and the Kedro hook start without torch.
 """
 
 from __future__ import annotations
@@ -21,15 +25,9 @@ from mlflow.tracking import MlflowClient
 
 CANDIDATE, CHAMPION = "candidate", "champion"
 METHODS = ("sft", "ppo", "dpo")
-METRICS = ("gold_win_rate", "rm_score")
-FIGURES = {
-    # version tag (eval.<name>) <- evaluation summary key
-    "gold_win_rate": "gold_win_rate_vs_sft",
-    "gold_mean": "gold_mean",
-    "rm_score": "rm_mean",
-    "kl_to_sft": "kl_to_sft",
-    "mean_length": "mean_length",
-}
+METRICS = ("advantage", "score")
+SFT_BASELINE = "sft of this run"
+"""``compared_to`` when there was no champion: the candidate had to beat its own SFT policy."""
 DATA_TAG_PREFIX = "data/"
 """Run tags ``data/<dataset>/<file name>`` hold each input file's md5 (set by the tracking hook)."""
 
@@ -43,101 +41,130 @@ class RegistryConfig:
     reward_model: str = "alignops-reward-model"
     """Registered model name for reward models."""
     policy: str = "best"
-    """Which of the run's policies is registered: sft, ppo, dpo, or best (the run's best on
-    the gate's metric, among those within the KL bound when the metric is rm_score)."""
-    metric: str = "auto"
-    """gold_win_rate (gold judge's win rate against the run's SFT policy), rm_score (mean
-    reward-model score, only within ``max_kl``), or auto: gold where a gold judge scored
-    the run, else rm_score."""
+    """Which of the run's policies is registered: sft, ppo, dpo, or best (the highest win rate
+    against the run's SFT policy by the evaluation summary's judge, gold or audit). Never the
+    reward model's own score: a policy that exploits its reward model would rank first."""
+    metric: str = "advantage"
+    """The per-prompt statistic of the head-to-head, candidate against baseline, same judge:
+    ``advantage`` = P(candidate's reply scores higher) - P(lower), the mean of
+    sign(s_candidate - s_baseline) over prompts, in [-1, 1] (= 2 x win rate - 1, ties
+    counting half; 0 for identical policies); ``score`` = the mean difference of the judge's
+    scores, in the judge's units. The advantage does not depend on the judge's scale, so
+    one margin means the same thing under gold and under an audit reward model."""
     margin: float = 0.02
-    """How much a candidate must beat the champion by: evaluation on a few hundred prompts
-    moves by a couple of points from seed to seed, and a tie should not churn the alias."""
-    max_kl: float = 5.0
-    """KL bound (nats per response, against SFT) for promotion on rm_score: a policy far
-    from its reference can score high on the reward model by exploiting it."""
+    """The lower end of the 95% paired interval of the metric must be strictly above this
+    for ``champion`` to move. The interval carries the noise (on 300 prompts an advantage's
+    interval is about +-0.1 wide when most replies differ); the margin is the smallest gain
+    worth a new champion: 0.02 of advantage is one prompt in a hundred won rather than lost."""
 
     def __post_init__(self) -> None:
         if self.policy not in (*METHODS, "best"):
             raise ValueError(f"registry.policy must be one of {[*METHODS, 'best']}, got {self.policy!r}")
-        if self.metric not in (*METRICS, "auto"):
-            raise ValueError(f"registry.metric must be one of {[*METRICS, 'auto']}, got {self.metric!r}")
-        if self.margin < 0 or self.max_kl <= 0:
-            raise ValueError(f"registry.margin must be >= 0 and max_kl > 0, got {self.margin}, {self.max_kl}")
+        if self.metric not in METRICS:
+            raise ValueError(f"registry.metric must be one of {list(METRICS)}, got {self.metric!r}")
+        if not self.margin >= 0:
+            raise ValueError(f"registry.margin must be >= 0, got {self.margin}")
 
 
-def policy_figures(summary: dict, method: str) -> dict[str, float | None]:
-    """A policy's evaluation figures under their registry names (None where not measured)."""
-    figures = summary["policies"][method]
-    return {name: _number(figures.get(key)) for name, key in FIGURES.items()}
+def policy_figures(summary: dict, method: str) -> dict[str, float]:
+    """A policy's evaluation figures, flat, under their summary names: the judge's win rate
+    against SFT and mean score with ``.ci_low``/``.ci_high`` beside each, then the reward
+    model's mean, the KL to SFT and the mean length (what was measured, nothing more)."""
+    judge = summary["judge"]
+    entries = summary["policies"][method]
+    figures: dict[str, float] = {}
+    for key in (f"{judge}_win_rate_vs_sft", f"{judge}_mean"):
+        entry = entries.get(key)
+        if isinstance(entry, dict) and _number(entry.get("value")) is not None:
+            figures[key] = float(entry["value"])
+            for end in ("ci_low", "ci_high"):
+                if _number(entry.get(end)) is not None:
+                    figures[f"{key}.{end}"] = float(entry[end])
+    for key in ("rm_mean", "kl_to_sft", "mean_length"):
+        if _number(entries.get(key)) is not None:
+            figures[key] = float(entries[key])
+    return figures
 
 
-def gate_metric(config: RegistryConfig, figures: dict[str, float | None]) -> str:
-    if config.metric != "auto":
-        return config.metric
-    return "gold_win_rate" if figures.get("gold_win_rate") is not None else "rm_score"
+def choose_policy(summary: dict, config: RegistryConfig) -> str:
+    """The method to register: the configured one, or the run's highest win rate against
+    SFT by the summary's judge (SFT on a tie: it is the simpler policy)."""
+    if config.policy != "best":
+        return config.policy
+    key = f"{summary['judge']}_win_rate_vs_sft"
+    trained = [m for m in METHODS if m in summary["policies"]]
+
+    def rank(method: str) -> float:
+        return policy_figures(summary, method).get(key, -math.inf)
+
+    return max(trained, key=rank)
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """A candidate head to head with a baseline on the same prompts, as the gate reads it
+    (``alignops.evaluation.comparison.compare`` measures it)."""
+
+    metric: str
+    """``advantage`` or ``score`` (``RegistryConfig.metric``)."""
+    value: float
+    """The metric's mean over prompts, candidate minus baseline."""
+    ci_low: float
+    ci_high: float
+    """The paired percentile bootstrap interval of ``value``, resampling prompts."""
+    n_prompts: int
+    judge: str
+    """The judge's name (``gold`` or ``audit``) and what it is."""
+    judge_description: str
+    candidate_mean: float
+    baseline_mean: float
+    """The judge's mean score of each side's replies, for the reader."""
+    level: float = 0.95
+    """The interval's two-sided coverage."""
 
 
 @dataclass(frozen=True)
 class Decision:
     promote: bool
     reason: str
-    metric: str
-    value: float | None
-    champion_version: str | None = None
-    champion_value: float | None = None
+    evidence: Evidence
+    compared_to: str
+    """``v<N>`` (the champion) or ``SFT_BASELINE``."""
+    margin: float
+
+    def as_dict(self) -> dict[str, Any]:
+        """What the decision file and the version's ``promotion.*`` tags hold."""
+        e = self.evidence
+        return {
+            "decision": "promoted" if self.promote else "held",
+            "reason": self.reason,
+            "metric": e.metric,
+            "value": e.value,
+            "ci_low": e.ci_low,
+            "ci_high": e.ci_high,
+            "margin": self.margin,
+            "n_prompts": e.n_prompts,
+            "judge": e.judge,
+            "judge_description": e.judge_description,
+            "compared_to": self.compared_to,
+            "candidate_mean": e.candidate_mean,
+            "baseline_mean": e.baseline_mean,
+        }
 
 
-def decide(
-    candidate: dict[str, float | None],
-    champion: dict[str, float | None] | None,
-    champion_version: str | None,
-    config: RegistryConfig,
-) -> Decision:
-    """Promote ``candidate`` over ``champion`` (figures as in ``policy_figures``)?"""
-    metric = gate_metric(config, candidate)
-    value = candidate.get(metric)
-    if value is None:
-        return Decision(False, f"the candidate has no {metric} figure", metric, None)
-    if metric == "rm_score":
-        kl = candidate.get("kl_to_sft")
-        if kl is None or kl > config.max_kl:
-            shown = "unknown" if kl is None else f"{kl:.3f}"
-            return Decision(False, f"KL to SFT {shown} is over the bound {config.max_kl}", metric, value)
-    if champion is None:
-        return Decision(True, f"no champion yet; {metric} {value:.3f}", metric, value)
-    held = champion.get(metric)
-    if held is None:
-        return Decision(
-            False,
-            f"champion v{champion_version} has no {metric} figure to compare with; a person decides",
-            metric,
-            value,
-            champion_version,
-        )
-    gain = value - held
-    verdict = (
-        f"{metric} {value:.3f} vs champion v{champion_version} {held:.3f}: {gain:+.3f}, "
-        + ("at least" if gain >= config.margin else "under")
-        + f" the margin {config.margin}"
+def decide(evidence: Evidence, margin: float, compared_to: str) -> Decision:
+    """Promote iff the interval's lower end is strictly above ``margin``: a candidate no
+    better than its baseline (identical policies give [0, 0]) never takes the alias."""
+    promote = evidence.ci_low > margin
+    against = "this run's SFT policy (no champion yet)" if compared_to == SFT_BASELINE else f"champion {compared_to}"
+    reason = (
+        f"{evidence.metric} {evidence.value:+.3f} [{evidence.ci_low:+.3f}, {evidence.ci_high:+.3f}] "
+        f"vs {against}, {evidence.judge} judge on {evidence.n_prompts} prompts: lower end "
+        + ("above" if promote else "under")
+        + f" the margin {margin} → "
+        + ("promoted" if promote else "held")
     )
-    return Decision(gain >= config.margin, verdict, metric, value, champion_version, held)
-
-
-def choose_policy(summary: dict, config: RegistryConfig) -> str:
-    """The method to register: the configured one, or the run's best on the gate's metric."""
-    if config.policy != "best":
-        return config.policy
-    trained = [m for m in METHODS if m in summary["policies"]]
-    figures = {m: policy_figures(summary, m) for m in trained}
-    metric = gate_metric(config, figures[trained[0]])
-
-    def rank(method: str) -> float:
-        value = figures[method].get(metric)
-        kl = figures[method].get("kl_to_sft")
-        out_of_bound = metric == "rm_score" and (kl is None or kl > config.max_kl)
-        return -math.inf if value is None or out_of_bound else value
-
-    return max(trained, key=rank)
+    return Decision(promote, reason, evidence, compared_to, margin)
 
 
 def data_hash(run_tags: dict[str, str]) -> str | None:
@@ -146,11 +173,6 @@ def data_hash(run_tags: dict[str, str]) -> str | None:
     if not entries:
         return None
     return hashlib.md5("\n".join(entries).encode()).hexdigest()
-
-
-def version_figures(client: MlflowClient, name: str, version: str) -> dict[str, float | None]:
-    tags = client.get_model_version(name, version).tags
-    return {figure: _number(tags.get(f"eval.{figure}")) for figure in FIGURES}
 
 
 def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
@@ -170,30 +192,35 @@ def apply_gate(
     client: MlflowClient,
     name: str,
     version: str,
-    figures: dict[str, float | None],
+    evidence: Evidence,
+    champion_version: str | None,
     config: RegistryConfig,
 ) -> Decision:
-    """Give ``version`` the ``candidate`` alias, move ``champion`` if the gate says so, and
-    tag the version with the decision and its reason."""
-    champion_version = alias_version(client, name, CHAMPION)
-    champion = version_figures(client, name, champion_version) if champion_version else None
-    decision = decide(figures, champion, champion_version, config)
-    client.set_registered_model_alias(name, CANDIDATE, version)
+    """Move ``champion`` to ``version`` if ``evidence`` (against ``champion_version``, or this
+    run's SFT policy when None) clears the margin, and tag the version with the decision.
+
+    The alias is read again first: if another run moved it while this one was being judged,
+    the evidence is against a version that is no longer champion, and the candidate is held.
+    """
+    decision = decide(evidence, config.margin, f"v{champion_version}" if champion_version else SFT_BASELINE)
+    current = alias_version(client, name, CHAMPION)
+    if current != champion_version:
+        decision = Decision(
+            False,
+            f"champion moved to v{current} while this candidate was judged against {decision.compared_to}; "
+            "held (a person decides, or the next run compares with the new champion)",
+            evidence,
+            decision.compared_to,
+            config.margin,
+        )
     if decision.promote:
         client.set_registered_model_alias(name, CHAMPION, version)
-    tag_version(
-        client,
-        name,
-        version,
-        {
-            "promotion.decision": "promoted" if decision.promote else "held",
-            "promotion.reason": decision.reason,
-            "promotion.metric": decision.metric,
-            "promotion.margin": str(config.margin),
-            "promotion.compared_to": f"v{champion_version}" if champion_version else "none",
-        },
-    )
+    tag_version(client, name, version, {f"promotion.{k}": _tag(v) for k, v in decision.as_dict().items()})
     return decision
+
+
+def _tag(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 def _number(value: Any) -> float | None:

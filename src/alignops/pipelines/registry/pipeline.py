@@ -2,10 +2,16 @@
 
 from kedro.pipeline import Pipeline, node
 
-from .nodes import log_evaluation, register_models
+from .nodes import log_evaluation, register_models, register_models_with_audit_judge
 
 
-def create_pipeline(**kwargs) -> Pipeline:
+def create_pipeline(gold_judge: bool = True, **kwargs) -> Pipeline:
+    """The gate's judge is the world's gold judge (``gold_judge_spec``) or, on a user's data
+    without one, the audit reward model (``audit_judge``)."""
+    if gold_judge:
+        register, judge = register_models, "gold_judge_spec"
+    else:
+        register, judge = register_models_with_audit_judge, "audit_judge"
     return Pipeline(
         [
             node(
@@ -22,7 +28,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 name="log_evaluation",
             ),
             node(
-                register_models,
+                register,
                 inputs=[
                     "sft_model",
                     "ppo_model",
@@ -30,8 +36,11 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "tokenizer",
                     "reward_model",
                     "evaluation_summary",
+                    "eval_prompts",
+                    judge,
                     "params:model",
                     "params:generation",
+                    "params:evaluation",
                     "params:registry",
                 ],
                 outputs="registry_decision",

@@ -1,0 +1,168 @@
+"""A run's registration through the registry node, on a real MLflow store with tiny policies.
+
+The gate samples the candidate loaded back from the registry (and the champion likewise).
+The hand-made judges here like exactly the replies one in-memory policy gives under the
+gate's sampling: a promotion by them also shows that the served artifact samples what
+the in-memory policy did.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from alignops.evaluation.judges import Judge
+from alignops.models.generation import GenerationConfig, sample_responses
+from alignops.models.reward import RewardModel, build_reward_backbone
+from alignops.pipelines.registry import create_pipeline
+from alignops.pipelines.registry.nodes import register_judged, register_models, register_models_with_audit_judge
+from alignops.tracking.registry import CANDIDATE, CHAMPION, SFT_BASELINE, alias_version
+from alignops.world import world_spec
+from tests.helpers import TINY_LLAMA, make_tiny_policy
+
+PROMPTS = ["where is my order", "reset my password please", "refund my charge", "close my account",
+           "help with the order", "my password is where", "thanks for the refund", "no charge please"]
+EVAL_PROMPTS = pd.DataFrame({"prompt": PROMPTS})
+SETTINGS = GenerationConfig(max_new_tokens=8)
+SAMPLING = {"seed": 3, "batch_size": 4}
+PARAMETERS = {
+    "model_params": dataclasses.asdict(TINY_LLAMA),
+    "generation": dataclasses.asdict(SETTINGS),
+    "evaluation": {**SAMPLING, "best_of_n": 0},
+    "params": {"margin": 0.02},
+}
+POLICY, REWARD = "alignops-policy", "alignops-reward-model"
+
+
+@pytest.fixture(scope="module")
+def other_policy(tokenizer):
+    """A second random tiny Llama: every reply differs from ``sft_model``'s."""
+    return make_tiny_policy(tokenizer, seed=1)
+
+
+@pytest.fixture(scope="module")
+def reward_model(sft_model, tokenizer) -> RewardModel:
+    model, rm_tokenizer = build_reward_backbone("sft", sft_model, tokenizer)
+    return RewardModel(model.eval(), rm_tokenizer, TINY_LLAMA.prompt_template, TINY_LLAMA.response_prefix, 16, 16)
+
+
+def fan_of(policy, tokenizer) -> Judge:
+    """A judge that likes exactly the replies ``policy`` gives under the gate's sampling."""
+    texts = sample_responses(policy, tokenizer, PROMPTS, TINY_LLAMA, SETTINGS, **SAMPLING).texts
+    liked = set(zip(PROMPTS, texts, strict=True))
+
+    def score(prompts: list[str], responses: list[str]) -> np.ndarray:
+        return np.array([float(pair in liked) for pair in zip(prompts, responses, strict=True)])
+
+    return Judge("gold", "likes one policy's replies and nothing else", score)
+
+
+def summary(best: str) -> dict:
+    """An evaluation summary in which ``best`` has the highest gold win rate against SFT."""
+
+    def figures(method: str) -> dict:
+        rate = 0.5 if method == "sft" else 0.7 if method == best else 0.4
+        return {
+            "gold_win_rate_vs_sft": {"value": rate, "ci_low": rate - 0.1, "ci_high": rate + 0.1},
+            "gold_mean": {"value": 1.0, "ci_low": 0.9, "ci_high": 1.1},
+            "rm_mean": 0.5,
+            "kl_to_sft": 0.0 if method == "sft" else 1.5,
+            "mean_length": 6.0,
+        }
+
+    return {
+        "judge": "gold",
+        "judges": {"gold": "the embedded world's gold judge"},
+        "policies": {method: figures(method) for method in ("sft", "ppo", "dpo")},
+        "reward_model": {"heldout_accuracy": 0.75},
+    }
+
+
+def register(sft, ppo, judge, tokenizer, reward_model, **params) -> dict:
+    """One run's registration with PPO as its best policy, judged by ``judge``."""
+    with mlflow.start_run():
+        return register_judged(
+            {"sft": sft, "ppo": ppo, "dpo": sft}, tokenizer, reward_model, summary("ppo"), EVAL_PROMPTS, judge,
+            **{**PARAMETERS, "params": {**PARAMETERS["params"], **params}},
+        )
+
+
+def test_a_better_first_run_becomes_champion_and_the_same_model_again_is_held(
+    client, sft_model, other_policy, tokenizer, reward_model
+):
+    first = register(sft_model, other_policy, fan_of(other_policy, tokenizer), tokenizer, reward_model)
+    assert first["promoted"] and first["decision"] == "promoted" and first["method"] == "ppo"
+    assert first["compared_to"] == SFT_BASELINE and first["n_prompts"] == len(PROMPTS)
+    assert (first["value"], first["ci_low"], first["ci_high"]) == (1.0, 1.0, 1.0)
+    assert alias_version(client, POLICY, CHAMPION) == "1" == alias_version(client, REWARD, CHAMPION)
+
+    # the same policy again, through the gold node: identical replies, an interval of exactly [0, 0]
+    with mlflow.start_run():
+        second = register_models(
+            sft_model, other_policy, sft_model, tokenizer, reward_model, summary("ppo"), EVAL_PROMPTS,
+            world_spec(), **PARAMETERS,
+        )
+    assert not second["promoted"] and second["decision"] == "held"
+    assert (second["value"], second["ci_low"], second["ci_high"]) == (0.0, 0.0, 0.0)
+    assert second["compared_to"] == "v1" and second["champion_version"] == "1"
+    assert second["judge"] == "gold" and second["judge_description"] == "the embedded world's gold judge"
+    assert second["reason"] == (
+        "advantage +0.000 [+0.000, +0.000] vs champion v1, gold judge on 8 prompts: "
+        "lower end under the margin 0.02 → held"
+    )
+    assert alias_version(client, POLICY, CHAMPION) == "1" and alias_version(client, POLICY, CANDIDATE) == "2"
+    assert alias_version(client, REWARD, CHAMPION) == "1" and alias_version(client, REWARD, CANDIDATE) == "2"
+    tags = client.get_model_version(POLICY, "2").tags
+    assert tags["promotion.decision"] == "held" and tags["promotion.compared_to"] == "v1"
+    assert (tags["promotion.ci_low"], tags["promotion.ci_high"], tags["promotion.margin"]) == (
+        "0.0000", "0.0000", "0.0200")
+    assert tags["method"] == "ppo" and tags["eval.gold_win_rate_vs_sft"] == "0.7000"
+    assert tags["eval.gold_win_rate_vs_sft.ci_low"] == "0.6000"
+
+
+def test_a_candidate_the_judge_finds_worse_than_the_champion_is_held(
+    client, sft_model, other_policy, tokenizer, reward_model
+):
+    likes_other = fan_of(other_policy, tokenizer)
+    assert register(sft_model, other_policy, likes_other, tokenizer, reward_model)["promoted"]
+    worse = register(other_policy, sft_model, likes_other, tokenizer, reward_model)
+    assert not worse["promoted"] and worse["compared_to"] == "v1"
+    assert worse["value"] == -1.0 and worse["ci_high"] == -1.0
+    assert (worse["candidate_mean"], worse["baseline_mean"]) == (0.0, 1.0)
+    assert alias_version(client, POLICY, CHAMPION) == "1"
+
+
+def test_a_first_run_worse_than_its_own_sft_is_held(client, sft_model, other_policy, tokenizer, reward_model):
+    decision = register(sft_model, other_policy, fan_of(sft_model, tokenizer), tokenizer, reward_model)
+    assert not decision["promoted"] and decision["compared_to"] == SFT_BASELINE
+    assert decision["value"] == -1.0 and decision["champion_version"] is None
+    assert alias_version(client, POLICY, CHAMPION) is None and alias_version(client, REWARD, CHAMPION) is None
+    assert alias_version(client, POLICY, CANDIDATE) == "1"
+    assert client.get_model_version(POLICY, "1").tags["promotion.compared_to"] == SFT_BASELINE
+
+
+def test_the_audit_judge_decides_on_user_data_and_sft_never_beats_itself(
+    client, sft_model, tokenizer, reward_model
+):
+    with mlflow.start_run():
+        decision = register_models_with_audit_judge(
+            sft_model, sft_model, sft_model, tokenizer, reward_model, summary("ppo"), EVAL_PROMPTS,
+            reward_model, **{**PARAMETERS, "params": {"policy": "sft", "metric": "score", "margin": 0.0}},
+        )
+    assert decision["method"] == "sft" and decision["judge"] == "audit" and decision["metric"] == "score"
+    assert not decision["promoted"] and (decision["ci_low"], decision["ci_high"]) == (0.0, 0.0)
+    assert decision["candidate_mean"] == pytest.approx(decision["baseline_mean"])
+
+
+@pytest.mark.parametrize(("gold_judge", "judge", "not_judge"), [(True, "gold_judge_spec", "audit_judge"),
+                                                                 (False, "audit_judge", "gold_judge_spec")])
+def test_the_pipeline_gives_the_node_its_judge_and_the_evaluation_prompts(gold_judge, judge, not_judge):
+    pipeline = create_pipeline(gold_judge=gold_judge)
+    assert sorted(n.name for n in pipeline.nodes) == ["log_evaluation", "register_models"]
+    assert {judge, "eval_prompts", "params:evaluation", "params:registry"} <= pipeline.inputs()
+    assert not_judge not in pipeline.inputs()
+    assert pipeline.outputs() == {"tracked_samples", "registry_decision"}
