@@ -1,13 +1,14 @@
-"""Sample each policy on the held-out prompts and compare it with SFT.
+"""Sample each policy on the held-out prompts and score every response with every judge.
 
-The gold judge (the embedded world's noise-free scorer) is used here and nowhere
-in training: it is how the report shows whether RLHF improved what the annotators
-wanted, and it makes reward hacking visible — the reward model's score rising
-while the gold score falls.
+The judges (the gold judge on the embedded world, the audit judge everywhere) are used
+here and nowhere in training: they show whether RLHF improved what the annotators
+wanted. The training reward model's score is kept beside theirs, so reward hacking is
+visible: the reward model's score rising while the judges' falls.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,11 +16,14 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from alignops.core import kl_k1, selective_log_softmax
+from alignops.evaluation.judges import Judge, Scorer
+from alignops.evaluation.statistics import wins
 from alignops.models.config import ModelConfig
 from alignops.models.generation import GenerationConfig, GenerationOutput, sample_responses
 from alignops.models.scoring import response_logits
 
 REFERENCE = "sft"
+BEST_OF_N = "best_of_n"
 
 
 @dataclass(frozen=True)
@@ -45,12 +49,20 @@ class EvaluationConfig:
 
 @dataclass
 class PolicySamples:
-    """One policy's responses to the evaluation prompts, row i answering ``prompts[i]``."""
+    """One policy's responses to the evaluation prompts, row i answering ``prompts[i]``.
+
+    Rows are prompt-major: each prompt's ``samples_per_prompt`` rows are adjacent.
+    """
 
     prompts: list[str]
     generation: GenerationOutput
-    gold: np.ndarray  # (N,)
-    rm: np.ndarray  # (N,) normalised reward-model scores
+    scores: dict[str, np.ndarray]
+    """Judge name -> (N,) its scores of the responses."""
+    rm: np.ndarray
+    """(N,) normalised scores of the training reward model."""
+    kl: np.ndarray | None
+    """(N,) k1 estimate of KL to SFT per response (zeros for SFT itself); None for
+    best-of-N, whose KL has an analytic bound instead (``best_of_n_kl_bound``)."""
 
     @property
     def texts(self) -> list[str]:
@@ -120,75 +132,62 @@ def kl_to_reference(
 
 def win_rate(candidate: np.ndarray, baseline: np.ndarray) -> float:
     """Share of prompts where ``candidate`` beats ``baseline``, ties counting half."""
-    return float(np.mean((candidate > baseline) + 0.5 * (candidate == baseline)))
+    return float(wins(candidate, baseline).mean())
 
 
-def policy_summary(samples: PolicySamples, baseline: PolicySamples, kl: np.ndarray | None) -> dict:
-    return {
-        "gold_mean": float(samples.gold.mean()),
-        "gold_win_rate_vs_sft": win_rate(samples.gold, baseline.gold),
-        "rm_mean": float(samples.rm.mean()),
-        "kl_to_sft": float(kl.mean()) if kl is not None else 0.0,
-        "mean_length": float(samples.lengths.mean()),
-        "eos_rate": float(samples.generation.ended_with_eos.float().mean()),
-        "n_samples": len(samples.prompts),
-    }
+def judge_scores(judges: Sequence[Judge], prompts: list[str], texts: list[str]) -> dict[str, np.ndarray]:
+    """Judge name -> (N,) scores of ``texts`` answering ``prompts``."""
+    return {judge.name: np.asarray(judge.score(prompts, texts), dtype=np.float64) for judge in judges}
 
 
 def evaluate_policies(
     policies: dict[str, PreTrainedModel],
     tokenizer: PreTrainedTokenizerBase,
-    score_gold,
-    score_rm,
+    judges: Sequence[Judge],
+    score_rm: Scorer,
     prompts: list[str],
     model_config: ModelConfig,
     generation: GenerationConfig,
     config: EvaluationConfig,
-) -> tuple[dict, dict[str, PolicySamples]]:
-    """Summary per policy (and best-of-N from SFT + RM) and the samples behind it.
+) -> dict[str, PolicySamples]:
+    """Every policy's responses (and best-of-N's, from SFT and the reward model), each scored by
+    every judge and by the reward model, with its KL to SFT.
 
-    ``score_gold`` and ``score_rm`` map (prompts, responses) to (N,) arrays. Every
-    policy answers the same prompts with the same seed, so win rates compare
-    responses to identical questions.
+    Every policy answers the same prompts with the same seed, so the figures of two
+    policies are paired by prompt (and identical policies give identical samples).
     """
     if REFERENCE not in policies:
         raise ValueError(f"evaluation compares with the {REFERENCE!r} policy, which is missing")
-    prompts = [p for p in prompts for _ in range(config.samples_per_prompt)]
+    prompts = [p for p in prompts for _ in range(config.samples_per_prompt)]  # prompt-major
     samples: dict[str, PolicySamples] = {}
     for name, model in policies.items():
         out = sample_policy(model, tokenizer, prompts, model_config, generation, config, config.seed)
-        samples[name] = PolicySamples(prompts, out, score_gold(prompts, out.texts), score_rm(prompts, out.texts))
-    summary = {
-        name: policy_summary(
-            s,
-            samples[REFERENCE],
-            kl_to_reference(
-                policies[name], policies[REFERENCE], s.generation, generation.temperature, config.batch_size
-            )
-            if name != REFERENCE
-            else None,
+        kl = (
+            np.zeros(len(prompts))
+            if name == REFERENCE
+            else kl_to_reference(model, policies[REFERENCE], out, generation.temperature, config.batch_size)
         )
-        for name, s in samples.items()
-    }
+        samples[name] = PolicySamples(
+            prompts, out, judge_scores(judges, prompts, out.texts), score_rm(prompts, out.texts), kl
+        )
     if config.best_of_n:
-        best = best_of_n(
-            policies[REFERENCE], tokenizer, score_gold, score_rm, prompts, model_config, generation, config
+        samples[BEST_OF_N] = best_of_n(
+            policies[REFERENCE], tokenizer, judges, score_rm, prompts, model_config, generation, config
         )
-        samples["best_of_n"] = best
-        # KL of best-of-N to its base policy has a closed-form bound: log N - (N-1)/N (Stiennon et al. 2020)
-        n = config.best_of_n
-        summary["best_of_n"] = policy_summary(best, samples[REFERENCE], None) | {
-            "kl_to_sft": float(np.log(n) - (n - 1) / n),
-            "n": n,
-        }
-    return summary, samples
+    return samples
+
+
+def best_of_n_kl_bound(n: int) -> float:
+    """KL(best-of-n ‖ base) <= log n − (n − 1)/n: the analytic figure (Stiennon et al. 2020),
+    an upper bound on the true KL (Beirami et al. 2024)."""
+    return float(np.log(n) - (n - 1) / n)
 
 
 def best_of_n(
     reference: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    score_gold,
-    score_rm,
+    judges: Sequence[Judge],
+    score_rm: Scorer,
     prompts: list[str],
     model_config: ModelConfig,
     generation: GenerationConfig,
@@ -198,7 +197,7 @@ def best_of_n(
     n = config.best_of_n
     repeated = [p for p in prompts for _ in range(n)]  # prompt-major: rows i*n .. i*n+n-1
     out = sample_policy(reference, tokenizer, repeated, model_config, generation, config, config.seed + 1)
-    rm = score_rm(repeated, out.texts).reshape(len(prompts), n)
+    rm = np.asarray(score_rm(repeated, out.texts)).reshape(len(prompts), n)
     pick = np.arange(len(prompts)) * n + rm.argmax(1)  # (N,) row of each prompt's best sample
     index = torch.from_numpy(pick)
     chosen = GenerationOutput(
@@ -209,4 +208,4 @@ def best_of_n(
         texts=[out.texts[i] for i in pick],
         ended_with_eos=out.ended_with_eos[index],
     )
-    return PolicySamples(prompts, chosen, score_gold(prompts, chosen.texts), rm.max(1))
+    return PolicySamples(prompts, chosen, judge_scores(judges, prompts, chosen.texts), rm.max(1), kl=None)

@@ -1,4 +1,9 @@
-"""Evaluation node: every policy on the held-out prompts, scored by the gold judge and the RM."""
+"""Evaluation nodes: every policy on the held-out prompts, scored by the run's judges and the RM.
+
+On the embedded world the gold judge decides and the audit judge is measured beside it
+(its agreement with gold is what makes it trustworthy where no gold exists); on a
+user's data the audit judge decides alone. Both nodes share ``_evaluate``.
+"""
 
 from __future__ import annotations
 
@@ -6,45 +11,105 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from alignops.evaluation import EvaluationConfig, evaluate_policies, reward_model_accuracy
+from alignops.evaluation import GOLD, EvaluationConfig, Judge, evaluate, reward_model_judge
 from alignops.evaluation.report import plot_evaluation, samples_table
 from alignops.models.config import ModelConfig
 from alignops.models.generation import GenerationConfig
+from alignops.models.reward import RewardModel
 from alignops.world import GoldJudge
 
+GOLD_DESCRIPTION = "the embedded world's noise-free judge of replies (alignops.world.GoldJudge); no stage trains on it"
+AUDIT_DESCRIPTION = (
+    "a reward model no policy was trained against (the audit_judge dataset: trained on the preferences' "
+    "audit split, disjoint from every training stage's data, or a pretrained classifier)"
+)
 
-def evaluate(
+
+def evaluate_with_gold_judge(
     sft_model: PreTrainedModel,
     ppo_model: PreTrainedModel,
     dpo_model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    reward_model,
+    reward_model: RewardModel,
+    audit_judge: RewardModel,
     eval_prompts: pd.DataFrame,
+    preferences_heldout: pd.DataFrame,
     gold_judge_spec: dict,
+    model_params: dict,
+    generation: dict,
+    params: dict,
+) -> tuple[dict, pd.DataFrame, plt.Figure]:
+    """The embedded world: the gold judge decides, the audit judge is measured beside it."""
+    gold = Judge(GOLD, GOLD_DESCRIPTION, GoldJudge.from_spec(gold_judge_spec).score)
+    policies = {"sft": sft_model, "ppo": ppo_model, "dpo": dpo_model}
+    return _evaluate(
+        policies,
+        tokenizer,
+        reward_model,
+        audit_judge,
+        eval_prompts,
+        preferences_heldout,
+        model_params,
+        generation,
+        params,
+        gold,
+    )
+
+
+def evaluate_with_audit_judge(
+    sft_model: PreTrainedModel,
+    ppo_model: PreTrainedModel,
+    dpo_model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    reward_model: RewardModel,
+    audit_judge: RewardModel,
+    eval_prompts: pd.DataFrame,
     preferences_heldout: pd.DataFrame,
     model_params: dict,
     generation: dict,
     params: dict,
 ) -> tuple[dict, pd.DataFrame, plt.Figure]:
-    config = EvaluationConfig(**params)
-    judge = GoldJudge.from_spec(gold_judge_spec)
-
-    def score_rm(prompts, responses):
-        return reward_model.score(prompts, responses, batch_size=config.batch_size).cpu().numpy()
-
-    policies, samples = evaluate_policies(
-        {"sft": sft_model, "ppo": ppo_model, "dpo": dpo_model},
+    """A user's data, where no gold judge exists: the audit judge decides."""
+    policies = {"sft": sft_model, "ppo": ppo_model, "dpo": dpo_model}
+    return _evaluate(
+        policies,
         tokenizer,
-        judge.score,
+        reward_model,
+        audit_judge,
+        eval_prompts,
+        preferences_heldout,
+        model_params,
+        generation,
+        params,
+        gold=None,
+    )
+
+
+def _evaluate(
+    policies: dict[str, PreTrainedModel],
+    tokenizer: PreTrainedTokenizerBase,
+    reward_model: RewardModel,
+    audit_judge: RewardModel,
+    eval_prompts: pd.DataFrame,
+    preferences_heldout: pd.DataFrame,
+    model_params: dict,
+    generation: dict,
+    params: dict,
+    gold: Judge | None,
+) -> tuple[dict, pd.DataFrame, plt.Figure]:
+    config = EvaluationConfig(**params)
+    audit = reward_model_judge(audit_judge, AUDIT_DESCRIPTION, config.batch_size)
+    score_rm = reward_model_judge(reward_model, "the training reward model", config.batch_size, name="rm").score
+    summary, samples = evaluate(
+        policies,
+        tokenizer,
         score_rm,
+        [gold, audit] if gold is not None else [audit],
         eval_prompts["prompt"].tolist(),
+        preferences_heldout,
         ModelConfig(**model_params),
         GenerationConfig(**generation),
         config,
     )
-    summary = {
-        "reward_model": reward_model_accuracy(preferences_heldout, score_rm, judge.score),
-        "policies": policies,
-    }
     table = samples_table(samples)
     return summary, table, plot_evaluation(summary, table)
