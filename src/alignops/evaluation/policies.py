@@ -40,7 +40,8 @@ class EvaluationConfig:
     """Prompts per generation / scoring batch. Large: a decode step's cost is mostly fixed
     per call on a CPU, so 256 rows sample ~2x faster per token than 64."""
     seed: int = 0
-    """Sampling seed; the same seed gives the same samples for the same models."""
+    """Sampling seed, and the bootstrap's: the same seed gives the same samples for the same
+    models and the same resampled prompts, so a summary is reproducible to the byte."""
 
     def __post_init__(self) -> None:
         if min(self.samples_per_prompt, self.batch_size) < 1 or self.best_of_n < 0:
