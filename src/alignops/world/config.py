@@ -107,8 +107,10 @@ def _default_panel() -> tuple[AnnotatorProfile, ...]:
 class WorldConfig:
     seed: int = 0
     """Everything is a deterministic function of this seed and the sizes below."""
-    n_ranking_items: int = 1200
-    """Prompts with K candidate replies ranked by the panel (each gives up to K(K-1)/2 pairs)."""
+    n_ranking_items: int = 1500
+    """Prompts with K candidate replies ranked by the panel (each gives up to K(K-1)/2 pairs).
+    The reward model trains on ~70% of them (``data_split``: 10% held out, 20% for the
+    audit judge), about the 1,080 it had before the audit split existed."""
     k: int = 4
     """Replies per ranking item (InstructGPT ranked K = 4..9)."""
     double_label_share: float = 0.2
