@@ -111,7 +111,9 @@ def test_every_loop_metric_is_logged_per_step(runs, client, tracked_project):
     assert {name for rows in histories.values() for row in rows for name in row if name != "step"} <= set(metrics)
     summary = json.loads((reporting / "evaluation_summary.json").read_text())
     assert metrics["evaluation/ppo/gold_win_rate_vs_sft"] == pytest.approx(
-        summary["policies"]["ppo"]["gold_win_rate_vs_sft"])
+        summary["policies"]["ppo"]["gold_win_rate_vs_sft"]["value"])
+    assert metrics["evaluation/ppo/gold_win_rate_vs_sft.ci_low"] == pytest.approx(
+        summary["policies"]["ppo"]["gold_win_rate_vs_sft"]["ci_low"])
     assert metrics["evaluation/reward_model/heldout_accuracy"] == pytest.approx(
         summary["reward_model"]["heldout_accuracy"])
 
