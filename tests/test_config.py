@@ -9,41 +9,15 @@ import pytest
 import yaml
 from kedro.config import OmegaConfigLoader
 
-from alignops.evaluation import EvaluationConfig
-from alignops.models import GenerationConfig, ModelConfig
-from alignops.preferences.report import ReportConfig
-from alignops.preferences.split import SplitConfig
-from alignops.preferences.validation import DataValidationConfig
+from alignops.parameters import PARAMETER_CONFIGS, WITHOUT_CONFIG, config_class
 from alignops.settings import CONFIG_LOADER_ARGS
-from alignops.tracking.registry import RegistryConfig
-from alignops.training.dpo_config import DPOConfig
-from alignops.training.ppo_config import PPOConfig
-from alignops.training.reward_config import RewardConfig
-from alignops.training.sft_config import SFTConfig
-from alignops.world import WorldConfig
 from tests.helpers import REPO_ROOT
 
 CONF = REPO_ROOT / "conf"
 CONFIGS: dict[str, tuple[str, type]] = {
-    "world": ("data_generation", WorldConfig),
-    "data_validation": ("data_validation", DataValidationConfig),
-    "data_split": ("data_split", SplitConfig),
-    "data_report": ("data_report", ReportConfig),
-    "model": ("model", ModelConfig),
-    "generation": ("generation", GenerationConfig),
-    "sft": ("sft", SFTConfig),
-    "reward": ("reward", RewardConfig),
-    "ppo": ("ppo", PPOConfig),
-    "dpo": ("dpo", DPOConfig),
-    "evaluation": ("evaluation", EvaluationConfig),
-    "registry": ("registry", RegistryConfig),
+    block: (file, config_class(block)) for block, (file, _) in PARAMETER_CONFIGS.items()
 }
-"""Parameter block -> (the ``parameters_<file>.yml`` it lives in, the dataclass its node builds from it)."""
-WITHOUT_CONFIG = {
-    "data_validation_suite": "data_validation",  # a list of expectations, parsed by parse_suite
-    "tracking": "tracking",  # read by the tracking hook, not by a node
-}
-"""Blocks that are not one dataclass's fields, and their files."""
+"""alignops.parameters' mapping with each class imported: block -> (its file, its dataclass)."""
 
 
 def blocks(env: str) -> dict[str, tuple[str, dict | list]]:

@@ -3,6 +3,8 @@
 kedro-mlflow opens one MLflow run per ``kedro run`` and logs every ``params:`` input,
 flattened (``sft.learning_rate``). On top of that this hook:
 
+- builds the config of every parameter block the run's nodes read before the first
+  node runs (``alignops.parameters``), so a misspelt key fails in seconds, not hours;
 - names the run for a person: pipelines, environment and short commit
   (``sft+reward test 64b122e``), unless ``mlflow.yml`` sets ``tracking.run.name``;
 - tags the run with the git commit and whether the tree was dirty, the Kedro
@@ -36,6 +38,7 @@ from kedro_mlflow.framework.hooks.utils import _flatten_dict
 from kedro_mlflow.io.catalog.switch_catalog_logging import switch_catalog_logging
 from mlflow.tracking import MlflowClient
 
+from alignops.parameters import check_parameters, parameter_blocks
 from alignops.tracking.logger import RUN_ID_ENV, is_main_process
 from alignops.tracking.registry import DATA_TAG_PREFIX
 from alignops.tracking.run_info import (
@@ -63,6 +66,14 @@ def _anchor_sqlite_uris(context) -> None:
     for key in ("mlflow_tracking_uri", "mlflow_registry_uri"):
         server[key] = project_sqlite_uri(server.get(key), Path(context.project_path))
     loader["mlflow"] = {**conf, "server": server}
+
+
+def _check_parameters(pipeline: Pipeline, catalog: DataCatalog) -> None:
+    """Build the config of every parameter block this run's nodes read, runtime ``--params``
+    included, so a misspelt key or an impossible value fails before the first node (and
+    before an MLflow run is opened) instead of when its stage starts. Only those blocks:
+    ``--pipelines data`` must not fail on a training block it never reads."""
+    check_parameters(catalog.load("parameters"), parameter_blocks(pipeline.datasets()))
 
 
 def _tag_safe(name: str) -> str:
@@ -94,6 +105,7 @@ class AlignopsMlflowHook(MlflowHook):
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Pipeline, catalog: DataCatalog) -> None:
+        _check_parameters(pipeline, catalog)
         if not is_main_process():
             # Under a distributed launch every rank runs Kedro; only rank 0 opens a run.
             self._is_mlflow_enabled = False

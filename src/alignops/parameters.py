@@ -1,0 +1,136 @@
+"""Every parameter block's config dataclass, and the check that builds them before a run starts.
+
+Each block of ``conf/*/parameters_*.yml`` is one frozen dataclass, built by its node with
+``Config(**params)``: a misspelt key is a ``TypeError``, an impossible value a
+``ValueError`` from ``__post_init__``. Left to the nodes, either surfaces only when its
+node starts, perhaps an hour into training. ``check_parameters`` builds every block a
+run reads before its first node (the tracking hook calls it), so the run fails in its
+first seconds, naming the block and the key.
+
+Adding a block is one line: in ``PARAMETER_CONFIGS`` if a dataclass reads it, else in
+``WITHOUT_CONFIG`` (``tests/test_config.py`` checks that every block is in one of them).
+Config classes are named by import path, not imported here: most of their modules pull
+in torch, and the hook that imports this module runs for every ``kedro`` command.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+PARAMETER_CONFIGS: dict[str, tuple[str, str]] = {
+    "world": ("data_generation", "alignops.world:WorldConfig"),
+    "data_validation": ("data_validation", "alignops.preferences.validation:DataValidationConfig"),
+    "data_split": ("data_split", "alignops.preferences.split:SplitConfig"),
+    "data_report": ("data_report", "alignops.preferences.report:ReportConfig"),
+    "model": ("model", "alignops.models:ModelConfig"),
+    "generation": ("generation", "alignops.models:GenerationConfig"),
+    "sft": ("sft", "alignops.training.sft_config:SFTConfig"),
+    "reward": ("reward", "alignops.training.reward_config:RewardConfig"),
+    "ppo": ("ppo", "alignops.training.ppo_config:PPOConfig"),
+    "dpo": ("dpo", "alignops.training.dpo_config:DPOConfig"),
+    "evaluation": ("evaluation", "alignops.evaluation:EvaluationConfig"),
+    "registry": ("registry", "alignops.tracking.registry:RegistryConfig"),
+}
+"""Parameter block -> (the ``parameters_<file>.yml`` it lives in, ``module:Class`` of the
+dataclass its node builds from it)."""
+
+WITHOUT_CONFIG: dict[str, str] = {
+    "data_validation_suite": "data_validation",  # a list of expectations, parsed by parse_suite
+    "tracking": "tracking",  # read by the tracking hook, not by a node
+}
+"""Blocks that are not one dataclass's fields, and their files."""
+
+_UNEXPECTED = re.compile(r"^(?:(\w+)\.)?__init__\(\) got an unexpected keyword argument '(\w+)'")
+_MISSING = re.compile(r"^(?:(\w+)\.)?__init__\(\) missing \d+ required (?:positional|keyword-only) arguments?: (.+)$")
+
+
+class ParameterError(ValueError):
+    """A parameter block its config dataclass refuses: an unknown or missing key, an impossible value."""
+
+
+def config_class(block: str) -> type:
+    """The dataclass that ``block``'s node builds (imported now, so only when needed)."""
+    module, name = PARAMETER_CONFIGS[block][1].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def parameter_blocks(dataset_names: Iterable[str]) -> set[str] | None:
+    """The top-level parameter blocks that nodes reading ``dataset_names`` are given:
+    ``params:sft`` and ``params:sft.learning_rate`` both read ``sft``; None when a node
+    reads the whole ``parameters`` dictionary, so every block counts."""
+    blocks = set()
+    for name in dataset_names:
+        if name == "parameters":
+            return None
+        if name.startswith("params:"):
+            blocks.add(name.removeprefix("params:").split(".")[0])
+    return blocks
+
+
+def check_parameters(params: Mapping[str, Any], blocks: Iterable[str] | None = None) -> None:
+    """Build the config of each of ``blocks`` (every block with a config when None) from
+    ``params``, as its node will; raise one ``ParameterError`` listing every problem.
+
+    Blocks without a config (``WITHOUT_CONFIG``, or ones this module does not know) pass.
+    """
+    problems = []
+    for block in PARAMETER_CONFIGS if blocks is None else sorted(set(blocks) & PARAMETER_CONFIGS.keys()):
+        problem = _block_problem(block, params.get(block))
+        if problem:
+            problems.append(f"parameters {block!r}: {problem}")
+    if problems:
+        raise ParameterError("\n".join(problems))
+
+
+def _block_problem(block: str, value: Any) -> str | None:
+    """What is wrong with ``block``'s parameters, or None if its config builds."""
+    file = f"conf/base/parameters_{PARAMETER_CONFIGS[block][0]}.yml"
+    if value is None:
+        return f"missing (it is set in {file})"
+    if not isinstance(value, Mapping):
+        return f"expected the keys of {file}, got {value!r}"
+    cls = config_class(block)
+    # Every unknown top-level key at once, each with a suggestion, and then what the config
+    # says of the keys it knows; unknown keys of nested dataclasses come from the TypeError.
+    names = [field.name for field in dataclasses.fields(cls)]
+    problems = [f"unknown key {key!r}{_suggestion(key, names)}" for key in value if key not in names]
+    try:
+        cls(**{key: item for key, item in value.items() if key in names})
+    except TypeError as error:
+        problems.append(_type_error(cls, str(error)))
+    except ValueError as error:
+        problems.append(str(error))
+    return "; ".join(problems) or None
+
+
+def _type_error(cls: type, message: str) -> str:
+    """``message`` of a dataclass's ``TypeError`` said as a key problem, where it is one."""
+    if match := _UNEXPECTED.match(message):
+        owner, key = match.groups()
+        fields = _fields_of(cls, owner)
+        where = f" in {owner}" if owner and owner != cls.__name__ else ""
+        return f"unknown key {key!r}{where}{_suggestion(key, fields)}"
+    if match := _MISSING.match(message):
+        owner, keys = match.groups()
+        where = f" in {owner}" if owner and owner != cls.__name__ else ""
+        return f"missing key{'s' if ',' in keys or ' and ' in keys else ''} {keys}{where}"
+    return message
+
+
+def _fields_of(cls: type, owner: str | None) -> list[str]:
+    """Field names of ``owner``: ``cls`` itself, or a nested dataclass defined beside it."""
+    if owner is None or owner == cls.__name__:
+        target = cls
+    else:
+        target = getattr(importlib.import_module(cls.__module__), owner, None)
+    return [field.name for field in dataclasses.fields(target)] if dataclasses.is_dataclass(target) else []
+
+
+def _suggestion(key: str, candidates: Iterable[str]) -> str:
+    close = difflib.get_close_matches(key, list(candidates), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
