@@ -1,0 +1,94 @@
+"""The whole journey on a user's own preference data: real HH-RLHF pairs, no gold judge, nothing of the world."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from tests.helpers import REPO_ROOT, TRACKED_FIRST_RUN_DATA, run_kedro
+
+HH_SAMPLE = REPO_ROOT / "examples" / "hh_rlhf" / "harmless-base-sample.jsonl.gz"
+USER_ENV = "user"
+
+
+def make_user_env(project: Path, model: dict | None = None) -> None:
+    """``conf/user``: the ``test`` environment's tiny sizes plus a user's setup — their HH-RLHF
+    file as ``raw_preferences`` and ``sources.kind: files`` (Kedro reads one environment on
+    top of base, so the test sizes are copied in)."""
+    target = project / "conf" / USER_ENV
+    shutil.copytree(project / "conf" / "test", target)
+    (target / "catalog.yml").write_text(yaml.safe_dump({"raw_preferences": {
+        "type": "alignops.catalog.preferences.PreferenceSourceDataset",
+        "filepath": str(HH_SAMPLE),
+        "format": "hh_rlhf",
+        "read_only": True,
+    }}))
+    blocks = {
+        "sources": {"kind": "files", "sft": "chosen", "eval_prompts": "heldout"},
+        "data_split": {"heldout_fraction": 0.2, "audit_fraction": 0.25},
+        "model": {"prompt_template": "{prompt}", **(model or {})},
+    }
+    for block, values in blocks.items():
+        path = target / f"parameters_{block}.yml"
+        current = yaml.safe_load(path.read_text())[block] if path.exists() else {}
+        path.write_text(yaml.safe_dump({block: {**current, **values}}))
+
+
+def _poison_world_files(data: Path) -> list[Path]:
+    """Overwrite everything the embedded world wrote with bytes no reader accepts: a run that
+    read any of it would fail."""
+    world = sorted(p for p in (data / "01_raw" / "world").rglob("*") if p.is_file())
+    for path in world:
+        path.write_bytes(b"\xff not the world any more \x00")
+    return world
+
+
+@pytest.mark.slow
+def test_a_files_run_trains_and_judges_on_the_users_data_and_reads_nothing_of_the_world(tracked_project, tmp_path):
+    from tests.helpers import make_project_copy
+
+    project = make_project_copy(tmp_path / "project")
+    shutil.copytree(tracked_project / TRACKED_FIRST_RUN_DATA, project / "data", dirs_exist_ok=True)
+    world_demos = pd.read_json(project / "data" / "05_model_input" / "sft_demonstrations.jsonl", lines=True)
+    assert _poison_world_files(project / "data"), "the world run left no raw files to poison"
+    make_user_env(project)
+
+    run_kedro(project, env=USER_ENV)
+
+    data = project / "data"
+    train = pd.read_parquet(data / "05_model_input" / "preferences_train.parquet")
+    heldout = pd.read_parquet(data / "05_model_input" / "preferences_heldout.parquet")
+    audit = pd.read_parquet(data / "05_model_input" / "preferences_audit.parquet")
+    assert set(train["source"]) == {str(HH_SAMPLE)}
+    parts = [set(part["prompt"]) for part in (train, heldout, audit)]
+    assert not parts[0] & parts[1] and not parts[0] & parts[2] and not parts[1] & parts[2]
+
+    demos = pd.read_json(data / "05_model_input" / "sft_demonstrations.jsonl", lines=True, dtype=False)
+    assert set(zip(demos["prompt"], demos["response"], strict=True)) == set(
+        zip(train["prompt"], train["chosen"], strict=True))  # SFT on the chosen replies of the training split
+    assert not set(demos["response"]) & set(world_demos["response"])
+    prompts = pd.read_json(data / "05_model_input" / "eval_prompts.jsonl", lines=True, dtype=False)
+    assert set(prompts["prompt"]) == set(heldout["prompt"])  # the held-out prompts, each once
+    assert prompts["prompt"].is_unique and prompts["prompt"].str.endswith("\n\nAssistant:").all()
+
+    summary = json.loads((data / "08_reporting" / "evaluation_summary.json").read_text())
+    assert summary["judge"] == "audit" and set(summary["judges"]) == {"audit"}
+    assert summary["n_prompts"] == len(prompts)
+    for name, figures in summary["policies"].items():
+        assert not any(key.startswith("gold") for key in figures), name
+        win = figures["audit_win_rate_vs_sft"]
+        assert win["ci_low"] <= win["value"] <= win["ci_high"], name
+    assert summary["policies"]["sft"]["audit_win_rate_vs_sft"] == {"value": 0.5, "ci_low": 0.5, "ci_high": 0.5}
+    assert summary["audit_judge"]["heldout_pairs"] == len(heldout)
+
+    decision = json.loads((data / "08_reporting" / "registry_decision.json").read_text())
+    assert decision["judge"] == "audit" and decision["n_prompts"] == len(prompts), decision
+    assert decision["ci_low"] <= decision["value"] <= decision["ci_high"]
+    history = json.loads((data / "08_reporting" / "audit_judge_history.json").read_text())
+    assert any("eval/audit_judge/accuracy" in row for row in history)
+    assert not any(name.startswith("reward/") for row in history for name in row)
