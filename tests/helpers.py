@@ -177,6 +177,32 @@ def make_tiny_tokenizer(texts: list[str] | None = None):
                                model_max_length=TINY_LLAMA.max_position_embeddings)
 
 
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{{ eos_token }}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+"""A Llama-3-style chat template: BOS once, a role header per message, EOS ending each turn."""
+
+
+def make_chat_tokenizer(texts: list[str] | None = None):
+    """``make_tiny_tokenizer(texts)`` with a BOS token, role markers and ``CHAT_TEMPLATE``."""
+    tokenizer = make_tiny_tokenizer(texts)
+    tokenizer.add_special_tokens(
+        {"bos_token": "<|begin|>", "additional_special_tokens": ["<|system|>", "<|user|>", "<|assistant|>"]}
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def save_tiny_chat_llama(folder: Path, texts: list[str] | None = None, seed: int = 0) -> Path:
+    """A local base model for ``ModelConfig(base=str(folder))``: a random ``TINY_LLAMA`` and
+    ``make_chat_tokenizer(texts)``, saved as ``from_pretrained`` reads them."""
+    tokenizer = make_chat_tokenizer(texts)
+    make_tiny_policy(tokenizer, seed).save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
 def make_tiny_policy(tokenizer, seed: int = 0):
     """A randomly initialised ``TINY_LLAMA`` standing in for the SFT model, in eval mode."""
     torch.manual_seed(seed)

@@ -1,5 +1,6 @@
 """Models and tokenizers: building, loading, saving, and generating from them."""
 
+from alignops.models.chat import Renderer
 from alignops.models.config import ModelConfig
 from alignops.models.generation import GenerationConfig, GenerationOutput, generate, sample_responses
 from alignops.models.loading import build_causal_lm, load_model, save_model
@@ -9,6 +10,7 @@ __all__ = [
     "GenerationConfig",
     "GenerationOutput",
     "ModelConfig",
+    "Renderer",
     "build_causal_lm",
     "build_tokenizer",
     "ensure_pad_token",

@@ -54,14 +54,16 @@ class ModelConfig:
     of the parameters, and tying halves it."""
 
     prompt_template: str = "\n\nHuman: {prompt}\n\nAssistant:"
-    """How a canonical prompt becomes model input. The world's prompts are bare
-    questions, so they are wrapped in the HH dialogue format; HH-RLHF prompts already
-    carry it, so an HH environment sets ``"{prompt}"``."""
+    """How a canonical prompt becomes model input when the tokenizer has no chat template
+    (with one, the template renders the prompt's messages: ``alignops.models.chat``). The
+    world's prompts are bare questions, so they are wrapped in the HH dialogue format;
+    HH-RLHF prompts already carry it, so an HH environment sets ``"{prompt}"``."""
     response_prefix: str = " "
-    """Put in front of every response before tokenising, and removed from generated
-    text. Canonical responses have no leading space (ingestion strips HH's), while a
-    byte-level BPE learns " word" tokens: the space belongs to the reply's first token,
-    not to the end of the prompt."""
+    """Put in front of every response when there is no chat template, and removed from
+    generated text. Canonical responses have no leading space (ingestion strips HH's),
+    while a byte-level BPE learns " word" tokens: the space belongs to the reply's first
+    token, not to the end of the prompt. The reply is tokenised after its prompt, so a
+    SentencePiece tokenizer reads the space as part of the first word, not as a token."""
     max_prompt_tokens: int = 64
     """Prompts are cut to their LAST this-many tokens (the question is at the end of a
     conversation). 64 leaves room above the world's longest prompt with the template."""
@@ -101,5 +103,5 @@ class ModelConfig:
         return self.max_prompt_tokens + self.max_response_tokens
 
     def format_prompts(self, prompts: list[str]) -> list[str]:
-        """Canonical prompts as the model sees them."""
+        """Canonical prompts in the plain template (what ``Renderer`` gives without a chat template)."""
         return [self.prompt_template.format(prompt=p) for p in prompts]

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
+from alignops.models.chat import Renderer
 from alignops.models.config import ModelConfig
 
 
@@ -189,7 +190,7 @@ def generate(
     max_prompt_tokens: int | None = None,
     response_prefix: str = "",
 ) -> GenerationOutput:
-    """Continue ``prompts`` (already formatted for the model) in batches of ``batch_size``.
+    """Continue ``prompts`` (already rendered for the model) in batches of ``batch_size``.
 
     Greedy decoding (``do_sample=False``) gives the same tokens whatever the batch
     composition; sampling with a ``seed`` gives the same samples on every call. The
@@ -262,19 +263,22 @@ def sample_responses(
 ) -> GenerationOutput:
     """Responses to canonical ``prompts``: the one way every stage turns prompts into samples.
 
-    The prompt format comes from ``model_config`` and the sampling settings from
-    ``settings``; ``max_new_tokens`` overrides the settings' limit for a stage that
-    samples shorter on purpose (PPO rollouts), ``do_sample=False`` decodes greedily.
+    Prompts are rendered as in training (``Renderer.for_model(model_config, tokenizer)``:
+    the tokenizer's chat template, else ``model_config.prompt_template``) and the
+    sampling settings come from ``settings``; ``max_new_tokens`` overrides the settings'
+    limit for a stage that samples shorter on purpose (PPO rollouts),
+    ``do_sample=False`` decodes greedily.
     """
+    renderer = Renderer.for_model(model_config, tokenizer)
     return generate(
         model,
         tokenizer,
-        model_config.format_prompts(prompts),
+        renderer.prompts(prompts),
         max_new_tokens=max_new_tokens or settings.max_new_tokens,
         **settings.sampling_kwargs(),
         do_sample=do_sample,
         batch_size=batch_size,
         seed=seed,
         max_prompt_tokens=model_config.max_prompt_tokens,
-        response_prefix=model_config.response_prefix,
+        response_prefix=renderer.decoded_prefix,
     )

@@ -11,8 +11,9 @@ padding side provided (a) padding positions really hold the pad id and the pad i
 is not EOS, and (b) positions count real tokens only (a left-padded row would
 otherwise be read at shifted positions). ``sequence_rewards`` makes both hold.
 
-Saved as one folder: the model (safetensors), the tokenizer, and ``reward_model.json``
-with the prompt format and the normalisation.
+Saved as one folder: the model (safetensors), the tokenizer (its chat template, if
+any, with it), and ``reward_model.json`` with the plain prompt format and the
+normalisation.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from typing import Any
 import torch
 from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 
-from alignops.models.collate import Batch, select_rows, tokenize_completions
+from alignops.models.chat import Renderer
+from alignops.models.collate import Batch, select_rows
 from alignops.models.loading import load_model, save_model
 from alignops.models.scoring import position_ids_from_mask
 from alignops.models.tokenizer import ensure_pad_token, load_tokenizer, resize_for_tokenizer
@@ -95,8 +97,9 @@ def build_reward_backbone(
 class RewardModel:
     """A reward model ready to score texts: ``rm.score(prompts, responses)``.
 
-    ``prompts`` are canonical (``prompt_template`` is applied here), ``responses``
-    bare replies (``response_prefix`` is put in front, EOS after, as in training).
+    ``prompts`` are canonical and ``responses`` bare replies; they are rendered as the
+    policy's training renders them (``renderer``): with the reward tokenizer's chat
+    template when it has one, else ``prompt_template`` and ``response_prefix`` + reply + EOS.
     """
 
     model: PreTrainedModel = field(repr=False)
@@ -104,9 +107,9 @@ class RewardModel:
     tokenizer: PreTrainedTokenizerBase = field(repr=False)
     """The reward model's own tokenizer (pad distinct from EOS)."""
     prompt_template: str = "{prompt}"
-    """How a canonical prompt is shown to the model (``ModelConfig.prompt_template``)."""
+    """How a canonical prompt is shown to the model without a chat template (``ModelConfig.prompt_template``)."""
     response_prefix: str = ""
-    """Put in front of every response before tokenising (``ModelConfig.response_prefix``)."""
+    """Put in front of every response without a chat template (``ModelConfig.response_prefix``)."""
     max_prompt_tokens: int = 64
     """Prompts keep their last this-many tokens."""
     max_response_tokens: int = 160
@@ -124,16 +127,14 @@ class RewardModel:
         if self.model.config.num_labels != 1:
             raise ValueError(f"a reward model has one output, this one has {self.model.config.num_labels}")
 
+    @property
+    def renderer(self) -> Renderer:
+        """How this reward model's tokenizer reads (prompt, response) text."""
+        return Renderer(self.tokenizer, self.prompt_template, self.response_prefix)
+
     def tokenize(self, prompts: list[str], responses: list[str]) -> Batch:
-        """Right-padded ``input_ids``/``attention_mask`` (N, T) of the formatted pairs."""
-        return tokenize_completions(
-            self.tokenizer,
-            [self.prompt_template.format(prompt=p) for p in prompts],
-            list(responses),
-            self.max_prompt_tokens,
-            self.max_response_tokens,
-            self.response_prefix,
-        )
+        """Right-padded ``input_ids``/``attention_mask`` (N, T) of the rendered pairs."""
+        return self.renderer.tokenize(list(prompts), list(responses), self.max_prompt_tokens, self.max_response_tokens)
 
     @torch.no_grad()
     def score(
