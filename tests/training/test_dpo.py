@@ -22,7 +22,7 @@ from alignops.training.dpo import (
     train_dpo,
 )
 from alignops.training.dpo_config import DPOConfig
-from tests.helpers import TINY_LLAMA, make_tiny_tokenizer
+from tests.helpers import TINY_LLAMA, make_chat_tokenizer, make_tiny_tokenizer
 
 LOGGED_EVERY_STEP = {
     "loss/dpo",
@@ -137,6 +137,20 @@ def test_shared_responses_are_scored_once_with_the_same_loss(sft_model, tokenize
     every_row = {**rows, "pair_rows": torch.arange(16), "ref_logps": ref}
     naive_loss, _ = _pair_loss(sft_model, every_row, TINY)
     torch.testing.assert_close(loss, naive_loss)
+
+
+def test_with_a_chat_template_pairs_are_the_templated_conversations():
+    tokenizer = make_chat_tokenizer(PROMPTS + CHOSEN + REJECTED)
+    model_config = dataclasses.replace(MODEL, max_position_embeddings=96, max_response_tokens=32)
+    batch = tokenize_pairs(tokenizer, HELDOUT, model_config)
+    replies = CHOSEN + REJECTED
+    for row, (prompt, reply) in enumerate(zip(PROMPTS * 2, replies, strict=True)):
+        user = [{"role": "user", "content": prompt}]
+        head = tokenizer.apply_chat_template(user, add_generation_prompt=True)["input_ids"]
+        whole = tokenizer.apply_chat_template([*user, {"role": "assistant", "content": reply}])["input_ids"]
+        n = int(batch["attention_mask"][row].sum())
+        assert batch["input_ids"][row, :n].tolist() == whole
+        assert batch["completion_mask"][row, :n].tolist() == [0] * len(head) + [1] * (len(whole) - len(head))
 
 
 def test_pair_rows_put_chosen_then_rejected():

@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
+from alignops.models.chat import parse_transcript
 from alignops.models.generation import GenerationConfig
 from alignops.models.scoring import response_logits
 from alignops.models.value_head import PolicyWithValueHead
@@ -15,7 +16,7 @@ from alignops.training import ppo as ppo_module
 from alignops.training.common import MetricHistory, NonFiniteLossError
 from alignops.training.ppo import prompt_batches, train_ppo
 from alignops.training.ppo_config import PPOConfig
-from tests.helpers import PPO_LOGGED_EVERY_STEP, TINY_LLAMA, CountingScorer
+from tests.helpers import PPO_LOGGED_EVERY_STEP, TINY_LLAMA, CountingScorer, make_chat_tokenizer, make_tiny_policy
 
 PROMPTS = ["please reset my password", "where is my order", "refund the charge", "close my account"]
 # Small and quick; tests override what they exercise.
@@ -85,6 +86,29 @@ def test_every_metric_is_logged_every_step_and_samples_are_rows(sft_model, token
     assert history.rows[0]["objective/kl"] == pytest.approx(0.0, abs=1e-5)  # the policy starts as the reference
     assert [s["step"] for s in result.samples] == [2, 2, 3, 3]  # every 2nd step and the last
     assert all(set(s) == {"step", "prompt", "response", "score"} and s["prompt"] in PROMPTS for s in result.samples)
+
+
+def test_with_a_chat_template_rollout_prompts_are_the_templates_generation_prompt(monkeypatch):
+    tokenizer = make_chat_tokenizer()
+    prompts = [*PROMPTS[:3], "\n\nHuman: where is my order\n\nAssistant: close\n\nHuman: refund\n\nAssistant:"]
+    rollouts = []
+
+    def spying_sampler(*args, **kwargs):
+        out = sample_responses(*args, **kwargs)
+        rollouts.append((args[2], out))
+        return out
+
+    sample_responses = ppo_module.sample_responses
+    monkeypatch.setattr(ppo_module, "sample_responses", spying_sampler)
+    model_config = dataclasses.replace(TINY_LLAMA, max_position_embeddings=96, max_prompt_tokens=48)
+    config = dataclasses.replace(TINY, steps=1)
+    train_ppo(make_tiny_policy(tokenizer), tokenizer, CountingScorer(), prompts, model_config, config,
+              GenerationConfig(), MetricHistory())
+    (batch_prompts, out), = rollouts
+    assert set(batch_prompts) == set(prompts)
+    for row, prompt in enumerate(batch_prompts):
+        expected = tokenizer.apply_chat_template(parse_transcript(prompt), add_generation_prompt=True)["input_ids"]
+        assert out.query_ids[row][out.query_mask[row].bool()].tolist() == expected
 
 
 def test_the_reference_stays_frozen(sft_model, tokenizer, monkeypatch):

@@ -12,6 +12,8 @@ import torch
 from accelerate.utils import set_seed
 
 from alignops.models import ModelConfig, build_causal_lm, build_tokenizer
+from alignops.models.chat import parse_transcript
+from alignops.training import sft as training_sft
 from alignops.training.common import (
     MetricHistory,
     NonFiniteLossError,
@@ -23,6 +25,7 @@ from alignops.training.common import (
 )
 from alignops.training.sft import train_sft
 from alignops.training.sft_config import SFTConfig
+from tests.helpers import make_chat_tokenizer
 
 PROMPTS = [
     "Where is my order #4411?",
@@ -98,6 +101,37 @@ def test_a_few_steps_log_finite_metrics_and_change_every_parameter(tokenizer):
     assert train_rows[0]["sft/lr"] == pytest.approx(QUICK.learning_rate * lr_multiplier(0, 1, 6))
     unchanged = [n for n, p in model.named_parameters() if torch.equal(p.detach(), initial[n])]
     assert not unchanged
+
+
+def test_with_a_chat_template_sft_trains_on_the_templated_conversations(monkeypatch):
+    tokenizer = make_chat_tokenizer(PROMPTS + RESPONSES)
+    prompts = [*PROMPTS[:6], "\n\nHuman: Cancel my plan.\n\nAssistant: Done.\n\nHuman: Thanks.\n\nAssistant:"]
+    responses = RESPONSES[:7]
+    seen = []
+
+    def spying_loss(logits, input_ids, completion_mask):
+        seen.append((input_ids.detach().cpu(), completion_mask.detach().cpu()))
+        return sft_loss(logits, input_ids, completion_mask)
+
+    sft_loss = training_sft.sft_loss
+    monkeypatch.setattr(training_sft, "sft_loss", spying_loss)
+    config = dataclasses.replace(QUICK, batch_size=8, max_steps=1, eval_fraction=0.0, packing=False)
+    history = MetricHistory()
+    train_sft(tokenizer, prompts, responses, TINY, config, history)
+
+    expected = set()
+    for prompt, response in zip(prompts, responses, strict=True):
+        messages = parse_transcript(prompt)
+        head = tokenizer.apply_chat_template(messages, add_generation_prompt=True)["input_ids"]
+        whole = tokenizer.apply_chat_template([*messages, {"role": "assistant", "content": response}])["input_ids"]
+        assert whole[: len(head)] == head and len(head) <= TINY.max_prompt_tokens
+        expected.add((tuple(whole), (0,) * len(head) + (1,) * (len(whole) - len(head))))
+    rows = set()
+    for ids, mask in zip(*seen[0], strict=True):  # the one step's batch holds every demonstration
+        n = int((ids != tokenizer.pad_token_id).sum())
+        rows.add((tuple(ids[:n].tolist()), tuple(mask[:n].tolist())))
+    assert rows == expected  # BOS once, the template's EOS ends every reply, nothing appended
+    assert all(math.isfinite(r["loss/sft"]) for r in history.rows if "loss/sft" in r)
 
 
 def test_loss_falls_on_a_repeated_tiny_batch(tokenizer):

@@ -25,7 +25,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from alignops.core.logprobs import sequence_logprobs
 from alignops.core.losses import dpo_loss
-from alignops.models.collate import Batch, select_rows, tokenize_preference_pairs
+from alignops.models.chat import Renderer
+from alignops.models.collate import Batch, select_rows
 from alignops.models.config import ModelConfig
 from alignops.training.batching import GroupedBatches
 from alignops.training.common import LogFn, Stats, make_accelerator, make_optimizer, train_epochs
@@ -50,21 +51,19 @@ class PreferencePairs(NamedTuple):
     """Comparisons in columns: ``chosen[i]`` was preferred to ``rejected[i]`` as a reply to ``prompts[i]``."""
 
     prompts: Sequence[str]
-    """Canonical prompts (``ModelConfig.prompt_template`` is applied when tokenising)."""
+    """Canonical prompts (rendered by ``Renderer.for_model`` when tokenising)."""
     chosen: Sequence[str]
     rejected: Sequence[str]
 
 
 def tokenize_pairs(tokenizer: PreTrainedTokenizerBase, pairs: PreferencePairs, model_config: ModelConfig) -> Batch:
-    """2N right-padded rows, the same formatting as SFT: rows ``[:N]`` chosen, ``[N:]`` rejected."""
-    return tokenize_preference_pairs(
-        tokenizer,
-        model_config.format_prompts(list(pairs.prompts)),
+    """2N right-padded rows, rendered as SFT renders them: rows ``[:N]`` chosen, ``[N:]`` rejected."""
+    return Renderer.for_model(model_config, tokenizer).tokenize_pairs(
+        list(pairs.prompts),
         list(pairs.chosen),
         list(pairs.rejected),
         model_config.max_prompt_tokens,
         model_config.max_response_tokens,
-        model_config.response_prefix,
     )
 
 

@@ -164,8 +164,8 @@ def train_ppo(
     """Optimise a copy of ``sft_model`` against ``reward_model`` on ``prompts`` (canonical text).
 
     ``sft_model`` is not modified: the policy and the frozen reference are copies of it.
-    The reward model scores decoded text (it may use another tokenizer); prompts are
-    formatted with ``model_config.prompt_template`` for the policy only.
+    The reward model scores decoded text (it may use another tokenizer) and renders it
+    its own way; the policy's rollouts render prompts with ``sample_responses``.
     """
     if not prompts:
         raise ValueError("ppo: no prompts to roll out on")

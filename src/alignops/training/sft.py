@@ -17,7 +17,8 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from alignops.core import sft_loss
-from alignops.models.collate import Batch, select_rows, tokenize_completions
+from alignops.models.chat import Renderer
+from alignops.models.collate import Batch, select_rows
 from alignops.models.config import ModelConfig
 from alignops.models.loading import build_causal_lm
 from alignops.models.packing import pack_sequences
@@ -70,20 +71,16 @@ def train_sft(
 ) -> PreTrainedModel:
     """Fine-tune ``model_config``'s base on (prompt, response) demonstrations; returns the model.
 
-    ``prompts`` are canonical (``model_config.prompt_template`` is applied here).
+    ``prompts`` are canonical; they and the responses are rendered here
+    (``Renderer.for_model``: the tokenizer's chat template, else the plain template).
     Checkpoints go to ``checkpoint_dir`` every ``config.checkpoint_every`` steps.
     """
     accelerator = make_accelerator(config.mixed_precision, config.grad_accum, config.seed)
     model = build_causal_lm(model_config, tokenizer)  # after seeding: same seed, same init
 
     # Data: tokenise everything once; hold out a seeded split; pack the training rows.
-    data = tokenize_completions(
-        tokenizer,
-        model_config.format_prompts(list(prompts)),
-        list(responses),
-        model_config.max_prompt_tokens,
-        model_config.max_response_tokens,
-        model_config.response_prefix,
+    data = Renderer.for_model(model_config, tokenizer).tokenize(
+        list(prompts), list(responses), model_config.max_prompt_tokens, model_config.max_response_tokens
     )
     n_rows = data["input_ids"].shape[0]
     n_eval = math.ceil(n_rows * config.eval_fraction)
