@@ -1,14 +1,17 @@
 """What alignops records about a run, apart from Kedro: git state, file digests, secret names.
 
-Used by the Kedro hook (``alignops.hooks``); nothing here imports Kedro.
+Used by the Kedro hook (``alignops.hooks``) and the promotion CLI; nothing here imports Kedro.
 """
 
 from __future__ import annotations
 
 import hashlib
 import subprocess
+import tomllib
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 SECRET_NAMES = frozenset(
     {
@@ -101,3 +104,29 @@ def project_sqlite_uri(uri: str | None, project_path: Path) -> str | None:
     if not uri or not uri.startswith(prefix) or uri.startswith(prefix + "/") or uri == prefix + ":memory:":
         return uri
     return prefix + str((project_path / uri[len(prefix) :]).resolve())
+
+
+def find_project_root(start: Path) -> Path | None:
+    """The nearest folder at or above ``start`` whose ``pyproject.toml`` has a ``[tool.kedro]``
+    section (Kedro's own test for a project root), or None outside any project."""
+    for folder in (start.resolve(), *start.resolve().parents):
+        try:
+            if "kedro" in tomllib.loads((folder / "pyproject.toml").read_text()).get("tool", {}):
+                return folder
+        except (OSError, tomllib.TOMLDecodeError):
+            continue
+    return None
+
+
+def project_mlflow_uris(root: Path, env: str = "local") -> tuple[str | None, str | None]:
+    """The tracking and registry URIs a ``kedro run`` in ``env`` uses: ``server`` of
+    ``conf/<env>/mlflow.yml`` if that file sets one, else of ``conf/base/mlflow.yml``
+    (Kedro replaces a top-level key, it does not merge it), sqlite paths anchored at
+    ``root`` as the hook anchors them. The registry URI is None where unset (MLflow
+    then uses the tracking URI)."""
+    server: dict = {}
+    for folder in ("base", env):
+        path = root / "conf" / folder / "mlflow.yml"
+        if path.is_file():
+            server = (yaml.safe_load(path.read_text()) or {}).get("server", server) or {}
+    return tuple(project_sqlite_uri(server.get(key), root) for key in ("mlflow_tracking_uri", "mlflow_registry_uri"))
