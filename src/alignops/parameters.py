@@ -24,6 +24,7 @@ from typing import Any
 
 PARAMETER_CONFIGS: dict[str, tuple[str, str]] = {
     "world": ("data_generation", "alignops.world:WorldConfig"),
+    "sources": ("sources", "alignops.preferences.sources:SourcesConfig"),
     "data_validation": ("data_validation", "alignops.preferences.validation:DataValidationConfig"),
     "data_split": ("data_split", "alignops.preferences.split:SplitConfig"),
     "data_report": ("data_report", "alignops.preferences.report:ReportConfig"),
@@ -31,6 +32,7 @@ PARAMETER_CONFIGS: dict[str, tuple[str, str]] = {
     "generation": ("generation", "alignops.models:GenerationConfig"),
     "sft": ("sft", "alignops.training.sft_config:SFTConfig"),
     "reward": ("reward", "alignops.training.reward_config:RewardConfig"),
+    "audit_judge": ("audit_judge", "alignops.training.audit_judge_config:AuditJudgeConfig"),
     "ppo": ("ppo", "alignops.training.ppo_config:PPOConfig"),
     "dpo": ("dpo", "alignops.training.dpo_config:DPOConfig"),
     "evaluation": ("evaluation", "alignops.evaluation:EvaluationConfig"),
