@@ -95,6 +95,11 @@ class AlignopsMlflowHook(MlflowHook):
 
     @hook_impl
     def after_context_created(self, context) -> None:
+        from alignops.pipeline_registry import use_sources  # imports every stage: only once a run is set up
+
+        # __default__ follows the run's data source; a bad `sources` block fails here, named
+        check_parameters(context.params, ["sources"])
+        use_sources(context.params.get("sources"))
         _anchor_sqlite_uris(context)
         super().after_context_created(context)
         self._configured_run_name = self.mlflow_config.tracking.run.name
