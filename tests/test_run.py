@@ -127,6 +127,8 @@ def test_hh_rlhf_environment_quarantines_the_malformed_rows(project_copy):
     quarantine = pd.read_json(data / "02_intermediate" / "preferences_quarantine.jsonl", lines=True)
     assert len(validated) + len(quarantine) == 405
     assert sorted(quarantine["source_line"]) == [87, 401, 402, 403, 404, 405]  # examples/hh_rlhf/README.md
+    # well-formed records, every one: the validation gate's to judge, not ingestion's
+    assert not (data / "02_intermediate" / "ingestion_quarantine.jsonl").read_text().strip()
     assert (data / "08_reporting" / "data_report.png").exists()
 
 

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import pickle
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from alignops.preferences.ingestion import (
+    QUARANTINE_DTYPES,
+    Ingested,
     IngestionError,
     ingestion_summary,
     read_preference_files,
     read_preferences,
+    read_source,
     resolve_sources,
 )
+from alignops.preferences.record_checks import Violations
 from alignops.preferences.schema import CANONICAL_DTYPES
 from tests.data.fixtures_ingestion import (
     CONVERSATIONAL_EXPLICIT,
@@ -28,7 +34,9 @@ from tests.data.fixtures_ingestion import (
     write_bytes,
     write_records,
 )
+from tests.helpers import REPO_ROOT
 
+HH_SAMPLE = REPO_ROOT / "examples" / "hh_rlhf" / "harmless-base-sample.jsonl.gz"
 ALL_CONTAINERS = [".jsonl", ".jsonl.gz", ".json", ".json.gz", ".csv", ".csv.gz", ".parquet"]
 LIST_CONTAINERS = [".jsonl", ".jsonl.gz", ".json", ".parquet"]  # a CSV cell holds no lists
 
@@ -188,7 +196,7 @@ def test_several_files_and_globs_make_one_table(tmp_path):
     assert [p.name for p in paths] == ["a.jsonl", "b.parquet", "c.csv.gz"]
     summary = ingestion_summary(read_preference_files(paths))
     assert summary == {"rows": 14, "rows_per_format": {"kwise": 8, "trl_explicit": 3, "hh_rlhf": 3},
-                       "sources": 3, "ties_dropped": 2, "inconsistent_prompts": 1}
+                       "sources": 3, "quarantined_records": 0, "ties_dropped": 2, "inconsistent_prompts": 1}
 
 
 # --- the real HH-RLHF sample -----------------------------------------------------------------------
@@ -257,26 +265,126 @@ def test_broken_json_array_is_named_by_line(tmp_path):
     assert_error(excinfo, path, 3, "invalid JSON")
 
 
-@pytest.mark.parametrize("count", [1, 30])  # alone, the column is all ints; among strings, the reader fails
-def test_wrong_type_names_field_type_and_line(tmp_path, count):
-    records = [dict(r) for r in (TRL_EXPLICIT * 10)[:count]]
-    records[-1]["chosen"] = 5
-    path = write_records(tmp_path / "wrong.jsonl", records)
+@pytest.mark.parametrize("fmt", ["auto", "kwise"])
+def test_missing_column_names_columns_found_and_formats_considered(tmp_path, fmt):
+    path = write_records(tmp_path / "missing.jsonl", [{"prompt": "p", "chosen": "c"}])
     with pytest.raises(IngestionError) as excinfo:
-        read_preferences(path)
-    assert_error(excinfo, path, count, "'chosen' must be a string or a list of messages, got int")
-    with pytest.raises(IngestionError) as excinfo:
-        read_preferences(path, fmt="trl_explicit")
-    assert_error(excinfo, path, count, "'chosen' must be a string, got int")
+        read_preferences(path, fmt=fmt)
+    assert_error(excinfo, path, 1, "missing required column", "found columns: prompt, chosen")
+    considered = ["kwise"] if fmt == "kwise" else ["trl_explicit", "trl_conversational", "hh_rlhf", "kwise"]
+    assert all(f"{f} needs" in excinfo.value.reason for f in considered)
+    if fmt == "auto":
+        assert "'rejected' for trl_explicit" in excinfo.value.reason
 
 
-def test_wrong_type_in_a_json_array_is_named_by_record(tmp_path):
-    records = [dict(r) for r in TRL_EXPLICIT]
-    records[1]["rejected"] = None
-    path = write_records(tmp_path / "wrong.json", records)
-    with pytest.raises(IngestionError) as excinfo:
-        read_preferences(path)
-    assert_error(excinfo, path, 2, "'rejected' is missing or null", unit="record")
+
+# --- bad rows are quarantined ----------------------------------------------------------------------
+
+PADDING = 40
+"""Good records after the bad one, so one bad record stays under MAX_QUARANTINED_FRACTION."""
+
+
+def padded(records: list[dict], good: dict) -> list[dict]:
+    """``records`` and copies of ``good`` after them (copies: a test may change any one record)."""
+    return [*records, *(json.loads(json.dumps(good)) for _ in range(PADDING))]
+
+
+def assert_quarantined(ingested: Ingested, path: Path, lines: list[int], *fragments: str) -> pd.DataFrame:
+    """The bad records, and only they, are set aside with their file, line and reason."""
+    quarantine = ingested.quarantine
+    assert {c: str(t) for c, t in quarantine.dtypes.items()} == {
+        c: str(pd.Series(dtype=t).dtype) for c, t in QUARANTINE_DTYPES.items()
+    }
+    assert quarantine["source_line"].tolist() == lines
+    assert set(quarantine["source"]) == {str(path)}
+    for fragment in fragments:
+        assert all(fragment in reason for reason in quarantine["quarantine_reasons"]), quarantine["quarantine_reasons"]
+    assert not set(ingested.preferences["source_line"]) & set(lines)
+    return quarantine
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz", ".json", ".parquet"])
+def test_null_chosen_is_quarantined_and_the_other_records_are_read(tmp_path, suffix):
+    records = padded([dict(r) for r in TRL_EXPLICIT], TRL_EXPLICIT[0])
+    records[1]["chosen"] = None
+    path = write_records(tmp_path / f"prefs{suffix}", records)
+    ingested = read_source(path)
+    quarantine = assert_quarantined(ingested, path, [2], "'chosen' is missing or null")
+    assert quarantine["source_format"].tolist() == ["trl_explicit"]
+    table = ingested.preferences
+    assert len(table) == len(records) - 1
+    assert table["source_line"].tolist() == [n for n in first_lines(suffix, len(records)) if n != 2]
+    assert table["chosen"].tolist()[:2] == [TRL_EXPLICIT[0]["chosen"], TRL_EXPLICIT[2]["chosen"]]
+    record = json.loads(quarantine["record"].iloc[0])
+    assert record["chosen"] is None and record["prompt"] == TRL_EXPLICIT[1]["prompt"]
+
+
+@pytest.mark.parametrize("fmt", ["auto", "trl_explicit"])
+@pytest.mark.parametrize("suffix", [".jsonl", ".json.gz"])
+def test_a_number_where_text_belongs_is_quarantined(tmp_path, fmt, suffix):
+    # among strings, Arrow's reader refuses the whole file; the slow reader sets the record aside
+    records = padded([dict(r) for r in TRL_EXPLICIT], TRL_EXPLICIT[0])
+    records[2]["chosen"] = 5
+    path = write_records(tmp_path / f"wrong{suffix}", records)
+    ingested = read_source(path, fmt)
+    quarantine = assert_quarantined(ingested, path, [3], "'chosen' must be a string, got int")
+    assert json.loads(quarantine["record"].iloc[0])["chosen"] == 5
+    assert len(ingested.preferences) == len(records) - 1
+    assert set(ingested.preferences["source_format"]) == {"trl_explicit"}
+
+
+def test_a_numeric_field_holding_text_is_quarantined(tmp_path):
+    records = padded([dict(r) for r in TRL_EXPLICIT], TRL_EXPLICIT[0])
+    records[0]["margin"] = "strong"
+    path = write_records(tmp_path / "margins.jsonl", records)
+    assert_quarantined(read_source(path), path, [1], "'margin' must be a number, got 'strong'")
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz", ".json"])
+def test_a_duplicated_key_is_quarantined_naming_its_line(tmp_path, suffix):
+    good = json.dumps(TRL_EXPLICIT[0])
+    twice = '{"prompt": "Refund?", "chosen": "Yes.", "chosen": "No.", "rejected": "Maybe."}'
+    lines = [good, good, twice, *[good] * PADDING]
+    text = "[\n" + ",\n".join(lines) + "\n]\n" if suffix == ".json" else "\n".join(lines) + "\n"
+    path = write_bytes(tmp_path / f"twice{suffix}", text.encode())
+    ingested = read_source(path)
+    # a JSON array counts records; its first record sits on line 2, but it is record 1
+    quarantine = assert_quarantined(ingested, path, [3], "duplicate key 'chosen'")
+    if suffix != ".json":
+        assert quarantine["record"].tolist() == [twice]  # the line as written, both keys and all
+    assert "Refund?" not in set(ingested.preferences["prompt"])
+    assert len(ingested.preferences) == len(lines) - 1
+
+
+def test_a_duplicated_key_inside_a_message_is_quarantined(tmp_path):
+    good = json.dumps(CONVERSATIONAL_IMPLICIT[1])
+    twice = (
+        '{"chosen": [{"role": "user", "content": "Hi"}, {"role": "assistant", "role": "user", "content": "Yo"}],'
+        ' "rejected": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "No"}]}'
+    )
+    path = write_bytes(tmp_path / "chat.jsonl", "\n".join([good, twice, *[good] * PADDING]).encode())
+    assert_quarantined(read_source(path), path, [2], "duplicate key 'role' in element 2 of 'chosen'")
+
+
+def test_one_record_quarantined_for_every_reason_it_has(tmp_path):
+    records = padded([dict(r) for r in TRL_EXPLICIT], TRL_EXPLICIT[0])
+    records[1].update(chosen=None, rejected=None, margin="x")
+    path = write_records(tmp_path / "prefs.jsonl", records)
+    quarantine = assert_quarantined(read_source(path), path, [2])
+    assert quarantine["quarantine_reasons"].iloc[0] == (
+        "'chosen' is missing or null; 'rejected' is missing or null; 'margin' must be a number, got 'x'"
+    )
+
+
+def test_quarantined_lines_count_blank_lines_and_csv_records_keep_their_text(tmp_path):
+    rows = [json.dumps(r) for r in padded(list(TRL_EXPLICIT), TRL_EXPLICIT[0])]
+    rows[1] = '{"prompt": "p", "chosen": null, "rejected": "r"}'
+    path = write_bytes(tmp_path / "gaps.jsonl", "\n\n".join(rows).encode())
+    assert_quarantined(read_source(path), path, [3])
+    text = 'prompt,chosen,rejected,margin\n"two\nlines",a,b,oops\n' + "q,a,b,1\n" * PADDING
+    path = write_bytes(tmp_path / "prefs.csv", text.encode())
+    quarantine = assert_quarantined(read_source(path), path, [2], "'margin' must be a number, got 'oops'")
+    assert quarantine["record"].tolist() == ['"two\nlines",a,b,oops']
 
 
 @pytest.mark.parametrize(
@@ -291,13 +399,15 @@ def test_wrong_type_in_a_json_array_is_named_by_record(tmp_path):
         ({"responses": ["only one"], "ranks": [1]}, "2 or more responses"),
     ],
 )
-def test_bad_rankings_are_named(tmp_path, bad, reason):
-    records = [dict(r) for r in KWISE]
+def test_bad_rankings_are_quarantined(tmp_path, bad, reason):
+    records = padded([dict(r) for r in KWISE], KWISE[0])
     records[1].update(bad)
     path = write_records(tmp_path / "rankings.jsonl", records)
-    with pytest.raises(IngestionError) as excinfo:
-        read_preferences(path)
-    assert_error(excinfo, path, 2, reason)
+    ingested = read_source(path)
+    assert_quarantined(ingested, path, [2], reason)
+    # the others still expand to their pairs: 3 for each copy of the first ranking, none for the tied one
+    assert len(ingested.preferences) == 3 * (1 + PADDING)
+    assert ingested.preferences.attrs["ties_dropped"] == 1
 
 
 @pytest.mark.parametrize(
@@ -309,51 +419,124 @@ def test_bad_rankings_are_named(tmp_path, bad, reason):
         ({"role": "user", "content": 7}, "'content' of element 2 is int, but string in element 1"),
     ],
 )
-def test_bad_messages_are_named(tmp_path, bad, reason):
-    records = json.loads(json.dumps(CONVERSATIONAL_IMPLICIT * 2))
+def test_bad_messages_are_quarantined(tmp_path, bad, reason):
+    records = padded(json.loads(json.dumps(CONVERSATIONAL_IMPLICIT * 2)), CONVERSATIONAL_IMPLICIT[1])
     records[2]["chosen"][1] = bad
     path = write_records(tmp_path / "chat.jsonl", records)
-    with pytest.raises(IngestionError) as excinfo:
-        read_preferences(path)
-    assert_error(excinfo, path, 3, reason)
+    ingested = read_source(path)
+    assert_quarantined(ingested, path, [3], reason)
+    table = ingested.preferences
+    # the records around the bad one are rendered as before (their messages did not shift)
+    assert table["chosen"].tolist()[:4] == ["Sure, what is the number?", "Of course.", "Of course.", "Of course."]
+    assert table["prompt"][1] == "\n\nHuman: Refund please\n\nAssistant:"
 
 
 def test_conversation_must_end_with_the_assistant(tmp_path):
     record = {"chosen": [message("user", "hi")], "rejected": [message("user", "hi"), message("assistant", "yo")]}
-    path = write_records(tmp_path / "chat.parquet", [CONVERSATIONAL_IMPLICIT[0], record])
-    with pytest.raises(IngestionError) as excinfo:
-        read_preferences(path)
-    assert_error(excinfo, path, 2, "the last message of 'chosen' must come from the assistant, got 'user'",
-                 unit="record")
+    records = padded([CONVERSATIONAL_IMPLICIT[0], record], CONVERSATIONAL_IMPLICIT[1])
+    path = write_records(tmp_path / "chat.parquet", records)
+    ingested = read_source(path)
+    quarantine = assert_quarantined(
+        ingested, path, [2], "the last message of 'chosen' must come from the assistant, got 'user'"
+    )
+    assert json.loads(quarantine["record"].iloc[0])["chosen"] == [message("user", "hi")]  # fields, as read
 
 
-@pytest.mark.parametrize("fmt", ["auto", "kwise"])
-def test_missing_column_names_columns_found_and_formats_considered(tmp_path, fmt):
-    path = write_records(tmp_path / "missing.jsonl", [{"prompt": "p", "chosen": "c"}])
-    with pytest.raises(IngestionError) as excinfo:
-        read_preferences(path, fmt=fmt)
-    assert_error(excinfo, path, 1, "missing required column", "found columns: prompt, chosen")
-    considered = ["kwise"] if fmt == "kwise" else ["trl_explicit", "trl_conversational", "hh_rlhf", "kwise"]
-    assert all(f"{f} needs" in excinfo.value.reason for f in considered)
-    if fmt == "auto":
-        assert "'rejected' for trl_explicit" in excinfo.value.reason
-
-
-def test_missing_value_in_one_record_is_named(tmp_path):
-    records = [dict(r) for r in TRL_EXPLICIT]
+def test_missing_value_in_one_record_is_quarantined(tmp_path):
+    records = padded([dict(r) for r in TRL_EXPLICIT], TRL_EXPLICIT[0])
     del records[2]["rejected"]
     path = write_records(tmp_path / "missing.jsonl", records)
-    with pytest.raises(IngestionError) as excinfo:
-        read_preferences(path)
-    assert_error(excinfo, path, 3, "'rejected' is missing or null")
+    assert_quarantined(read_source(path), path, [3], "'rejected' is missing or null")
 
 
-def test_hh_transcript_without_an_assistant_turn_is_named(tmp_path):
-    records = [*HH_RLHF, {"chosen": "\n\nHuman: hello", "rejected": "\n\nHuman: hello\n\nAssistant: hi"}]
+def test_hh_transcript_without_an_assistant_turn_is_quarantined(tmp_path):
+    records = padded([*HH_RLHF, {"chosen": "\n\nHuman: hello", "rejected": "\n\nHuman: hello\n\nAssistant: hi"}],
+                     HH_RLHF[0])
     path = write_records(tmp_path / "hh.jsonl", records)
+    ingested = read_source(path)
+    assert_quarantined(ingested, path, [4], "'chosen' has no '\\n\\nAssistant:' turn")
+    assert ingested.preferences["chosen"].tolist()[:3] == [" Gladly.", "", "Why did the chicken cross the road?"]
+
+
+def test_real_hh_sample_with_broken_records_keeps_the_rest(tmp_path):
+    lines = gzip.decompress(HH_SAMPLE.read_bytes()).decode().splitlines()
+    lines[99] = json.dumps({**json.loads(lines[99]), "chosen": None})
+    lines[199] = json.dumps({**json.loads(lines[199]), "rejected": 42})
+    lines[299] = lines[299].replace('{"chosen":', '{"rejected": "x", "chosen":', 1)
+    path = write_bytes(tmp_path / "hh.jsonl.gz", "\n".join(lines).encode())
+    ingested = read_source(path, fmt="hh_rlhf")
+    quarantine = assert_quarantined(ingested, path, [100, 200, 300])
+    assert quarantine["quarantine_reasons"].tolist() == [
+        "'chosen' is missing or null", "'rejected' must be a string, got int", "duplicate key 'rejected'",
+    ]
+    assert len(ingested.preferences) == len(lines) - 3
+
+
+# --- bad files are refused -------------------------------------------------------------------------
+
+
+def test_a_mostly_broken_file_is_refused_naming_its_first_bad_line(tmp_path):
+    records = padded([dict(r) for r in TRL_EXPLICIT], TRL_EXPLICIT[0])
+    for record in records[5:15]:
+        record["chosen"] = None
+    path = write_records(tmp_path / "broken.jsonl", records)
+    with pytest.raises(IngestionError) as excinfo:
+        read_source(path)
+    assert_error(excinfo, path, 6, "'chosen' is missing or null", "10 of 43 records", "max_quarantined_fraction 5.0%")
+    assert len(read_source(path, max_quarantined_fraction=0.5).quarantine) == 10  # unless the user allows it
+
+
+def test_a_file_read_in_the_wrong_format_is_refused_whatever_the_allowance(tmp_path):
+    path = write_records(tmp_path / "explicit.jsonl", padded(list(TRL_EXPLICIT), TRL_EXPLICIT[0]))
+    with pytest.raises(IngestionError) as excinfo:
+        read_source(path, fmt="hh_rlhf", max_quarantined_fraction=1.0)
+    assert_error(excinfo, path, 1, "'chosen' has no '\\n\\nAssistant:' turn", "so are the other 42 records",
+                 "read as hh_rlhf")
+
+
+@pytest.mark.parametrize("count", [1, 3])  # one record: the error is the record's; several: all are named
+def test_a_file_whose_every_record_is_bad_is_refused(tmp_path, count):
+    records = [{**r, "chosen": 5} for r in TRL_EXPLICIT[:count]]
+    path = write_records(tmp_path / "wrong.jsonl", records)
     with pytest.raises(IngestionError) as excinfo:
         read_preferences(path)
-    assert_error(excinfo, path, 4, "'chosen' has no '\\n\\nAssistant:' turn")
+    assert_error(excinfo, path, 1, "'chosen' must be a string or a list of messages, got int")
+    with pytest.raises(IngestionError) as excinfo:
+        read_preferences(path, fmt="trl_explicit")
+    assert_error(excinfo, path, 1, "'chosen' must be a string, got int")
+    assert ("so are the other" in excinfo.value.reason) == (count > 1)
+
+
+def test_wrong_type_in_a_small_json_array_refuses_the_file_by_record(tmp_path):
+    records = [dict(r) for r in TRL_EXPLICIT]
+    records[1]["rejected"] = None  # one record in three is far above the allowance
+    path = write_records(tmp_path / "wrong.json", records)
+    with pytest.raises(IngestionError) as excinfo:
+        read_preferences(path)
+    assert_error(excinfo, path, 2, "'rejected' is missing or null", "1 of 3 records", unit="record")
+
+
+def good_lines(count: int) -> bytes:
+    return jsonl_bytes([TRL_EXPLICIT[0]] * count)
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "line", "reason"),
+    [
+        ("not_json.jsonl", good_lines(50) + b'{"prompt": "x", "chosen": \n' + good_lines(50), 51, "invalid JSON"),
+        ("latin1.jsonl", good_lines(50) + b'{"prompt": "caf\xe9", "chosen": "a", "rejected": "b"}\n', 51,
+         "not UTF-8"),
+        ("no_rejected.jsonl", jsonl_bytes([{"prompt": "p", "chosen": "c"}] * 100), 1,
+         "missing required column(s) 'rejected'"),
+        ("ragged.csv", b"prompt,chosen,rejected\n" + b"a,b,c\n" * 50 + b"a,b,c,d\n", 52, "expected 3 fields"),
+        ("truncated.jsonl.gz", gzip.compress(good_lines(2000))[:-40], None, "cannot be read"),
+    ],
+)
+def test_file_level_defects_stop_ingestion_even_among_good_records(tmp_path, name, data, line, reason):
+    path = write_bytes(tmp_path / name, data, compress=False)
+    with pytest.raises(IngestionError) as excinfo:
+        read_source(path, max_quarantined_fraction=1.0)
+    assert_error(excinfo, path, line, reason)
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz", ".csv"])
@@ -407,3 +590,22 @@ def test_unreadable_or_unknown_files(tmp_path):
         read_preferences(tmp_path / "absent.jsonl", fmt="yaml")
     with pytest.raises(IngestionError, match="no file matches"):
         resolve_sources(str(tmp_path / "*.jsonl"))
+
+
+# --- record checks ---------------------------------------------------------------------------------
+
+
+def test_violations_keep_every_bad_record_with_all_its_reasons():
+    violations = Violations(5)
+    violations.add(np.array([False, True, False, True, False]), "plain")
+    named = []
+    item_rows = np.array([0, 0, 3, 3, 3, 4])  # list items of records 0, 3 and 4
+    violations.add(np.array([False, False, True, True, False, True]), lambda i: named.append(i) or f"item {i}",
+                   rows=item_rows)
+    assert named == [2, 5]  # called once per record, for its first marked item
+    assert violations.good_rows().tolist() == [0, 2]
+    assert violations.first() == (1, "plain")
+    quarantine = violations.quarantine()
+    assert quarantine["row"].tolist() == [1, 3, 4]
+    assert quarantine["reason"].tolist() == ["plain", "plain; item 2", "item 5"]
+    assert Violations(3).quarantine().empty and Violations(3).first() is None

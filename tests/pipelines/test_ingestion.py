@@ -16,7 +16,12 @@ from kedro.runner import SequentialRunner
 
 from alignops.catalog.preferences import PreferenceSourceDataset
 from alignops.pipelines.ingestion import create_pipeline
-from alignops.preferences.ingestion import IngestionError, read_preferences
+from alignops.preferences.ingestion import (
+    MAX_QUARANTINED_FRACTION,
+    QUARANTINE_DTYPES,
+    IngestionError,
+    read_preferences,
+)
 from alignops.preferences.schema import CANONICAL_COLUMNS
 from tests.data.fixtures_ingestion import KWISE, TRL_EXPLICIT, write_bytes, write_records
 from tests.helpers import REPO_ROOT, run_kedro
@@ -39,7 +44,7 @@ def test_dataset_save_load_round_trip(tmp_path, name):
     assert dataset.exists()
     expected = read_preferences(write_records(tmp_path / "expected.jsonl", KWISE))
     columns = ["prompt", "chosen", "rejected", "annotator_id", "chosen_rank", "rejected_rank", "margin"]
-    pd.testing.assert_frame_equal(dataset.load()[columns], expected[columns])
+    pd.testing.assert_frame_equal(dataset.load().preferences[columns], expected[columns])
     opener = gzip.open if name.endswith(".gz") else open
     with opener(path, "rt", encoding="utf-8") as stream:
         assert json.loads(stream.readline())["ranks"] == [2, 3, 1]
@@ -55,7 +60,7 @@ def test_dataset_saves_frames_and_gzip_bytes_are_stable(tmp_path):
     first = path.read_bytes()
     dataset.save(pd.DataFrame(TRL_EXPLICIT))
     assert path.read_bytes() == first  # DVC sees no change when nothing changed
-    assert dataset.load()["chosen"].tolist() == [r["chosen"] for r in TRL_EXPLICIT]
+    assert dataset.load().preferences["chosen"].tolist() == [r["chosen"] for r in TRL_EXPLICIT]
     assert [p.name for p in tmp_path.iterdir()] == ["prefs.jsonl.gz"]  # no staging file left behind
 
 
@@ -67,17 +72,17 @@ def test_read_only_dataset_refuses_to_overwrite(tmp_path):
         dataset.save(TRL_EXPLICIT)
     assert "kedro run --pipelines data" in str(excinfo.value)
     assert path.read_bytes() == before
-    assert len(dataset.load()) == 3
+    assert len(dataset.load().preferences) == 3
 
 
 def test_dataset_reads_globs_and_lists_and_describes_itself(tmp_path):
     write_records(tmp_path / "a.jsonl", TRL_EXPLICIT)
     write_records(tmp_path / "b.jsonl", TRL_EXPLICIT[:1])
     pattern = PreferenceSourceDataset(filepath=str(tmp_path / "*.jsonl"), format="trl_explicit")
-    assert pattern.exists() and len(pattern.load()) == 4
+    assert pattern.exists() and len(pattern.load().preferences) == 4
     assert "format='trl_explicit'" in str(pattern) and "read_only=False" in str(pattern)
     listed = PreferenceSourceDataset(filepath=[str(tmp_path / "b.jsonl"), str(tmp_path / "a.jsonl")])
-    assert listed.load()["source"].str.rsplit("/", n=1).str[-1].tolist() == ["b.jsonl"] + ["a.jsonl"] * 3
+    assert listed.load().preferences["source"].str.rsplit("/", n=1).str[-1].tolist() == ["b.jsonl"] + ["a.jsonl"] * 3
     with pytest.raises(DatasetError, match="one file"):
         listed.save(TRL_EXPLICIT)
     with pytest.raises(DatasetError, match="one file"):
@@ -85,6 +90,8 @@ def test_dataset_reads_globs_and_lists_and_describes_itself(tmp_path):
     assert not PreferenceSourceDataset(filepath=str(tmp_path / "*.csv")).exists()
     with pytest.raises(DatasetError, match="unknown preference format 'tsv'"):
         PreferenceSourceDataset(filepath="x.jsonl", format="tsv")
+    with pytest.raises(DatasetError, match="max_quarantined_fraction must lie in"):
+        PreferenceSourceDataset(filepath="x.jsonl", max_quarantined_fraction=5)
 
 
 def test_dataset_load_error_keeps_the_ingestion_error(tmp_path):
@@ -97,10 +104,10 @@ def test_dataset_load_error_keeps_the_ingestion_error(tmp_path):
 # --- the pipeline ------------------------------------------------------------------------------------
 
 
-def test_pipeline_wires_raw_preferences_to_preferences():
+def test_pipeline_wires_raw_preferences_to_preferences_and_the_quarantine():
     pipeline = create_pipeline()
     assert pipeline.inputs() == {"raw_preferences"}
-    assert pipeline.outputs() == {"preferences"}
+    assert pipeline.outputs() == {"preferences", "ingestion_quarantine"}
 
 
 def test_pipeline_on_a_small_kwise_file(tmp_path, caplog):
@@ -118,6 +125,46 @@ def test_pipeline_on_a_small_kwise_file(tmp_path, caplog):
     assert (preferences["margin"] == preferences["rejected_rank"] - preferences["chosen_rank"]).all()
     summary = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("Ingested"))
     assert "8 preference pairs" in summary and "kwise: 8" in summary and "2 tied" in summary
+
+
+def test_pipeline_quarantines_malformed_records_with_file_line_and_reason(tmp_path, caplog):
+    from kedro_datasets.pandas import JSONDataset
+
+    records = [dict(TRL_EXPLICIT[i % 3]) for i in range(40)]
+    records[6]["chosen"] = None
+    records[21]["rejected"] = 3  # Arrow refuses the file for it: the slow reader sets it aside
+    source = write_records(tmp_path / "user.jsonl", records)
+    quarantine_path = tmp_path / "ingestion_quarantine.jsonl"
+    lines = {"orient": "records", "lines": True}
+    catalog = DataCatalog({
+        "raw_preferences": PreferenceSourceDataset(filepath=str(source), read_only=True),
+        "preferences": MemoryDataset(),
+        "ingestion_quarantine": JSONDataset(filepath=str(quarantine_path), save_args=lines, load_args=lines),
+    })
+    with caplog.at_level(logging.INFO, logger="alignops"):
+        SequentialRunner().run(create_pipeline(), catalog)
+    preferences = catalog.load("preferences")
+    assert len(preferences) == 38 and not {7, 22} & set(preferences["source_line"])
+    quarantine = pd.read_json(quarantine_path, lines=True)
+    assert list(quarantine.columns) == list(QUARANTINE_DTYPES)
+    assert quarantine["source"].tolist() == [str(source)] * 2
+    assert quarantine["source_line"].tolist() == [7, 22]
+    assert quarantine["quarantine_reasons"].tolist() == [
+        "'chosen' is missing or null", "'rejected' must be a string, got int",
+    ]
+    assert json.loads(quarantine["record"][1])["rejected"] == 3
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("Quarantined 2 malformed record(s) at ingestion from 1 file(s)" in w for w in warnings), warnings
+
+
+def test_dataset_refuses_a_mostly_broken_file_unless_its_allowance_says_otherwise(tmp_path):
+    records = [dict(TRL_EXPLICIT[0]) for _ in range(10)]
+    records[3]["chosen"] = None  # one in ten: above the default 5%
+    path = write_records(tmp_path / "user.jsonl", records)
+    with pytest.raises(DatasetError, match="user.jsonl line 4: 'chosen' is missing or null .*1 of 10 records"):
+        PreferenceSourceDataset(filepath=str(path)).load()
+    loaded = PreferenceSourceDataset(filepath=str(path), max_quarantined_fraction=0.2).load()
+    assert len(loaded.preferences) == 9 and loaded.quarantine["source_line"].tolist() == [4]
 
 
 def test_world_rankings_go_through_the_dataset_into_the_canonical_table(tmp_path):
@@ -153,8 +200,11 @@ def test_base_catalog_declares_the_ingestion_datasets():
     assert isinstance(raw, PreferenceSourceDataset)
     assert raw._describe() == {
         "filepath": "data/01_raw/world/preference_rankings.jsonl", "format": "kwise", "read_only": False,
+        "max_quarantined_fraction": MAX_QUARANTINED_FRACTION,
     }
     assert type(catalog.get("preferences")).__name__ == "ParquetDataset"
+    assert config["ingestion_quarantine"]["filepath"] == "data/02_intermediate/ingestion_quarantine.jsonl"
+    assert config["ingestion_quarantine"]["save_args"]["lines"] is True
 
 
 def test_hh_rlhf_environment_reads_the_real_file_and_never_writes_it():
@@ -162,8 +212,10 @@ def test_hh_rlhf_environment_reads_the_real_file_and_never_writes_it():
     assert config["raw_preferences"]["filepath"] == "examples/hh_rlhf/harmless-base-sample.jsonl.gz"
     config["raw_preferences"]["filepath"] = str(REPO_ROOT / config["raw_preferences"]["filepath"])  # any cwd
     raw = DataCatalog.from_config(config).get("raw_preferences")
-    table = raw.load()
-    assert len(table) == 405 and set(table["source_format"]) == {"hh_rlhf"}  # examples/hh_rlhf/README.md
+    table = raw.load().preferences
+    # examples/hh_rlhf/README.md: its six malformed pairs are well-formed records, the validation gate's to catch
+    assert len(table) == 405 and set(table["source_format"]) == {"hh_rlhf"}
+    assert raw.load().quarantine.empty
     with pytest.raises(DatasetError, match="refusing to overwrite user data"):
         raw.save([{"chosen": "x", "rejected": "y"}])
 

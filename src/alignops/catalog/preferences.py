@@ -15,11 +15,18 @@ import pandas as pd
 from kedro.io import AbstractDataset, DatasetError
 
 from alignops.preferences.formats import FORMATS
-from alignops.preferences.ingestion import IngestionError, read_preference_files, resolve_sources
+from alignops.preferences.ingestion import (
+    MAX_QUARANTINED_FRACTION,
+    Ingested,
+    IngestionError,
+    read_preference_files,
+    resolve_sources,
+)
 
 
-class PreferenceSourceDataset(AbstractDataset[list[dict] | pd.DataFrame, pd.DataFrame]):
-    """Preference files in any supported format; loads as the canonical preference table.
+class PreferenceSourceDataset(AbstractDataset[list[dict] | pd.DataFrame, Ingested]):
+    """Preference files in any supported format; loads as ``Ingested``: the canonical table
+    of the good records and the quarantine of the malformed ones.
 
     Saving writes JSON lines (gzipped when the path ends in ``.gz``), which is how
     the embedded world hands its rankings to ingestion. Example::
@@ -29,6 +36,7 @@ class PreferenceSourceDataset(AbstractDataset[list[dict] | pd.DataFrame, pd.Data
           filepath: data/01_raw/user/*.jsonl.gz   # a path, a glob, or a list of them
           format: auto                            # or trl_explicit, trl_conversational, hh_rlhf, kwise
           read_only: true                         # it is the user's data: never overwrite it
+          max_quarantined_fraction: 0.05          # a file with more malformed records is refused
     """
 
     def __init__(
@@ -37,18 +45,22 @@ class PreferenceSourceDataset(AbstractDataset[list[dict] | pd.DataFrame, pd.Data
         filepath: str | list[str],
         format: str = "auto",  # noqa: A002 -- the catalog key users write
         read_only: bool = False,
+        max_quarantined_fraction: float = MAX_QUARANTINED_FRACTION,
         metadata: dict[str, Any] | None = None,
     ) -> None:
         if format != "auto" and format not in FORMATS:
             expected = ", ".join(("auto", *FORMATS))
             raise DatasetError(f"unknown preference format {format!r}; expected one of {expected}")
+        if not 0.0 <= max_quarantined_fraction <= 1.0:
+            raise DatasetError(f"max_quarantined_fraction must lie in [0, 1], got {max_quarantined_fraction}")
         self._filepath = [str(p) for p in filepath] if isinstance(filepath, (list, tuple)) else str(filepath)
         self._format = format
         self._read_only = read_only
+        self._max_quarantined_fraction = max_quarantined_fraction
         self.metadata = metadata
 
-    def load(self) -> pd.DataFrame:
-        return read_preference_files(resolve_sources(self._filepath), self._format)
+    def load(self) -> Ingested:
+        return read_preference_files(resolve_sources(self._filepath), self._format, self._max_quarantined_fraction)
 
     def save(self, data: list[dict] | pd.DataFrame) -> None:
         if self._read_only:
@@ -72,7 +84,12 @@ class PreferenceSourceDataset(AbstractDataset[list[dict] | pd.DataFrame, pd.Data
             return False
 
     def _describe(self) -> dict[str, Any]:
-        return {"filepath": self._filepath, "format": self._format, "read_only": self._read_only}
+        return {
+            "filepath": self._filepath,
+            "format": self._format,
+            "read_only": self._read_only,
+            "max_quarantined_fraction": self._max_quarantined_fraction,
+        }
 
 
 def write_jsonl(data: list[dict] | pd.DataFrame, path: Path) -> None:

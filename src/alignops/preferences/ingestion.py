@@ -1,10 +1,19 @@
 """Preference files of any supported format, read into the canonical preference table.
 
-Files (jsonl, json, csv, parquet; text ones optionally gzipped) are read through
-Hugging Face ``datasets`` into Arrow, then ``formats`` turns the records into
-canonical rows. Reader errors are vague ("JSON parse error ... in row 1" of some
-block), so only when one happens is the file re-read here, record by record, to
-name the exact line and reason; the happy path never loops over rows in Python.
+Files (jsonl, csv, parquet; text ones optionally gzipped) are read through Hugging
+Face ``datasets`` into Arrow, then ``formats`` turns the records into canonical
+rows; the happy path never loops over rows in Python. Only when the fast reader
+fails (a record Arrow cannot type, a duplicated key, bad bytes) is the file
+re-read record by record (``diagnosis.reread``); JSON arrays always are, because
+``datasets`` parses them in Python too and keeps the last of duplicated keys
+without a word.
+
+Bad rows are quarantined, bad files are refused. A record that breaks its format
+(a null ``chosen``, a number where text belongs, a duplicated key) is set aside
+with its file, line and reason, and the file's other records go on. What breaks
+the file itself (not UTF-8, not JSON or CSV, a missing column, an unreadable
+archive), or a file whose records are mostly broken (the wrong ``format``, say),
+stops ingestion with an ``IngestionError`` naming the file and the line.
 """
 
 from __future__ import annotations
@@ -13,18 +22,19 @@ import csv
 import glob
 import gzip
 import io
+import json
 import logging
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from alignops.preferences.diagnosis import locate_problem
+from alignops.preferences.diagnosis import FileProblem, reread
 from alignops.preferences.formats import FORMATS, PARSERS, detect_format
 from alignops.preferences.record_checks import RecordError
 from alignops.preferences.schema import as_canonical, empty_canonical
@@ -34,6 +44,39 @@ logger = logging.getLogger(__name__)
 #: file suffix (before an optional .gz) -> how its records are laid out
 SUFFIX_KINDS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 _JSON_WHITESPACE = b" \t\r\n"
+
+MAX_QUARANTINED_FRACTION = 0.05
+"""A file with a larger share of malformed records is refused whole, not quarantined.
+
+Real exports have a few broken records; when more than this share of a file is broken,
+the file is (a wrong ``format``, a truncated or mis-encoded export), and quarantining most
+of it would hide that. Five per cent is also the validation gate's default
+``max_bad_fraction``, the share of bad rows past which a source counts as broken rather
+than noisy. A file whose every record is malformed is refused whatever the setting. The
+catalog entry's ``max_quarantined_fraction`` overrides it, file by file.
+"""
+
+#: column -> dtype of the ingestion quarantine: one row per record set aside.
+QUARANTINE_DTYPES: dict[str, str] = {
+    "source": "string",  # the file, as in the canonical table
+    "source_format": "string",  # the format the file was read as
+    "source_line": "Int64",  # 1-based line (jsonl/csv) or record number (json/parquet), as in the canonical table
+    "quarantine_reasons": "string",  # every reason, "; "-separated, as in the validation gate's quarantine
+    "record": "string",  # the record: its text (jsonl/csv lines) or its fields as JSON (json/parquet)
+}
+
+
+class Ingested(NamedTuple):
+    """What ingestion read from preference files: the good rows and the records set aside."""
+
+    preferences: pd.DataFrame
+    """The canonical table of the good records; ``.attrs["ties_dropped"]`` as in ``read_preferences``."""
+    quarantine: pd.DataFrame
+    """One row per malformed record, with ``QUARANTINE_DTYPES`` columns."""
+
+
+def empty_quarantine() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in QUARANTINE_DTYPES.items()})
 
 
 class IngestionError(Exception):
@@ -55,25 +98,47 @@ class IngestionError(Exception):
         return type(self), (self.path, self.line, self.reason, self.unit)
 
 
-def read_preferences(path: str | Path, fmt: str = "auto") -> pd.DataFrame:
-    """One preference file as the canonical table; ``fmt`` is a format name or ``auto``.
+def read_preferences(
+    path: str | Path, fmt: str = "auto", max_quarantined_fraction: float = MAX_QUARANTINED_FRACTION
+) -> pd.DataFrame:
+    """One preference file's good records as the canonical table; ``fmt`` is a format name or ``auto``.
 
-    ``.attrs["ties_dropped"]`` counts tied k-wise responses that gave no pair.
+    ``.attrs["ties_dropped"]`` counts tied k-wise responses that gave no pair. Malformed
+    records are left out with a warning; ``read_source`` returns them too.
+    """
+    return read_source(path, fmt, max_quarantined_fraction).preferences
+
+
+def read_source(
+    path: str | Path, fmt: str = "auto", max_quarantined_fraction: float = MAX_QUARANTINED_FRACTION
+) -> Ingested:
+    """One preference file: the canonical table of its good records, and its malformed ones.
+
+    Raises ``IngestionError`` when the file itself is broken, or when more than
+    ``max_quarantined_fraction`` of its records (or all of them) are malformed.
     """
     if fmt != "auto" and fmt not in FORMATS:
         raise ValueError(f"unknown preference format {fmt!r}; expected auto or one of {', '.join(FORMATS)}")
     path = Path(path)
     kind = _kind(path)
-    table = _load_table(path, kind, fmt)
-    numbers, unit = _record_numbers(path, kind, table.num_rows)
+    loaded = _load(path, kind, fmt)
+    numbers, kept = loaded.numbers, loaded.kept
+    if not loaded.table.num_rows:  # no record fits any table
+        _refuse_if_broken(path, loaded, loaded.left_out, fmt, max_quarantined_fraction)
     try:
-        actual = detect_format(table) if fmt == "auto" else fmt
-        parsed = PARSERS[actual](table)
+        actual = detect_format(loaded.table) if fmt == "auto" else fmt
+        parsed = PARSERS[actual](loaded.table)
     except RecordError as bad:
-        raise IngestionError(path, int(numbers[bad.row]), bad.reason, unit) from None
+        raise IngestionError(path, int(numbers[kept[bad.row]]), bad.reason, loaded.unit) from None
+    said = parsed.quarantine
+    bad = pd.concat(
+        [loaded.left_out, pd.DataFrame({"record": kept[said["row"].to_numpy()], "reason": said["reason"]})],
+        ignore_index=True,
+    ).sort_values("record", kind="stable", ignore_index=True)
+    _refuse_if_broken(path, loaded, bad, actual, max_quarantined_fraction)
 
     frame = parsed.frame
-    lines = numbers[frame["row"].to_numpy()]
+    lines = numbers[kept[frame["row"].to_numpy()]]
     frame["source"] = str(path)
     frame["source_format"] = actual
     frame["source_line"] = lines
@@ -82,21 +147,31 @@ def read_preferences(path: str | Path, fmt: str = "auto") -> pd.DataFrame:
         frame["item_id"] = frame["item_id"].fillna(derived) if "item_id" in frame else derived
     canonical = as_canonical(frame)
     canonical.attrs["ties_dropped"] = parsed.ties_dropped
+    quarantine = _quarantine(path, actual, loaded, bad)
     logger.info(
-        "Read %d %s rows from %s (%d records%s)", len(canonical), actual, path, table.num_rows,
+        "Read %d %s rows from %s (%d records%s)", len(canonical), actual, path, len(numbers),
         f", {parsed.ties_dropped} tied pairs dropped" if parsed.ties_dropped else "",
     )
-    return canonical
+    if len(quarantine):
+        first = quarantine.iloc[0]
+        logger.warning(
+            "Quarantined %d malformed record(s) of %d in %s, first at %s %d: %s", len(quarantine), len(numbers),
+            path, loaded.unit, first["source_line"], first["quarantine_reasons"],
+        )
+    return Ingested(canonical, quarantine)
 
 
-def read_preference_files(paths: Sequence[str | Path], fmt: str = "auto") -> pd.DataFrame:
-    """Several preference files, one canonical table, in the order given."""
-    frames = [read_preferences(path, fmt) for path in paths]
-    if not frames:
-        return empty_canonical()
-    table = as_canonical(pd.concat(frames, ignore_index=True))
-    table.attrs["ties_dropped"] = sum(f.attrs.get("ties_dropped", 0) for f in frames)
-    return table
+def read_preference_files(
+    paths: Sequence[str | Path], fmt: str = "auto", max_quarantined_fraction: float = MAX_QUARANTINED_FRACTION
+) -> Ingested:
+    """Several preference files, one canonical table and one quarantine, in the order given."""
+    read = [read_source(path, fmt, max_quarantined_fraction) for path in paths]
+    if not read:
+        return Ingested(empty_canonical(), empty_quarantine())
+    table = as_canonical(pd.concat([r.preferences for r in read], ignore_index=True))
+    table.attrs["ties_dropped"] = sum(r.preferences.attrs.get("ties_dropped", 0) for r in read)
+    quarantine = pd.concat([r.quarantine for r in read], ignore_index=True).astype(QUARANTINE_DTYPES)
+    return Ingested(table, quarantine)
 
 
 def resolve_sources(filepath: str | Path | Sequence[str | Path]) -> list[Path]:
@@ -114,12 +189,14 @@ def resolve_sources(filepath: str | Path | Sequence[str | Path]) -> list[Path]:
     return paths
 
 
-def ingestion_summary(preferences: pd.DataFrame) -> dict[str, Any]:
-    """What a person checks after ingestion: rows per format, dropped ties, suspect prompts."""
+def ingestion_summary(ingested: Ingested) -> dict[str, Any]:
+    """What a person checks after ingestion: rows per format, records set aside, dropped ties, suspect prompts."""
+    preferences = ingested.preferences
     return {
         "rows": len(preferences),
         "rows_per_format": {str(k): int(v) for k, v in preferences["source_format"].value_counts().items()},
         "sources": int(preferences["source"].nunique()),
+        "quarantined_records": len(ingested.quarantine),
         "ties_dropped": int(preferences.attrs.get("ties_dropped", 0)),
         "inconsistent_prompts": int((~preferences["prompt_consistent"].fillna(True)).sum()),
     }
@@ -179,33 +256,110 @@ def _quiet(datasets: Any) -> Iterator[None]:
             datasets.enable_progress_bars()
 
 
-def _load_table(path: Path, kind: str, fmt: str) -> pa.Table:
+class _Loaded(NamedTuple):
+    table: pa.Table  # the records that fit one table
+    kept: np.ndarray  # for each table row, its index among all records
+    numbers: np.ndarray  # the line (or record number) of every record
+    unit: str  # "line" or "record"
+    left_out: pd.DataFrame  # ``record`` and ``reason`` of the records the slow reader kept out of the table
+    records: list | None  # every record as the slow reader parsed it; None when Arrow read the file
+
+
+def _load(path: Path, kind: str, fmt: str) -> _Loaded:
+    """The file's records as Arrow, by ``datasets`` where it can, else by the slow reader."""
+    if (kind == "parquet" and path.stat().st_size == 0) or (kind != "parquet" and not _first_byte(path)):
+        raise IngestionError(path, 1, "the file is empty (no records)")
+    if kind == "json":
+        return _reread(path, kind, fmt)
+    try:
+        table = _read_fast(path, kind)
+    except Exception as error:
+        if kind == "parquet":
+            raise IngestionError(path, None, f"is not a readable parquet file ({_root(error)})") from error
+        return _reread(path, kind, fmt, error)
+    if table.num_rows == 0:
+        raise IngestionError(path, 1, "the file holds no records")
+    numbers, unit = _record_numbers(path, kind, table.num_rows)
+    left_out = pd.DataFrame({"record": np.zeros(0, np.int64), "reason": pd.Series(dtype="string")})
+    return _Loaded(table, np.arange(table.num_rows), numbers, unit, left_out, None)
+
+
+def _read_fast(path: Path, kind: str) -> pa.Table:
     """The file's records as Arrow, read by ``datasets`` into memory with a throwaway cache."""
     import datasets  # slow to import; only needed when a file is actually read
 
-    if (kind == "parquet" and path.stat().st_size == 0) or (kind != "parquet" and not _first_byte(path)):
-        raise IngestionError(path, 1, "the file is empty (no records)")
     builder, options = {
         # mixed types in a column must fail loudly, not be JSON-encoded into strings
         "jsonl": ("json", {"on_mixed_types": None}),
-        "json": ("json", {"on_mixed_types": None}),
         # text stays text: "NA", "None" or "" are answers, not missing values
         "csv": ("csv", {"na_filter": False}),
         "parquet": ("parquet", {}),
     }[kind]
-    try:
-        with _quiet(datasets), tempfile.TemporaryDirectory(prefix="alignops-ingest-") as cache:
-            loaded = datasets.load_dataset(
-                builder, data_files=str(path.resolve()), split="train", cache_dir=cache,
-                keep_in_memory=True, **options,
-            )
-            table = loaded.data.table
-        table.validate(full=True)  # the JSON reader lets bytes that are not UTF-8 through
-    except Exception as error:
-        raise _diagnose(path, kind, fmt, error) from error
-    if table.num_rows == 0:
-        raise IngestionError(path, 1, "the file holds no records")
+    with _quiet(datasets), tempfile.TemporaryDirectory(prefix="alignops-ingest-") as cache:
+        loaded = datasets.load_dataset(
+            builder, data_files=str(path.resolve()), split="train", cache_dir=cache,
+            keep_in_memory=True, **options,
+        )
+        table = loaded.data.table
+    table.validate(full=True)  # the JSON reader lets bytes that are not UTF-8 through
     return table.replace_schema_metadata(None)
+
+
+def _reread(path: Path, kind: str, fmt: str, error: Exception | None = None) -> _Loaded:
+    """The slow reader's table; a defect of the file itself is raised with its line."""
+    try:
+        again = reread(_read_bytes(path), kind, fmt)
+    except FileProblem as broken:
+        raise IngestionError(path, *broken.problem) from error
+    return _Loaded(again.table, again.kept, again.numbers, again.unit, again.left_out, again.records)
+
+
+def _refuse_if_broken(path: Path, loaded: _Loaded, bad: pd.DataFrame, fmt: str, max_fraction: float) -> None:
+    """Raise for the first bad record when all records, or more than ``max_fraction`` of them, are bad."""
+    if bad.empty:
+        return
+    total, count = len(loaded.numbers), len(bad)
+    reason = str(bad["reason"].iloc[0])
+    read_as = "" if fmt == "auto" else f", read as {fmt}"
+    if count == total:
+        if total > 1:
+            reason += f" (and so are the other {total - 1} records{read_as}: is that the file's format?)"
+    elif count / total > max_fraction:
+        reason += (
+            f" ({count} of {total} records{read_as}, {count / total:.1%}, are malformed: more than "
+            f"max_quarantined_fraction {max_fraction:.1%}, so the file is refused, not quarantined)"
+        )
+    else:
+        return
+    raise IngestionError(path, int(loaded.numbers[bad["record"].iloc[0]]), reason, loaded.unit)
+
+
+def _quarantine(path: Path, fmt: str, loaded: _Loaded, bad: pd.DataFrame) -> pd.DataFrame:
+    """The bad records as ingestion's quarantine rows."""
+    if bad.empty:
+        return empty_quarantine()
+    records = bad["record"].to_numpy()
+    return pd.DataFrame({
+        "source": str(path),
+        "source_format": fmt,
+        "source_line": loaded.numbers[records],
+        "quarantine_reasons": bad["reason"].to_numpy(dtype=object),
+        "record": _record_texts(path, loaded, records),
+    }).astype(QUARANTINE_DTYPES)
+
+
+def _record_texts(path: Path, loaded: _Loaded, records: np.ndarray) -> list[str]:
+    """What a person fixes: the lines of each record (jsonl, csv), else its fields as JSON."""
+    if loaded.unit == "line":  # a record runs from its line to the next record's
+        lines = _read_bytes(path).split(b"\n")
+        ends = np.append(loaded.numbers[1:], len(lines) + 1)
+        spans = ((loaded.numbers[i] - 1, ends[i] - 1) for i in records)
+        return [b"\n".join(lines[start:stop]).decode("utf-8", "replace").strip() for start, stop in spans]
+    if loaded.records is not None:
+        fields = [loaded.records[i] for i in records]
+    else:  # read by Arrow: each record is its table row
+        fields = loaded.table.take(pa.array(records)).to_pylist()
+    return [json.dumps(f, ensure_ascii=False, default=str) for f in fields]
 
 
 def _record_numbers(path: Path, kind: str, num_rows: int) -> tuple[np.ndarray, str]:
@@ -246,19 +400,6 @@ def _csv_record_lines(text: str) -> np.ndarray:
             starts.append(previous + 1)
         previous = reader.line_num
     return np.asarray(starts[1:], dtype=np.int64)
-
-
-def _diagnose(path: Path, kind: str, fmt: str, error: Exception) -> IngestionError:
-    """The exact line and reason behind a vague reader error, found by re-reading the file slowly."""
-    if kind == "parquet":
-        return IngestionError(path, None, f"is not a readable parquet file ({_root(error)})")
-    try:
-        problem = locate_problem(_read_bytes(path), kind, fmt)
-    except IngestionError as unreadable:
-        return unreadable
-    if problem is None:
-        return IngestionError(path, None, f"could not be read ({_root(error)})")
-    return IngestionError(path, *problem)
 
 
 def _root(error: BaseException) -> str:

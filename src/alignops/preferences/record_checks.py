@@ -1,9 +1,10 @@
-"""Vectorised checks of Arrow columns, reported as the earliest offending record.
+"""Vectorised checks of Arrow columns, collected per offending record.
 
-A check marks the records (or the items of list columns) that break a rule; of
-all checks on a table the earliest record wins, so the user is sent to the first
-thing to fix, as a reader going top to bottom would be. Reasons speak JSON
-("got int", "list of strings"), the language of the file the user wrote.
+A check marks the records (or the items of list columns) that break a rule;
+``Violations`` keeps every marked record with the reasons it broke, in the order
+the checks ran, so a format can set those records aside and convert the rest.
+Reasons speak JSON ("got int", "list of strings"), the language of the file the
+user wrote.
 """
 
 from __future__ import annotations
@@ -16,10 +17,14 @@ import pyarrow as pa
 
 TEXT = pa.large_string()  # one text type throughout: json gives string, csv large_string
 OPTIONAL_ID_COLUMNS = ("annotator_id", "item_id")
+REASON_SEPARATOR = "; "  # between the reasons of one record, as in the validation gate's quarantine
 
 
 class RecordError(ValueError):
-    """Record ``row`` (0-based, in table order) breaks its format for ``reason``."""
+    """The table as a whole breaks its format (a missing column, a column of the wrong type).
+
+    ``row`` (0-based, in table order) is the first record that shows it, for the message.
+    """
 
     def __init__(self, row: int, reason: str) -> None:
         super().__init__(f"record {row}: {reason}")
@@ -28,30 +33,58 @@ class RecordError(ValueError):
 
 
 class Violations:
-    """The earliest offending record over all checks of a table."""
+    """Every offending record of a table, with the reasons of each, over all checks."""
 
-    def __init__(self) -> None:
-        self.row: int | None = None
-        self.reason = ""
+    def __init__(self, num_rows: int) -> None:
+        self.bad = np.zeros(num_rows, bool)
+        """Which records broke at least one check so far."""
+        self._rows: list[np.ndarray] = []
+        self._reasons: list[np.ndarray] = []
 
     def add(
         self, bad: np.ndarray, reason: str | Callable[[int], str], rows: np.ndarray | None = None
     ) -> None:
         """``bad`` marks records, or items of list columns when ``rows`` maps each item to its record.
 
-        ``reason`` may be a function of the first bad index, to name the offending item; it is
-        called at once, so closures over loop variables are safe.
+        ``reason`` may be a function of an index into ``bad``, to name the offending item; it is
+        called at once, for the first marked item of each record (so only on bad records), and
+        closures over loop variables are therefore safe.
         """
         hits = np.flatnonzero(bad)
         if not hits.size:
             return
-        row = int(hits[0] if rows is None else rows[hits[0]])  # item rows are non-decreasing
-        if self.row is None or row < self.row:
-            self.row, self.reason = row, reason(int(hits[0])) if callable(reason) else reason
+        if rows is None:
+            records, firsts = hits, hits
+        else:  # item rows are non-decreasing: the first item of each record is where it changes
+            records, first = np.unique(rows[hits], return_index=True)
+            firsts = hits[first]
+        if callable(reason):
+            texts = np.array([reason(int(i)) for i in firsts], dtype=object)
+        else:
+            texts = np.full(len(records), reason, dtype=object)
+        self.bad[records] = True
+        self._rows.append(records)
+        self._reasons.append(texts)
 
-    def raise_first(self) -> None:
-        if self.row is not None:
-            raise RecordError(self.row, self.reason)
+    def first(self) -> tuple[int, str] | None:
+        """The earliest offending record and its first reason, as a reader top to bottom meets it."""
+        if not self._rows:
+            return None
+        rows = np.concatenate(self._rows)
+        earliest = int(np.argmin(rows))  # argmin takes the first of equals: the check that ran first
+        return int(rows[earliest]), str(np.concatenate(self._reasons)[earliest])
+
+    def good_rows(self) -> np.ndarray:
+        """Indices of the records no check marked."""
+        return np.flatnonzero(~self.bad)
+
+    def quarantine(self) -> pd.DataFrame:
+        """One row per offending record (``row``, ``reason``), reasons joined in check order."""
+        if not self._rows:
+            return pd.DataFrame({"row": np.zeros(0, np.int64), "reason": pd.Series(dtype="string")})
+        marks = pd.DataFrame({"row": np.concatenate(self._rows), "reason": np.concatenate(self._reasons)})
+        joined = marks.groupby("row", sort=True)["reason"].agg(lambda r: REASON_SEPARATOR.join(dict.fromkeys(r)))
+        return pd.DataFrame({"row": joined.index.to_numpy(np.int64), "reason": joined.astype("string").to_numpy()})
 
 
 def is_text(data_type: pa.DataType) -> bool:
@@ -91,15 +124,14 @@ def valid(array: pa.Array) -> np.ndarray:
 
 
 def check_type(violations: Violations, array: pa.Array, name: str, expected: str) -> None:
-    """Null is reported as missing; any other value as the wrong type."""
-    if pa.types.is_null(array.type):
-        violations.add(np.ones(len(array), bool), f"'{name}' is missing or null")
-    else:
+    """A required column of the wrong type: every record is marked, nulls as missing, the rest as wrong."""
+    if not pa.types.is_null(array.type):
         violations.add(valid(array), f"'{name}' must be {expected}, got {json_type(array.type)}")
+    violations.add(~valid(array), f"'{name}' is missing or null")
 
 
 def text_column(table: pa.Table, name: str, violations: Violations) -> pa.Array | None:
-    """A required text column, or None (with a violation) when it is not one."""
+    """A required text column, or None when it is not one (then every record is marked)."""
     array = column(table, name)
     if not is_text(array.type):
         check_type(violations, array, name, "a string")

@@ -7,17 +7,18 @@ import logging
 
 import pandas as pd
 
-from alignops.preferences.ingestion import ingestion_summary
+from alignops.preferences.ingestion import QUARANTINE_DTYPES, Ingested, ingestion_summary
 from alignops.preferences.schema import as_canonical
 
 logger = logging.getLogger(__name__)
 
 
-def ingest_preferences(raw_preferences: pd.DataFrame) -> pd.DataFrame:
-    """The canonical preference table, with a one-line account of what came in.
+def ingest_preferences(raw_preferences: Ingested) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The canonical preference table and the records quarantined as malformed, with an account of both.
 
-    Nothing is filtered here: rows with inconsistent prompts or empty responses are
-    the validation stage's to quarantine, so they stay visible in its report.
+    Only records that break their format are set aside here (a null or mistyped field, a
+    duplicated key); rows with inconsistent prompts or empty responses are well-formed and
+    stay, for the validation stage to quarantine, so they show in its report.
     """
     summary = ingestion_summary(raw_preferences)
     per_format = ", ".join(f"{fmt}: {rows}" for fmt, rows in summary["rows_per_format"].items()) or "none"
@@ -27,4 +28,11 @@ def ingest_preferences(raw_preferences: pd.DataFrame) -> pd.DataFrame:
         summary["rows"], summary["sources"], per_format, summary["ties_dropped"],
         summary["inconsistent_prompts"],
     )
-    return as_canonical(raw_preferences)
+    quarantine = raw_preferences.quarantine
+    if len(quarantine):
+        logger.warning(
+            "Quarantined %d malformed record(s) at ingestion from %d file(s); ingestion_quarantine "
+            "holds each with its file, line and reason",
+            len(quarantine), quarantine["source"].nunique(),
+        )
+    return as_canonical(raw_preferences.preferences), quarantine.astype(QUARANTINE_DTYPES)

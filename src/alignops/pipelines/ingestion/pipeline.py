@@ -1,4 +1,5 @@
-"""ingestion: ``raw_preferences`` (any supported format) -> ``preferences`` (canonical table)."""
+"""ingestion: ``raw_preferences`` (any supported format) -> ``preferences`` (canonical table) and
+``ingestion_quarantine`` (the malformed records, with file, line and reason)."""
 
 from kedro.pipeline import Pipeline, node
 
@@ -11,7 +12,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             node(
                 ingest_preferences,
                 inputs="raw_preferences",
-                outputs="preferences",
+                outputs=["preferences", "ingestion_quarantine"],
                 name="ingest_preferences",
             ),
         ]
