@@ -74,11 +74,21 @@ def test_summary_reports_counts_lengths_length_bias_and_is_json_serialisable():
     assert summary["rows"] == 3
     assert summary["rows_by_annotator"] == {"a": 1, "b": 1, "unknown": 1}
     assert summary["quarantined_rows"] == 3
+    assert summary["quarantined_records_at_ingestion"] is None  # not given
     assert summary["length_words"]["chosen"]["max"] == 4
     assert summary["chosen_longer_rate"] == pytest.approx(2 / 3)
     assert summary["annotator_agreement"]["annotators"] == ["a", "b"]
     assert summary["annotator_agreement"]["mean_pairwise"] == pytest.approx(1.0)
     json.dumps(summary)  # the catalog writes it as JSON
+
+
+def test_summary_counts_what_each_gate_quarantined():
+    table = _pairs([("1", "a", "yes", "no")])
+    ingestion_quarantine = pd.DataFrame({"source": ["f.jsonl"] * 2, "source_line": [4, 9]})
+    summary = summarise_preferences(table, {"bad_rows": 1}, ReportConfig(), ingestion_quarantine)
+    assert (summary["quarantined_rows"], summary["quarantined_records_at_ingestion"]) == (1, 2)
+    empty = pd.DataFrame()  # what an empty jsonl quarantine loads as
+    assert summarise_preferences(table, {}, ReportConfig(), empty)["quarantined_records_at_ingestion"] == 0
 
 
 def test_plot_renders_without_known_annotators(tmp_path):

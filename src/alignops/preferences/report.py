@@ -87,9 +87,17 @@ def annotator_agreement(preferences: pd.DataFrame, min_shared_pairs: int = 1) ->
 
 
 def summarise_preferences(
-    preferences: pd.DataFrame, validation_report: dict, config: ReportConfig
+    preferences: pd.DataFrame,
+    validation_report: dict,
+    config: ReportConfig,
+    ingestion_quarantine: pd.DataFrame | None = None,
 ) -> dict:
-    """The JSON half of the data report."""
+    """The JSON half of the data report.
+
+    ``quarantined_rows`` counts rows the validation gate set aside;
+    ``quarantined_records_at_ingestion`` the source records ingestion set aside as
+    malformed before (None when not given). No row is counted in both.
+    """
     words = {c: word_counts(preferences[c]) for c in TEXT_COLUMNS}
     quantiles = list(config.length_quantiles)
     agreement = annotator_agreement(preferences, config.min_shared_pairs)
@@ -104,6 +112,7 @@ def summarise_preferences(
         "rows_by_source_format": _value_counts(preferences["source_format"]),
         "rows_by_annotator": _value_counts(preferences["annotator_id"]),
         "quarantined_rows": _quarantined_rows(validation_report),
+        "quarantined_records_at_ingestion": None if ingestion_quarantine is None else len(ingestion_quarantine),
         "length_words": {
             c: {
                 "mean": float(w.mean()) if len(w) else 0.0,

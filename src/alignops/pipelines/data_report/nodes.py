@@ -8,8 +8,10 @@ import pandas as pd
 from alignops.preferences.report import ReportConfig, plot_preferences, summarise_preferences
 
 
-def summarise(preferences: pd.DataFrame, validation_report: dict, params: dict) -> dict:
-    return summarise_preferences(preferences, validation_report, ReportConfig(**params))
+def summarise(
+    preferences: pd.DataFrame, validation_report: dict, ingestion_quarantine: pd.DataFrame, params: dict
+) -> dict:
+    return summarise_preferences(preferences, validation_report, ReportConfig(**params), ingestion_quarantine)
 
 
 def plot(preferences: pd.DataFrame, params: dict) -> plt.Figure:

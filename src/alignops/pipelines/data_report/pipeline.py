@@ -1,4 +1,5 @@
-"""data_report: row counts, length distributions and annotator agreement, as JSON and PNG."""
+"""data_report: row counts (and what each gate quarantined), length distributions and annotator
+agreement, as JSON and PNG."""
 
 from kedro.pipeline import Pipeline, node
 
@@ -10,7 +11,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             node(
                 summarise,
-                inputs=["validated_preferences", "validation_report", "params:data_report"],
+                inputs=["validated_preferences", "validation_report", "ingestion_quarantine", "params:data_report"],
                 outputs="data_report",
                 name="summarise_preferences",
             ),
