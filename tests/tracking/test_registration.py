@@ -20,6 +20,7 @@ from alignops.models.generation import GenerationConfig, sample_responses
 from alignops.models.reward import RewardModel, build_reward_backbone
 from alignops.pipelines.registry import create_pipeline
 from alignops.pipelines.registry.nodes import register_judged, register_models, register_models_with_audit_judge
+from alignops.tracking.models import log_reward_model
 from alignops.tracking.registry import CANDIDATE, CHAMPION, SFT_BASELINE, alias_version
 from alignops.world import world_spec
 from tests.helpers import TINY_LLAMA, make_tiny_policy
@@ -143,6 +144,20 @@ def test_a_first_run_worse_than_its_own_sft_is_held(client, sft_model, other_pol
     assert alias_version(client, POLICY, CHAMPION) is None and alias_version(client, REWARD, CHAMPION) is None
     assert alias_version(client, POLICY, CANDIDATE) == "1"
     assert client.get_model_version(POLICY, "1").tags["promotion.compared_to"] == SFT_BASELINE
+
+
+def test_a_champion_this_code_cannot_load_holds_the_candidate_with_the_reason(
+    client, sft_model, other_policy, tokenizer, reward_model
+):
+    # a champion that is no alignops policy (here a reward model), as one logged in an older format
+    with mlflow.start_run():
+        info = log_reward_model(reward_model)
+    stale = str(mlflow.register_model(info.model_uri, POLICY).version)
+    client.set_registered_model_alias(POLICY, CHAMPION, stale)
+    decision = register(sft_model, other_policy, fan_of(other_policy, tokenizer), tokenizer, reward_model)
+    assert not decision["promoted"] and decision["compared_to"] == f"v{stale}" and decision["ci_low"] is None
+    assert decision["reason"].startswith(f"no comparison with champion v{stale}: the champion cannot be loaded (")
+    assert alias_version(client, POLICY, CHAMPION) == stale
 
 
 def test_the_audit_judge_decides_on_user_data_and_sft_never_beats_itself(

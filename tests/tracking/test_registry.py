@@ -12,12 +12,15 @@ from alignops.tracking.registry import (
     CHAMPION,
     SFT_BASELINE,
     Evidence,
+    NoEvidence,
     RegistryConfig,
     alias_version,
     apply_gate,
     choose_policy,
+    compared_to,
     data_hash,
     decide,
+    held_without_evidence,
     policy_figures,
 )
 
@@ -130,6 +133,10 @@ def test_config_rejects_bad_values(bad):
         RegistryConfig(**bad)
 
 
+def gate(client, name: str, version: str, found: Evidence, champion: str | None):
+    return apply_gate(client, name, version, decide(found, CONFIG.margin, compared_to(champion)), champion)
+
+
 def test_gate_moves_champion_only_on_evidence_and_tags_why(client):
     name = "alignops-policy"
     client.create_registered_model(name)
@@ -138,10 +145,10 @@ def test_gate_moves_champion_only_on_evidence_and_tags_why(client):
         return str(client.create_model_version(name, source="file:///nowhere", run_id=None).version)
 
     v1 = new_version()
-    assert apply_gate(client, name, v1, evidence(0.3, 0.2, 0.4), None, CONFIG).promote
+    assert gate(client, name, v1, evidence(0.3, 0.2, 0.4), None).promote
     assert client.get_model_version(name, v1).tags["promotion.compared_to"] == SFT_BASELINE
     v2 = new_version()
-    assert not apply_gate(client, name, v2, evidence(0.004, -0.03, 0.04), v1, CONFIG).promote
+    assert not gate(client, name, v2, evidence(0.004, -0.03, 0.04), v1).promote
     assert alias_version(client, name, CHAMPION) == v1
     tags = client.get_model_version(name, v2).tags
     assert tags["promotion.decision"] == "held" and tags["promotion.compared_to"] == f"v{v1}"
@@ -151,7 +158,7 @@ def test_gate_moves_champion_only_on_evidence_and_tags_why(client):
     assert "lower end under the margin 0.02" in tags["promotion.reason"]
 
     v3 = new_version()
-    assert apply_gate(client, name, v3, evidence(0.3, 0.2, 0.4), v1, CONFIG).promote
+    assert gate(client, name, v3, evidence(0.3, 0.2, 0.4), v1).promote
     assert alias_version(client, name, CHAMPION) == v3
     assert client.get_model_version(name, v3).tags["promotion.decision"] == "promoted"
 
@@ -162,9 +169,23 @@ def test_evidence_against_a_champion_that_moved_meanwhile_is_not_acted_on(client
     v1, v2, v3 = (str(client.create_model_version(name, source="file:///nowhere").version) for _ in range(3))
     client.set_registered_model_alias(name, CHAMPION, v1)
     client.set_registered_model_alias(name, CHAMPION, v2)  # another run, while v3 was judged against v1
-    decision = apply_gate(client, name, v3, evidence(0.3, 0.2, 0.4), v1, CONFIG)
-    assert not decision.promote and alias_version(client, name, CHAMPION) == v2
+    assert not gate(client, name, v3, evidence(0.3, 0.2, 0.4), v1).promote
+    assert alias_version(client, name, CHAMPION) == v2
     assert f"champion moved to v{v2}" in client.get_model_version(name, v3).tags["promotion.reason"]
+
+
+def test_without_a_comparison_the_candidate_is_held_and_nothing_unmeasured_is_tagged(client):
+    name = "alignops-policy"
+    client.create_registered_model(name)
+    v1, v2 = (str(client.create_model_version(name, source="file:///nowhere").version) for _ in range(2))
+    client.set_registered_model_alias(name, CHAMPION, v1)
+    decision = held_without_evidence(NoEvidence("the champion cannot be loaded"), 0.02, compared_to(v1))
+    assert decision.as_dict()["ci_low"] is None and decision.as_dict()["compared_to"] == f"v{v1}"
+    assert not apply_gate(client, name, v2, decision, v1).promote
+    tags = client.get_model_version(name, v2).tags
+    assert tags["promotion.reason"] == (
+        f"no comparison with champion v{v1}: the champion cannot be loaded → held; a person decides")
+    assert "promotion.ci_low" not in tags and tags["promotion.decision"] == "held"
 
 
 def test_a_person_overrides_the_gate_and_the_reason_is_kept(client, tracking_uri):

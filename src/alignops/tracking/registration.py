@@ -22,11 +22,15 @@ from alignops.tracking.registry import (
     CANDIDATE,
     CHAMPION,
     Evidence,
+    NoEvidence,
     RegistryConfig,
     alias_version,
     apply_gate,
     choose_policy,
+    compared_to,
     data_hash,
+    decide,
+    held_without_evidence,
     policy_figures,
     tag_version,
 )
@@ -36,7 +40,8 @@ logger = logging.getLogger(__name__)
 HeadToHead = Callable[[str, str | None], Evidence]
 """(the candidate's model URI, the champion's model URI or None) -> the evidence: the
 candidate loaded back from the registry against the champion, or against the run's own
-SFT policy when there is no champion yet (``alignops.pipelines.registry.nodes``)."""
+SFT policy when there is no champion yet (``alignops.pipelines.registry.nodes``). Raises
+``NoEvidence`` when the comparison cannot be made; the candidate is then held."""
 
 
 def register_run(
@@ -101,11 +106,16 @@ def register_run(
 
     # The registered artifact is what gets judged, against the champion as it was registered.
     champion_version = alias_version(client, config.policy_model, CHAMPION)
-    evidence = head_to_head(
-        f"models:/{config.policy_model}/{version}",
-        f"models:/{config.policy_model}/{champion_version}" if champion_version else None,
-    )
-    decision = apply_gate(client, config.policy_model, version, evidence, champion_version, config)
+    baseline = compared_to(champion_version)
+    try:
+        evidence = head_to_head(
+            f"models:/{config.policy_model}/{version}",
+            f"models:/{config.policy_model}/{champion_version}" if champion_version else None,
+        )
+        decision = decide(evidence, config.margin, baseline)
+    except NoEvidence as missing:
+        decision = held_without_evidence(missing, config.margin, baseline)
+    decision = apply_gate(client, config.policy_model, version, decision, champion_version)
     if decision.promote:
         # the run's reward model goes with its champion policy (a PPO policy was trained against it)
         client.set_registered_model_alias(config.reward_model, CHAMPION, rm_version)

@@ -123,32 +123,41 @@ class Evidence:
     """The interval's two-sided coverage."""
 
 
+class NoEvidence(Exception):
+    """The head-to-head could not be run, e.g. the champion was logged in a format this code
+    no longer loads: the candidate is held with this reason and a person decides."""
+
+
 @dataclass(frozen=True)
 class Decision:
     promote: bool
     reason: str
-    evidence: Evidence
+    evidence: Evidence | None
+    """None when there was no head-to-head (``NoEvidence``)."""
     compared_to: str
     """``v<N>`` (the champion) or ``SFT_BASELINE``."""
     margin: float
 
     def as_dict(self) -> dict[str, Any]:
-        """What the decision file and the version's ``promotion.*`` tags hold."""
-        e = self.evidence
+        """What the decision file and the version's ``promotion.*`` tags hold (None: not measured)."""
+
+        def measured(name: str) -> Any:
+            return None if self.evidence is None else getattr(self.evidence, name)
+
         return {
             "decision": "promoted" if self.promote else "held",
             "reason": self.reason,
-            "metric": e.metric,
-            "value": e.value,
-            "ci_low": e.ci_low,
-            "ci_high": e.ci_high,
+            "metric": measured("metric"),
+            "value": measured("value"),
+            "ci_low": measured("ci_low"),
+            "ci_high": measured("ci_high"),
             "margin": self.margin,
-            "n_prompts": e.n_prompts,
-            "judge": e.judge,
-            "judge_description": e.judge_description,
+            "n_prompts": measured("n_prompts"),
+            "judge": measured("judge"),
+            "judge_description": measured("judge_description"),
             "compared_to": self.compared_to,
-            "candidate_mean": e.candidate_mean,
-            "baseline_mean": e.baseline_mean,
+            "candidate_mean": measured("candidate_mean"),
+            "baseline_mean": measured("baseline_mean"),
         }
 
 
@@ -156,15 +165,29 @@ def decide(evidence: Evidence, margin: float, compared_to: str) -> Decision:
     """Promote iff the interval's lower end is strictly above ``margin``: a candidate no
     better than its baseline (identical policies give [0, 0]) never takes the alias."""
     promote = evidence.ci_low > margin
-    against = "this run's SFT policy (no champion yet)" if compared_to == SFT_BASELINE else f"champion {compared_to}"
     reason = (
         f"{evidence.metric} {evidence.value:+.3f} [{evidence.ci_low:+.3f}, {evidence.ci_high:+.3f}] "
-        f"vs {against}, {evidence.judge} judge on {evidence.n_prompts} prompts: lower end "
+        f"vs {_baseline(compared_to)}, {evidence.judge} judge on {evidence.n_prompts} prompts: lower end "
         + ("above" if promote else "under")
         + f" the margin {margin} → "
         + ("promoted" if promote else "held")
     )
     return Decision(promote, reason, evidence, compared_to, margin)
+
+
+def held_without_evidence(missing: NoEvidence, margin: float, compared_to: str) -> Decision:
+    """No head-to-head, no promotion."""
+    return Decision(
+        False,
+        f"no comparison with {_baseline(compared_to)}: {missing} → held; a person decides",
+        None,
+        compared_to,
+        margin,
+    )
+
+
+def _baseline(compared_to: str) -> str:
+    return "this run's SFT policy (no champion yet)" if compared_to == SFT_BASELINE else f"champion {compared_to}"
 
 
 def data_hash(run_tags: dict[str, str]) -> str | None:
@@ -188,34 +211,38 @@ def tag_version(client: MlflowClient, name: str, version: str, tags: dict[str, s
         client.set_model_version_tag(name, version, key, value)
 
 
+def compared_to(champion_version: str | None) -> str:
+    """What a candidate is judged against: the champion, or this run's SFT policy before there is one."""
+    return f"v{champion_version}" if champion_version else SFT_BASELINE
+
+
 def apply_gate(
     client: MlflowClient,
     name: str,
     version: str,
-    evidence: Evidence,
+    decision: Decision,
     champion_version: str | None,
-    config: RegistryConfig,
 ) -> Decision:
-    """Move ``champion`` to ``version`` if ``evidence`` (against ``champion_version``, or this
-    run's SFT policy when None) clears the margin, and tag the version with the decision.
+    """Act on ``decision`` (made against ``champion_version``, or this run's SFT policy when
+    None): move ``champion`` to ``version`` if it says so, and tag the version with it.
 
     The alias is read again first: if another run moved it while this one was being judged,
     the evidence is against a version that is no longer champion, and the candidate is held.
     """
-    decision = decide(evidence, config.margin, f"v{champion_version}" if champion_version else SFT_BASELINE)
     current = alias_version(client, name, CHAMPION)
     if current != champion_version:
         decision = Decision(
             False,
             f"champion moved to v{current} while this candidate was judged against {decision.compared_to}; "
             "held (a person decides, or the next run compares with the new champion)",
-            evidence,
+            decision.evidence,
             decision.compared_to,
-            config.margin,
+            decision.margin,
         )
     if decision.promote:
         client.set_registered_model_alias(name, CHAMPION, version)
-    tag_version(client, name, version, {f"promotion.{k}": _tag(v) for k, v in decision.as_dict().items()})
+    tags = {f"promotion.{k}": _tag(v) for k, v in decision.as_dict().items() if v is not None}
+    tag_version(client, name, version, tags)
     return decision
 
 

@@ -22,7 +22,7 @@ from alignops.tracking.evaluation import final_steps, log_evaluation_to_run, sam
 from alignops.tracking.logger import require_run
 from alignops.tracking.models import load_policy
 from alignops.tracking.registration import register_run
-from alignops.tracking.registry import Evidence, RegistryConfig
+from alignops.tracking.registry import Evidence, NoEvidence, RegistryConfig
 from alignops.world import GoldJudge
 
 GOLD_DESCRIPTION = "the embedded world's gold judge"
@@ -127,10 +127,18 @@ def register_judged(
     sft = Contender(policies["sft"], tokenizer, model_config, settings)
     prompts = eval_prompts["prompt"].tolist()
 
+    def baseline(champion_uri: str | None) -> Contender:
+        if champion_uri is None:
+            return sft
+        try:
+            return Contender(*load_policy(champion_uri))
+        except ValueError as error:  # logged by an older alignops, in a format this one does not read
+            raise NoEvidence(f"the champion cannot be loaded ({error})") from error
+
     def head_to_head(candidate_uri: str, champion_uri: str | None) -> Evidence:
         result = compare(
             Contender(*load_policy(candidate_uri)),
-            Contender(*load_policy(champion_uri)) if champion_uri else sft,
+            baseline(champion_uri),
             prompts,
             judge,
             config.metric,
