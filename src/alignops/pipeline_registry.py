@@ -21,6 +21,22 @@ from alignops.pipelines import (
 )
 from alignops.preferences.sources import SourcesConfig
 
+# Listed, not discovered: Kedro 1.7's find_pipelines only imports the names a run asks
+# for, so the compositions below ("data", "__default__") could not be assembled from it.
+STAGES = {
+    "data_generation": data_generation.create_pipeline,
+    "ingestion": ingestion.create_pipeline,
+    "data_validation": data_validation.create_pipeline,
+    "data_report": data_report.create_pipeline,
+    "sources": sources.create_pipeline,
+    "sft": sft.create_pipeline,
+    "reward": reward.create_pipeline,
+    "audit_judge": audit_judge.create_pipeline,
+    "ppo": ppo.create_pipeline,
+    "dpo": dpo.create_pipeline,
+    "evaluation": evaluation.create_pipeline,
+    "registry": registry.create_pipeline,
+}
 DATA_STAGES = ("ingestion", "data_validation", "data_report")
 TRAINING_STAGES = ("sft", "reward", "audit_judge", "ppo", "dpo")
 
@@ -56,20 +72,12 @@ def register_pipelines() -> dict[str, Pipeline]:
     ``data/`` cannot be read by it.
     """
     config, gold = _sources, _sources.uses_world
-    stages = {
-        "data_generation": data_generation.create_pipeline(),
-        "ingestion": ingestion.create_pipeline(),
-        "data_validation": data_validation.create_pipeline(),
-        "data_report": data_report.create_pipeline(),
-        "sources": sources.create_pipeline(sft=config.sft, eval_prompts=config.eval_prompts),
-        "sft": sft.create_pipeline(),
-        "reward": reward.create_pipeline(),
-        "audit_judge": audit_judge.create_pipeline(),
-        "ppo": ppo.create_pipeline(),
-        "dpo": dpo.create_pipeline(),
-        "evaluation": evaluation.create_pipeline(gold_judge=gold),
-        "registry": registry.create_pipeline(gold_judge=gold),
+    options = {
+        "sources": {"sft": config.sft, "eval_prompts": config.eval_prompts},
+        "evaluation": {"gold_judge": gold},
+        "registry": {"gold_judge": gold},
     }
+    stages = {name: create(**options.get(name, {})) for name, create in STAGES.items()}
     journey = ["data_generation" if gold else "sources", *DATA_STAGES, *TRAINING_STAGES, "evaluation", "registry"]
     result = dict(stages)
     result["data"] = sum((stages[name] for name in DATA_STAGES), Pipeline([]))

@@ -23,7 +23,7 @@ def _catalog(frame: pd.DataFrame, root: Path, **params) -> DataCatalog:
     catalog["preferences"] = MemoryDataset(frame)
     catalog["params:data_validation"] = MemoryDataset({**TEST_ENV["data_validation"], **params})
     catalog["params:data_validation_suite"] = MemoryDataset(BASE["data_validation_suite"])
-    catalog["params:data_split"] = MemoryDataset({"heldout_fraction": 0.25, "seed": 0})
+    catalog["params:data_split"] = MemoryDataset({"heldout_fraction": 0.25, "audit_fraction": 0.25, "seed": 0})
     return catalog
 
 
@@ -44,6 +44,7 @@ def test_pipeline_wires_validate_then_gate_then_split():
         "validated_preferences",
         "preferences_train",
         "preferences_heldout",
+        "preferences_audit",
     }
 
 
@@ -51,7 +52,7 @@ def test_clean_data_passes_the_gate(tmp_path):
     catalog = _catalog(clean_frame(), tmp_path, mode="strict")
     SequentialRunner().run(create_pipeline(), catalog)
     pd.testing.assert_frame_equal(catalog.load("validated_preferences"), clean_frame())
-    split = len(catalog.load("preferences_train")), len(catalog.load("preferences_heldout"))
+    split = [len(catalog.load(f"preferences_{part}")) for part in ("train", "heldout", "audit")]
     assert sum(split) == len(clean_frame()) and min(split) > 0
     assert catalog.load("preferences_quarantine").empty
     assert catalog.load("validation_report")["success"]

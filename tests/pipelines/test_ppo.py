@@ -41,6 +41,7 @@ def test_pipeline_wiring():
         "sft_demonstrations",
         "ppo_checkpoints",
         "params:model",
+        "params:generation",
         "params:ppo",
     }
     assert pipeline.outputs() == OUTPUTS
@@ -69,6 +70,7 @@ def _catalog(root: Path, sft_model, tokenizer) -> DataCatalog:
         "preferences_train": preferences,
         "sft_demonstrations": demonstrations,
         "params:model": model_params,
+        "params:generation": {"max_new_tokens": 12},
         "params:ppo": TEST_PPO,
     }.items():
         catalog[name] = MemoryDataset(value, copy_mode="assign")

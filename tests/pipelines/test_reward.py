@@ -20,6 +20,7 @@ INPUTS = {
     "tokenizer",
     "reward_checkpoints",
     "params:model",
+    "params:generation",
     "params:reward",
 }
 

@@ -195,3 +195,44 @@ def test_config_rejects_bad_keys_and_values():  # tests/test_config.py checks it
     ):
         with pytest.raises(ValueError):
             RewardConfig(**bad)
+
+
+def _save_classifier(folder, tokenizer, num_labels: int = 1, seed: int = 0):
+    """A one-output Llama sequence classifier from 'elsewhere': weights and tokenizer, no reward_model.json."""
+    from transformers import AutoModelForSequenceClassification, LlamaConfig
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=64, num_labels=num_labels,
+                         pad_token_id=tokenizer.pad_token_id)
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+def test_a_reward_model_from_elsewhere_is_used_as_it_is_and_normalised_on_sft_samples(sft_model, tokenizer, tmp_path):
+    from alignops.training.reward import pretrained_reward_model
+
+    path = _save_classifier(tmp_path / "classifier", tokenizer)
+    config = dataclasses.replace(TINY, base=str(path), train=False, norm_samples=12, norm_max_new_tokens=6)
+    raw = pretrained_reward_model(str(path), MODEL)
+    assert not (path / "reward_model.json").exists() and (raw.mean, raw.std) == (0.0, 1.0)
+    history = MetricHistory()
+    normalised = normalise_reward_model(raw, sft_model, tokenizer, PROMPTS, MODEL, config, SAMPLING, history)
+    picked, samples = policy_samples(sft_model, tokenizer, PROMPTS, MODEL, config, SAMPLING)
+    scores = normalised.score(picked, samples.texts)
+    assert abs(float(scores.mean())) < 1e-4 and abs(float(scores.std()) - 1.0) < 1e-4
+    # the weights are the classifier's own: nothing was fitted
+    fresh = pretrained_reward_model(str(path), MODEL)
+    for name, tensor in fresh.model.state_dict().items():
+        assert torch.equal(tensor, normalised.model.state_dict()[name]), name
+
+
+def test_a_classifier_with_more_than_one_output_is_refused(tokenizer, tmp_path):
+    from alignops.training.reward import pretrained_reward_model
+
+    path = _save_classifier(tmp_path / "two_labels", tokenizer, num_labels=2)
+    with pytest.raises(ValueError, match="2 outputs"):
+        pretrained_reward_model(str(path), MODEL)
+    with pytest.raises(ValueError, match="reward.base"):
+        RewardConfig(train=False)
