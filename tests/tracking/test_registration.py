@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from alignops.evaluation.judges import Judge
+from alignops.evaluation.judges import GOLD_DESCRIPTION, Judge
 from alignops.models.generation import GenerationConfig, sample_responses
 from alignops.models.reward import RewardModel, build_reward_backbone
 from alignops.pipelines.registry import create_pipeline
@@ -110,7 +110,7 @@ def test_a_better_first_run_becomes_champion_and_the_same_model_again_is_held(
     assert not second["promoted"] and second["decision"] == "held"
     assert (second["value"], second["ci_low"], second["ci_high"]) == (0.0, 0.0, 0.0)
     assert second["compared_to"] == "v1" and second["champion_version"] == "1"
-    assert second["judge"] == "gold" and second["judge_description"] == "the embedded world's gold judge"
+    assert second["judge"] == "gold" and second["judge_description"] == GOLD_DESCRIPTION
     assert second["reason"] == (
         "advantage +0.000 [+0.000, +0.000] vs champion v1, gold judge on 8 prompts: "
         "lower end under the margin 0.02 → held"

@@ -19,6 +19,12 @@ Scorer = Callable[[list[str], list[str]], np.ndarray]
 """(canonical prompts, responses) -> (N,) scores, higher is better."""
 
 GOLD, AUDIT = "gold", "audit"
+GOLD_DESCRIPTION = "the embedded world's noise-free judge of replies (alignops.world.GoldJudge); no stage trains on it"
+AUDIT_DESCRIPTION = (
+    "a reward model no policy was trained against (the audit_judge dataset: trained on the preferences' "
+    "audit split, disjoint from every training stage's data, or a pretrained classifier)"
+)
+"""What the summary and the registry's tags say each judge is: evaluation and the gate use the same words."""
 
 
 @dataclass(frozen=True)

@@ -12,17 +12,12 @@ import pandas as pd
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from alignops.evaluation import GOLD, EvaluationConfig, Judge, evaluate, reward_model_judge
+from alignops.evaluation.judges import AUDIT_DESCRIPTION, GOLD_DESCRIPTION
 from alignops.evaluation.report import plot_evaluation, samples_table
 from alignops.models.config import ModelConfig
 from alignops.models.generation import GenerationConfig
 from alignops.models.reward import RewardModel
 from alignops.world import GoldJudge
-
-GOLD_DESCRIPTION = "the embedded world's noise-free judge of replies (alignops.world.GoldJudge); no stage trains on it"
-AUDIT_DESCRIPTION = (
-    "a reward model no policy was trained against (the audit_judge dataset: trained on the preferences' "
-    "audit split, disjoint from every training stage's data, or a pretrained classifier)"
-)
 
 
 def evaluate_with_gold_judge(

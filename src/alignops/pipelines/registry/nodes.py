@@ -14,7 +14,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from alignops.evaluation import EvaluationConfig
 from alignops.evaluation.comparison import Comparison, Contender, compare
-from alignops.evaluation.judges import AUDIT, GOLD, Judge, reward_model_judge
+from alignops.evaluation.judges import AUDIT, AUDIT_DESCRIPTION, GOLD, GOLD_DESCRIPTION, Judge, reward_model_judge
 from alignops.models.config import ModelConfig
 from alignops.models.generation import GenerationConfig
 from alignops.models.reward import RewardModel
@@ -24,9 +24,6 @@ from alignops.tracking.models import load_policy
 from alignops.tracking.registration import register_run
 from alignops.tracking.registry import Evidence, NoEvidence, RegistryConfig
 from alignops.world import GoldJudge
-
-GOLD_DESCRIPTION = "the embedded world's gold judge"
-AUDIT_DESCRIPTION = "the audit reward model, trained on preferences no training stage saw"
 
 
 def log_evaluation(
