@@ -37,7 +37,10 @@ SECRET_NAMES = frozenset(
 segment containing "secret" or "password"). Whole segments, so ``max_prompt_tokens`` or
 ``tokenizer_min_frequency`` are still logged."""
 REDACTED = "***"
-DEFAULT_HASH_DATASETS = ("raw_preferences", "sft_demonstrations")
+DEFAULT_HASH_DATASETS = (
+    "raw_preferences", "raw_demonstrations", "raw_eval_prompts", "sft_demonstrations", "eval_prompts",
+)
+"""``tracking.hash_datasets`` when a project's parameters leave it out (conf/base/parameters_tracking.yml)."""
 
 
 def git_state(path: Path) -> dict[str, str]:
