@@ -8,6 +8,7 @@ import gc
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -30,6 +31,7 @@ from filelock import FileLock
 from tests.helpers import (
     REPO_ROOT,
     TRACKED_FIRST_RUN_DATA,
+    TRACKED_OVERRIDE_REASON,
     environment_without_mlflow_run,
     kedro_cli,
     make_project_copy,
@@ -38,6 +40,7 @@ from tests.helpers import (
     run_kedro,
 )
 
+ALIGNOPS_PROMOTE = Path(sys.executable).parent / "alignops-promote"
 HH_RLHF_FILE = REPO_ROOT.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test.part1.jsonl.gz"
 UPSTREAM = {
     "data_validation": ("data_generation", "ingestion", "data_validation"),
@@ -215,12 +218,17 @@ def tracked_project_build(request: pytest.FixtureRequest, tmp_path_factory: pyte
 
 @pytest.fixture(scope="session")
 def tracked_project(tracked_project_build: Future | None, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A project (in a git repository) after two tracked ``kedro run`` of the whole ``test`` DAG.
+    """A project (in a git repository) after two tracked ``kedro run`` of the whole ``test`` DAG,
+    with a person's override of the gate between them.
 
     The first runs from an empty data/ with ParallelRunner, and ``first_run_data/`` keeps the
-    data/ it left; the second (the default SequentialRunner) registers the SFT policy
-    (``registry.policy=sft``), which the gate must hold back. Each run's
-    ``registry_decision.json`` is kept in ``decisions/``.
+    data/ it left. Its policy (v1) is held: on the test world's few evaluation prompts its
+    interval against its own SFT policy does not clear the margin. A person reads that
+    evidence and makes v1 the champion anyway, policy and reward model, with
+    ``alignops-promote`` (``TRACKED_OVERRIDE_REASON``), as the README's "Overriding the gate"
+    says. The second run (the default SequentialRunner) registers its SFT policy
+    (``registry.policy=sft``, v2), which the gate judges head to head with champion v1 and
+    holds. Each run's ``registry_decision.json`` is kept in ``decisions/``.
 
     Built once per test session and shared by the pytest-xdist workers (under a file lock in
     the session's common temp folder): whichever worker starts first builds it, in the background.
@@ -256,4 +264,16 @@ def _build_tracked_project(folder: Path, env: dict[str, str]) -> Path:
         shutil.copy2(project / "data" / "08_reporting" / "registry_decision.json", decisions / f"{number}.json")
         if number == 1:
             shutil.copytree(project / "data", project / TRACKED_FIRST_RUN_DATA)
+            _override_the_gate(project, env)
     return project
+
+
+def _override_the_gate(project: Path, env: dict[str, str]) -> None:
+    """``alignops-promote 1`` for the policy and for its reward model (a PPO policy was trained
+    against it), typed in the project as a person would: the store is found from the folder."""
+    for model in ("alignops-policy", "alignops-reward-model"):
+        result = subprocess.run(
+            [str(ALIGNOPS_PROMOTE), "1", "--model", model, "--reason", TRACKED_OVERRIDE_REASON],
+            cwd=project, env=env, capture_output=True, text=True, timeout=120,
+        )
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

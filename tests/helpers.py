@@ -146,6 +146,8 @@ def kedro_cli(project: Path, *args: str, timeout: int = 600, env: dict[str, str]
 
 TRACKED_FIRST_RUN_DATA = "first_run_data"
 """The tracked project's copy of data/ as its first ``kedro run`` (from an empty data/) left it."""
+TRACKED_OVERRIDE_REASON = "read the first run's evidence: the project's first policy, served until a better one"
+"""Why the tracked project's person made v1 champion over the gate (``alignops-promote``)."""
 
 
 # --- the tiny Llama -----------------------------------------------------------------------------------

@@ -152,7 +152,7 @@ def test_mlflow_ui_lists_the_runs_and_charts_a_ppo_metric(page, mlflow_ui, track
     expect(page.get_by_text(f"{len(run_ids)} matching runs")).to_be_visible()
     screenshot(page, "mlflow_runs")
 
-    page.locator(f"a[href*='{run_ids[0]}']").first.click()  # the first run: it set the champion
+    page.locator(f"a[href*='{run_ids[0]}']").first.click()  # the first run: its policy is champion
     expect(page).to_have_url(f"{mlflow_ui}/#/experiments/{experiment_id}/runs/{run_ids[0]}", timeout=30_000)
     expect(page.get_by_text("Parameters (")).to_be_visible(timeout=30_000)
     expect(page.get_by_role("cell", name="sft.learning_rate")).to_be_visible()
@@ -194,6 +194,8 @@ def test_mlflow_registry_shows_the_policy_with_its_champion(page, mlflow_ui):
     expect(version_two.get_by_text("@ candidate")).to_be_visible()
     expect(version_two.get_by_text("@ champion")).to_have_count(0)
     expect(version_two.get_by_text("promotion.decision")).to_be_visible()
+    expect(version_two.get_by_text("promotion.compared_to")).to_be_visible()  # held against champion v1
+    expect(version_one.get_by_text("promotion.override_reason")).to_be_visible()  # a person promoted it
     screenshot(page, "mlflow_policy_versions")
 
 

@@ -2,8 +2,11 @@
 
 One throwaway project (a git repository, so the commit is tagged) runs the whole
 default DAG in the tiny `test` environment with Kedro's ParallelRunner (worker
-processes log into the parent's run), then runs it again sequentially registering the
-SFT policy, which can never beat the first run's best by the gate's margin.
+processes log into the parent's run). The gate holds that run's policy, v1: on the test
+world's 30 prompts its interval against the run's own SFT policy does not clear the
+margin. A person makes v1 champion with ``alignops-promote``, and the project runs again
+sequentially registering its SFT policy (v2), which the gate judges head to head with
+champion v1 and holds (``tests/conftest.py``, ``tracked_project``).
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from alignops.tracking.promote import version_lines
+from alignops.tracking.registry import SFT_BASELINE, data_hash
 from alignops.tracking.run_info import file_md5
-from tests.helpers import TRACKED_FIRST_RUN_DATA, environment_without_mlflow_run
+from tests.helpers import TRACKED_FIRST_RUN_DATA, TRACKED_OVERRIDE_REASON, environment_without_mlflow_run
 
 pytestmark = pytest.mark.slow
 
@@ -79,22 +84,30 @@ def test_tags_name_commit_environment_pipelines_and_input_digests(runs, tracked_
     assert tags["kedro_command"] == "kedro run --pipelines=__default__ --env=test"
     assert runs[1].data.tags["kedro_command"] == (
         "kedro run --pipelines=__default__ --env=test --params=registry.policy=sft")
-    world = tracked_project / "data" / "01_raw" / "world"
-    assert tags["data/raw_preferences/preference_rankings.jsonl"] == file_md5(world / "preference_rankings.jsonl")
-    assert tags["data/sft_demonstrations/sft_demonstrations.jsonl"] == file_md5(world / "sft_demonstrations.jsonl")
-    assert len(tags["data.hash"]) == 32
+    # the files the first run read: the world's rankings, and the model inputs it wrote from them
+    data = tracked_project / TRACKED_FIRST_RUN_DATA
+    assert {name: value for name, value in tags.items() if name.startswith("data/")} == {
+        "data/raw_preferences/preference_rankings.jsonl": file_md5(data / "01_raw/world/preference_rankings.jsonl"),
+        "data/sft_demonstrations/sft_demonstrations.jsonl": file_md5(data / "05_model_input/sft_demonstrations.jsonl"),
+        "data/eval_prompts/eval_prompts.jsonl": file_md5(data / "05_model_input/eval_prompts.jsonl"),
+    }
+    assert tags["data.hash"] == data_hash(tags)
+    # the same world from the same seed: the second run saw the same bytes
+    assert runs[1].data.tags["data.hash"] == tags["data.hash"]
 
 
 def test_every_loop_metric_is_logged_per_step(runs, client, tracked_project):
     run_id = runs[0].info.run_id
     reporting = tracked_project / "data" / "08_reporting"
     histories = {stage: json.loads((reporting / f"{stage}_history.json").read_text())
-                 for stage in ("sft", "reward", "ppo", "dpo")}
+                 for stage in ("sft", "reward", "audit_judge", "ppo", "dpo")}
     for stage, metric in [
         ("sft", "loss/sft"),
         ("sft", "eval/sft/loss"),
         ("reward", "loss/reward"),
         ("reward", "eval/reward/accuracy"),
+        ("audit_judge", "loss/audit_judge"),
+        ("audit_judge", "eval/audit_judge/accuracy"),
         ("ppo", "objective/kl"),
         ("ppo", "policy/clipfrac"),
         ("dpo", "loss/dpo"),
@@ -119,7 +132,7 @@ def test_artifacts_hold_curves_reports_data_docs_and_the_sample_table(runs, clie
     run_id = runs[0].info.run_id
     listed = {folder: {Path(a.path).name for a in client.list_artifacts(run_id, folder)}
               for folder in ("curves", "reports", "data_docs", "tables")}
-    assert listed["curves"] == {"sft.png", "reward.png", "ppo.png", "dpo.png"}
+    assert listed["curves"] == {"sft.png", "reward.png", "audit_judge.png", "ppo.png", "dpo.png"}
     assert {"evaluation_summary.json", "evaluation.png", "data_report.json", "data_report.png",
             "validation_report.json"} <= listed["reports"]
     assert "index.html" in listed["data_docs"]
@@ -133,20 +146,57 @@ def test_artifacts_hold_curves_reports_data_docs_and_the_sample_table(runs, clie
     assert evaluated["gold_score"].notna().all() and evaluated["reward_model_score"].notna().all()
 
 
-def test_registry_has_both_models_and_the_gate_kept_the_champion(runs, client, tracked_project):
+def test_the_gate_held_v1_a_person_promoted_it_and_the_gate_held_v2_against_it(runs, client, tracked_project):
     first, second = (json.loads(p.read_text()) for p in sorted((tracked_project / "decisions").glob("*.json")))
-    assert first["promoted"] and first["policy_version"] == "1"
-    assert not second["promoted"] and second["method"] == "sft" and second["policy_version"] == "2"
+    summary = json.loads((tracked_project / TRACKED_FIRST_RUN_DATA / "08_reporting/evaluation_summary.json")
+                         .read_text())
+    assert first["policy_version"] == "1" and first["method"] in {"sft", "ppo", "dpo"}
+    assert second["policy_version"] == "2" and second["method"] == "sft"
+    # each decision is the head-to-head's interval against the margin, by the world's gold judge
+    for decision in (first, second):
+        assert decision["decision"] == "held" and not decision["promoted"]
+        assert decision["metric"] == "advantage" and decision["judge"] == "gold"
+        assert decision["n_prompts"] == summary["n_prompts"] == 30
+        assert decision["ci_low"] <= decision["value"] <= decision["ci_high"]
+        assert decision["ci_low"] <= decision["margin"] == 0.02  # why it was held
+        interval = f"[{decision['ci_low']:+.3f}, {decision['ci_high']:+.3f}]"
+        assert f"{decision['value']:+.3f} {interval}" in decision["reason"] and "under the margin" in decision["reason"]
+    # the first against its own SFT policy (no champion yet); the second against champion v1
+    assert first["compared_to"] == SFT_BASELINE and first["champion_version"] is None
+    assert second["compared_to"] == "v1" and second["champion_version"] == "1"
+    # the second run's SFT policy is the first run's (same data, same seed), judged on the same
+    # prompts with the same seed: its head-to-head with v1 is the first one mirrored
+    assert second["value"] == pytest.approx(-first["value"])
+    assert second["candidate_mean"] == pytest.approx(first["baseline_mean"])
+    assert second["baseline_mean"] == pytest.approx(first["candidate_mean"])
+    assert [r.data.tags["registry.decision"] for r in runs] == ["held", "held"]
 
     assert str(client.get_model_version_by_alias("alignops-policy", "champion").version) == "1"
     assert str(client.get_model_version_by_alias("alignops-policy", "candidate").version) == "2"
     assert str(client.get_model_version_by_alias("alignops-reward-model", "champion").version) == "1"
+    assert str(client.get_model_version_by_alias("alignops-reward-model", "candidate").version) == "2"
     held = client.get_model_version("alignops-policy", "2").tags
     assert held["method"] == "sft" and held["promotion.decision"] == "held"
-    assert "under the margin" in held["promotion.reason"] and held["promotion.compared_to"] == "v1"
+    assert held["promotion.reason"] == second["reason"] and held["promotion.compared_to"] == "v1"
+    assert held["promotion.judge"] == "gold" and held["promotion.n_prompts"] == "30"
+    assert [float(held[f"promotion.{end}"]) for end in ("value", "ci_low", "ci_high")] == pytest.approx(
+        [second["value"], second["ci_low"], second["ci_high"]], abs=1e-4)
+    # the override keeps the gate's evidence on the version beside the person's reason
     champion = client.get_model_version("alignops-policy", "1").tags
-    assert champion["method"] in {"sft", "ppo", "dpo"} and champion["data_hash"] == runs[0].data.tags["data.hash"]
-    assert float(champion["eval.gold_win_rate"]) == pytest.approx(first["figures"]["gold_win_rate"], abs=1e-4)
+    assert champion["promotion.decision"] == "overridden" and champion["promotion.replaced"] == "none"
+    assert champion["promotion.override_reason"] == TRACKED_OVERRIDE_REASON
+    assert champion["promotion.reason"] == first["reason"] and champion["promotion.compared_to"] == SFT_BASELINE
+    assert champion["method"] == first["method"] and champion["data_hash"] == runs[0].data.tags["data.hash"]
+    for figure in ("gold_win_rate_vs_sft", "gold_win_rate_vs_sft.ci_low", "gold_win_rate_vs_sft.ci_high"):
+        assert float(champion[f"eval.{figure}"]) == pytest.approx(first["figures"][figure], abs=1e-4)
+    reward_model = client.get_model_version("alignops-reward-model", "1").tags
+    assert reward_model["promotion.decision"] == "overridden"
+    assert reward_model["promotion.override_reason"] == TRACKED_OVERRIDE_REASON
+    # what `alignops-promote` lists: newest first, aliases, decision and why
+    assert version_lines(client, "alignops-policy") == [
+        f"v2    candidate            held       {second['reason']}",
+        f"v1    champion             overridden {TRACKED_OVERRIDE_REASON}",
+    ]
 
 
 def test_champion_policy_and_reward_model_load_in_a_fresh_process(tracked_project):
