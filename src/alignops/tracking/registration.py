@@ -73,7 +73,7 @@ def register_run(
         {
             "data_hash": digest or "unknown",
             "run_id": run_id,
-            **{f"eval.{k}": f"{v:.4f}" for k, v in summary["reward_model"].items() if is_number(v)},
+            **reward_model_tags(summary["reward_model"]),
         },
     )
     client.set_registered_model_alias(config.reward_model, CANDIDATE, rm_version)
@@ -93,7 +93,7 @@ def register_run(
             "data_hash": digest or "unknown",
             "run_id": run_id,
             "reward_model_version": rm_version,
-            **{f"eval.{k}": f"{v:.4f}" for k, v in figures.items()},
+            **{f"eval.{k}": _tag_value(v) for k, v in figures.items()},
         },
     )
     client.update_model_version(
@@ -142,3 +142,22 @@ def register_run(
         "data_hash": digest,
         "run_id": run_id,
     }
+
+
+def _tag_value(value: float) -> str:
+    """Counts as counts (``84``), figures to four places (``0.7667``)."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else f"{value:.4f}"
+
+
+def reward_model_tags(figures: dict) -> dict[str, str]:
+    """The reward model's held-out figures as ``eval.*`` version tags, an interval's ends beside
+    its value (``eval.panel_accuracy``, ``eval.panel_accuracy.ci_low``, ...)."""
+    tags = {}
+    for name, value in figures.items():
+        if isinstance(value, dict):
+            tags[f"eval.{name}"] = _tag_value(value["value"]) if is_number(value.get("value")) else None
+            tags |= {f"eval.{name}.{end}": _tag_value(value[end]) for end in ("ci_low", "ci_high")
+                     if is_number(value.get(end))}
+        elif is_number(value):
+            tags[f"eval.{name}"] = _tag_value(value)
+    return {k: v for k, v in tags.items() if v is not None}
