@@ -181,3 +181,12 @@ def test_the_pipeline_gives_the_node_its_judge_and_the_evaluation_prompts(gold_j
     assert {judge, "eval_prompts", "params:evaluation", "params:registry"} <= pipeline.inputs()
     assert not_judge not in pipeline.inputs()
     assert pipeline.outputs() == {"tracked_samples", "registry_decision"}
+
+
+def test_reward_model_tags_keep_intervals_and_counts():
+    from alignops.tracking.registration import reward_model_tags
+
+    tags = reward_model_tags({"heldout_pairs": 84, "heldout_accuracy": 1.0, "gold_pairs": None,
+                              "panel_accuracy": {"value": 0.44, "ci_low": 0.34, "ci_high": 0.55}})
+    assert tags == {"eval.heldout_pairs": "84", "eval.heldout_accuracy": "1.0000", "eval.panel_accuracy": "0.4400",
+                    "eval.panel_accuracy.ci_low": "0.3400", "eval.panel_accuracy.ci_high": "0.5500"}
