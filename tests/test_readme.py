@@ -57,6 +57,11 @@ def test_the_worked_example_runs_as_written_on_a_tiny_chat_llama(tmp_path):
     assert summary["judge"] == "audit" and set(summary["policies"]) == {"sft", "ppo", "dpo", "best_of_n"}
     decision = json.loads((data / "08_reporting" / "registry_decision.json").read_text())
     assert decision["judge"] == "audit" and decision["decision"] in {"promoted", "held"}
-    assert decision["n_prompts"] == summary["n_prompts"] > 0
+    # a tiny random model makes an audit judge no better than chance: the gate holds without a verdict
+    accuracy = summary["audit_judge"]["panel_accuracy"]
+    if accuracy["ci_low"] <= 0.5:
+        assert decision["decision"] == "held" and "no evidence" in decision["reason"]
+    else:
+        assert decision["n_prompts"] == summary["n_prompts"] > 0
     quarantine = (data / "02_intermediate" / "preferences_quarantine.jsonl").read_text().splitlines()
     assert len([line for line in quarantine if line.strip()]) == 6  # the sample's six malformed pairs

@@ -34,6 +34,9 @@ def make_user_env(project: Path, model: dict | None = None) -> None:
         "sources": {"kind": "files", "sft": "chosen", "eval_prompts": "heldout"},
         "data_split": {"heldout_fraction": 0.2, "audit_fraction": 0.25},
         "model": {"prompt_template": "{prompt}", **(model or {})},
+        # tiny models make a chance-level audit judge, which the gate would not let decide: the
+        # head-to-head is what these tests watch (tests/tracking covers the refusal)
+        "registry": {"min_judge_accuracy": 0.0},
     }
     for block, values in blocks.items():
         path = target / f"parameters_{block}.yml"

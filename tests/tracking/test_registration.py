@@ -190,3 +190,31 @@ def test_reward_model_tags_keep_intervals_and_counts():
                               "panel_accuracy": {"value": 0.44, "ci_low": 0.34, "ci_high": 0.55}})
     assert tags == {"eval.heldout_pairs": "84", "eval.heldout_accuracy": "1.0000", "eval.panel_accuracy": "0.4400",
                     "eval.panel_accuracy.ci_low": "0.3400", "eval.panel_accuracy.ci_high": "0.5500"}
+
+
+def _audit_summary(low: float, high: float) -> dict:
+    audit = {"judge": "audit", "judges": {"audit": "an audit reward model"},
+             "audit_judge": {"heldout_pairs": 300, "panel_accuracy": {"value": (low + high) / 2, "ci_low": low,
+                                                                      "ci_high": high}}}
+    return {**summary("ppo"), **audit}
+
+
+def test_an_audit_judge_no_better_than_chance_is_no_evidence():
+    from alignops.tracking.registry import RegistryConfig, judge_doubt
+
+    assert "does not clear 0.5" in judge_doubt(_audit_summary(0.46, 0.57), RegistryConfig())
+    assert judge_doubt(_audit_summary(0.55, 0.65), RegistryConfig()) is None
+    assert judge_doubt(_audit_summary(0.46, 0.57), RegistryConfig(min_judge_accuracy=0.0)) is None
+    assert judge_doubt(summary("ppo"), RegistryConfig(min_judge_accuracy=0.9)) is None  # gold is the truth
+
+
+def test_a_run_judged_by_a_chance_level_audit_judge_is_held_without_a_comparison(
+    client, sft_model, tokenizer, reward_model
+):
+    with mlflow.start_run():
+        decision = register_models_with_audit_judge(
+            sft_model, sft_model, sft_model, tokenizer, reward_model, _audit_summary(0.46, 0.57), EVAL_PROMPTS,
+            reward_model, **PARAMETERS,
+        )
+    assert not decision["promoted"] and decision["decision"] == "held" and decision["value"] is None
+    assert "0.515 [0.460, 0.570] does not clear 0.5" in decision["reason"] and "a person decides" in decision["reason"]

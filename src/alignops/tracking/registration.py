@@ -31,6 +31,7 @@ from alignops.tracking.registry import (
     data_hash,
     decide,
     held_without_evidence,
+    judge_doubt,
     policy_figures,
     tag_version,
 )
@@ -108,6 +109,9 @@ def register_run(
     champion_version = alias_version(client, config.policy_model, CHAMPION)
     baseline = compared_to(champion_version)
     try:
+        doubt = judge_doubt(summary, config)
+        if doubt:  # no head-to-head: a judge no better than chance would decide by coin
+            raise NoEvidence(doubt)
         evidence = head_to_head(
             f"models:/{config.policy_model}/{version}",
             f"models:/{config.policy_model}/{champion_version}" if champion_version else None,
@@ -135,6 +139,8 @@ def register_run(
         "method": method,
         "promoted": decision.promote,
         **decision.as_dict(),
+        # whose verdict it was (or would have been, when none was taken): the evaluation's judge
+        "judge": decision.evidence.judge if decision.evidence else summary.get("judge"),
         "champion_version": version if decision.promote else champion_version,
         "figures": figures,
         "reward_model": config.reward_model,

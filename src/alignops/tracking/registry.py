@@ -56,6 +56,12 @@ class RegistryConfig:
     for ``champion`` to move. The interval carries the noise (on 300 prompts an advantage's
     interval is about +-0.1 wide when most replies differ); the margin is the smallest gain
     worth a new champion: 0.02 of advantage is one prompt in a hundred won rather than lost."""
+    min_judge_accuracy: float = 0.5
+    """An audit judge's verdict counts only if the lower end of its held-out pairwise
+    accuracy interval (against the labels of ``preferences_heldout``) is above this: a
+    judge that cannot be told from a coin on pairs it never saw is no evidence, and every
+    candidate is held for a person to decide. 0.5 is chance; 0 turns the check off. The
+    gold judge is the truth and is not checked."""
 
     def __post_init__(self) -> None:
         if self.policy not in (*METHODS, "best"):
@@ -64,6 +70,25 @@ class RegistryConfig:
             raise ValueError(f"registry.metric must be one of {list(METRICS)}, got {self.metric!r}")
         if not self.margin >= 0:
             raise ValueError(f"registry.margin must be >= 0, got {self.margin}")
+        if not 0 <= self.min_judge_accuracy < 1:
+            raise ValueError(f"registry.min_judge_accuracy must lie in [0, 1), got {self.min_judge_accuracy}")
+
+
+def judge_doubt(summary: dict, config: RegistryConfig) -> str | None:
+    """Why the summary's audit judge cannot decide (its held-out accuracy interval reaches down
+    to ``config.min_judge_accuracy``), or None when it can, or when gold judges."""
+    if summary.get("judge") != "audit" or config.min_judge_accuracy <= 0:
+        return None
+    accuracy = (summary.get("audit_judge") or {}).get("panel_accuracy")
+    if not isinstance(accuracy, dict) or _number(accuracy.get("ci_low")) is None:
+        return "the audit judge has no held-out accuracy to show it tells better replies from worse"
+    if accuracy["ci_low"] > config.min_judge_accuracy:
+        return None
+    return (
+        f"the audit judge's held-out pairwise accuracy {accuracy['value']:.3f} "
+        f"[{accuracy['ci_low']:.3f}, {accuracy['ci_high']:.3f}] does not clear "
+        f"{config.min_judge_accuracy} (registry.min_judge_accuracy): its verdict is no evidence"
+    )
 
 
 def policy_figures(summary: dict, method: str) -> dict[str, float]:
