@@ -49,13 +49,14 @@ UI_PORT ?= 5000
 ui: setup
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(UI_PORT) --workers 2
 
-## The DAG in kedro-viz, served on loopback.
+## The DAG in kedro-viz, served on loopback. --include-hooks: the project hook wires __default__
+## for the environment's data source (`kedro viz run --env hh_rlhf --include-hooks` draws the files DAG).
 viz: setup
-	$(BIN)/kedro viz run --host 127.0.0.1 --port 4141 --no-browser
+	$(BIN)/kedro viz run --host 127.0.0.1 --port 4141 --no-browser --include-hooks
 
 ## A static kedro-viz site in ./build.
 viz-build: setup
-	$(BIN)/kedro viz build
+	$(BIN)/kedro viz build --include-hooks
 
 ## Re-pin every dependency after changing pyproject.toml.
 lock: setup

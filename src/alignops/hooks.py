@@ -211,6 +211,9 @@ class AlignopsMlflowHook(MlflowHook):
         self._exported = {}
         self._catalog = None
         self.run_id = None
+        from alignops.pipeline_registry import use_sources
+
+        use_sources(None)  # the next session in this process wires its own sources, or the default
 
 
 mlflow_hook = AlignopsMlflowHook()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kedro.framework.project import PACKAGE_NAME, pipelines
+from kedro.framework.project import pipelines
 from kedro.pipeline import Pipeline
 
 from alignops.pipelines import (
@@ -57,7 +57,7 @@ def use_sources(params: dict | None) -> None:
     config = SourcesConfig(**(params or {}))
     if config != _sources:
         _sources = config
-        pipelines.configure(f"{PACKAGE_NAME}.pipeline_registry")
+        pipelines.configure(__name__)  # this module: kedro's PACKAGE_NAME may not be set when it was imported
 
 
 def register_pipelines() -> dict[str, Pipeline]:

@@ -109,6 +109,15 @@ def read_demonstrations(raw: pd.DataFrame, source: str = "raw_demonstrations") -
     return out.assign(prompt_id=_prompt_ids(out["prompt"]))[DEMONSTRATION_COLUMNS]
 
 
+def without_prompts(frame: pd.DataFrame, *parts: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """``frame``'s rows whose ``prompt`` is in none of ``parts`` (split tables), and how many were
+    dropped: a user's own demonstrations or evaluation prompts must not reach across the split
+    (SFT and PPO learning held-out prompts, policies evaluated on prompts they trained on)."""
+    taken = set().union(*(set(part["prompt"].astype(str)) for part in parts))
+    keep = ~frame["prompt"].astype(str).isin(taken)
+    return frame.loc[keep].reset_index(drop=True), int((~keep).sum())
+
+
 def select_eval_prompts(prompts: pd.Series, config: SourcesConfig) -> pd.DataFrame:
     """The distinct ``prompts``, at most ``config.max_eval_prompts`` of them in a hashed order
     that does not depend on the file's row order."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pandas as pd
 
 from alignops.preferences.sources import (
@@ -9,7 +11,10 @@ from alignops.preferences.sources import (
     demonstrations_from_chosen,
     read_demonstrations,
     select_eval_prompts,
+    without_prompts,
 )
+
+logger = logging.getLogger(__name__)
 
 
 def chosen_demonstrations(preferences_train: pd.DataFrame) -> pd.DataFrame:
@@ -17,9 +22,19 @@ def chosen_demonstrations(preferences_train: pd.DataFrame) -> pd.DataFrame:
     return demonstrations_from_chosen(preferences_train)
 
 
-def file_demonstrations(raw_demonstrations: pd.DataFrame) -> pd.DataFrame:
-    """The user's demonstrations file (prompt/response or conversational messages)."""
-    return read_demonstrations(raw_demonstrations)
+def file_demonstrations(
+    raw_demonstrations: pd.DataFrame, preferences_heldout: pd.DataFrame, preferences_audit: pd.DataFrame
+) -> pd.DataFrame:
+    """The user's demonstrations file (prompt/response or conversational messages), less any
+    demonstration of a held-out or audit prompt: SFT, and PPO through its prompts, never see those."""
+    demonstrations, dropped = without_prompts(
+        read_demonstrations(raw_demonstrations), preferences_heldout, preferences_audit
+    )
+    if dropped:
+        logger.warning("sources: %d demonstrations answer held-out or audit prompts and were left out", dropped)
+    if demonstrations.empty:
+        raise ValueError("sources: every demonstration answers a held-out or audit prompt; none is left for SFT")
+    return demonstrations
 
 
 def heldout_eval_prompts(preferences_heldout: pd.DataFrame, params: dict) -> pd.DataFrame:
@@ -27,8 +42,14 @@ def heldout_eval_prompts(preferences_heldout: pd.DataFrame, params: dict) -> pd.
     return select_eval_prompts(preferences_heldout["prompt"], SourcesConfig(**params))
 
 
-def file_eval_prompts(raw_eval_prompts: pd.DataFrame, params: dict) -> pd.DataFrame:
-    """The user's evaluation prompts file (a ``prompt`` column)."""
+def file_eval_prompts(
+    raw_eval_prompts: pd.DataFrame, preferences_train: pd.DataFrame, preferences_audit: pd.DataFrame, params: dict
+) -> pd.DataFrame:
+    """The user's evaluation prompts file (a ``prompt`` column), less the prompts the policies or
+    the audit judge trained on."""
     if "prompt" not in raw_eval_prompts.columns:
         raise ValueError(f"raw_eval_prompts needs a 'prompt' column; got {list(raw_eval_prompts.columns)}")
-    return select_eval_prompts(raw_eval_prompts["prompt"], SourcesConfig(**params))
+    prompts, dropped = without_prompts(raw_eval_prompts[["prompt"]], preferences_train, preferences_audit)
+    if dropped:
+        logger.warning("sources: %d evaluation prompts are training or audit prompts and were left out", dropped)
+    return select_eval_prompts(prompts["prompt"], SourcesConfig(**params))

@@ -14,13 +14,14 @@ def create_pipeline(sft: str = "chosen", eval_prompts: str = "heldout", **kwargs
     demonstrations = (
         node(chosen_demonstrations, "preferences_train", "sft_demonstrations", name="chosen_demonstrations")
         if sft == "chosen"
-        else node(file_demonstrations, "raw_demonstrations", "sft_demonstrations", name="read_demonstrations")
+        else node(file_demonstrations, ["raw_demonstrations", "preferences_heldout", "preferences_audit"],
+                  "sft_demonstrations", name="read_demonstrations")
     )
     prompts = (
         node(heldout_eval_prompts, ["preferences_heldout", "params:sources"], "eval_prompts",
              name="heldout_eval_prompts")
         if eval_prompts == "heldout"
-        else node(file_eval_prompts, ["raw_eval_prompts", "params:sources"], "eval_prompts",
-                  name="read_eval_prompts")
+        else node(file_eval_prompts, ["raw_eval_prompts", "preferences_train", "preferences_audit", "params:sources"],
+                  "eval_prompts", name="read_eval_prompts")
     )
     return Pipeline([demonstrations, prompts])
