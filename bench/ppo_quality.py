@@ -69,7 +69,10 @@ def retrain(catalog, sft_model, tokenizer, reward_model, model_config: ModelConf
     prompts = collect_prompts(catalog.load("preferences_train"), catalog.load("sft_demonstrations"), params)
     history = MetricHistory()
     wall, cpu = time.perf_counter(), time.process_time()
-    result = train_ppo(sft_model, tokenizer, reward_model, prompts, model_config, PPOConfig(**params), history)
+    generation = GenerationConfig(**catalog.load("params:generation"))  # PPO samples as evaluation does
+    result = train_ppo(
+        sft_model, tokenizer, reward_model, prompts, model_config, PPOConfig(**params), generation, history
+    )
     return result.policy, history.rows, time.perf_counter() - wall, time.process_time() - cpu
 
 
