@@ -144,3 +144,22 @@ def test_kedro_run_params_with_a_misspelt_key_fail_naming_it(project_copy, monke
     assert isinstance(result.exception, ParameterError), result.output[-3000:] + repr(result.exception)
     assert "parameters 'registry': unknown key 'marign' (did you mean 'margin'?)" in str(result.exception)
     assert_nothing_ran(project_copy)
+
+
+def test_blocks_that_disagree_fail_together_naming_both():
+    from alignops.parameters import ParameterError, check_parameters
+
+    base = {
+        "audit_judge": {"base": "sft", "train": True},
+        "data_split": {"heldout_fraction": 0.1, "audit_fraction": 0.0, "seed": 0},
+        "generation": {"max_new_tokens": 200},
+        "model": {"max_response_tokens": 160},
+    }
+    with pytest.raises(ParameterError) as error:
+        check_parameters(base, list(base))
+    message = str(error.value)
+    assert "data_split.audit_fraction is 0" in message and "generation.max_new_tokens (200)" in message
+    fixed = {**base, "audit_judge": {"base": "somewhere", "train": False}, "generation": {"max_new_tokens": 160}}
+    check_parameters(fixed, list(fixed))
+    # a run that does not read audit_judge is not held to it
+    check_parameters({**base, "generation": {"max_new_tokens": 160}}, ["model", "generation", "data_split"])

@@ -81,12 +81,45 @@ def check_parameters(params: Mapping[str, Any], blocks: Iterable[str] | None = N
     Blocks without a config (``WITHOUT_CONFIG``, or ones this module does not know) pass.
     """
     problems = []
-    for block in PARAMETER_CONFIGS if blocks is None else sorted(set(blocks) & PARAMETER_CONFIGS.keys()):
+    checked = set(PARAMETER_CONFIGS if blocks is None else set(blocks) & PARAMETER_CONFIGS.keys())
+    for block in sorted(checked):
         problem = _block_problem(block, params.get(block))
         if problem:
             problems.append(f"parameters {block!r}: {problem}")
+    if not problems:  # the blocks build one by one; now what they must agree on
+        problems = [problem for needs, rule in RELATIONS if needs <= checked and (problem := rule(params))]
     if problems:
         raise ParameterError("\n".join(problems))
+
+
+def _audit_split_to_train_on(params: Mapping[str, Any]) -> str | None:
+    judge, split = params["audit_judge"], params["data_split"]
+    if judge.get("train", True) and not split.get("audit_fraction", 0.2) > 0:
+        return (
+            "parameters 'audit_judge' and 'data_split': audit_judge.train is true but data_split.audit_fraction "
+            "is 0, so the audit judge has no pairs to learn from; give the audit split a share or judge with a "
+            "pretrained classifier (audit_judge.train: false, audit_judge.base: <path>)"
+        )
+    return None
+
+
+def _samples_the_reward_models_can_score(params: Mapping[str, Any]) -> str | None:
+    limit = params["model"].get("max_response_tokens", 160)
+    wanted = params["generation"].get("max_new_tokens", 160)
+    if wanted > limit:
+        return (
+            f"parameters 'generation' and 'model': generation.max_new_tokens ({wanted}) is above "
+            f"model.max_response_tokens ({limit}): replies would be sampled longer than SFT learnt to end "
+            "them and the reward models and judges would score them cut"
+        )
+    return None
+
+
+RELATIONS = (
+    ({"audit_judge", "data_split"}, _audit_split_to_train_on),
+    ({"generation", "model"}, _samples_the_reward_models_can_score),
+)
+"""Rules across blocks: (the blocks a rule reads, the rule), checked when the run reads them all."""
 
 
 def _block_problem(block: str, value: Any) -> str | None:
