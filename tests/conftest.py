@@ -269,11 +269,12 @@ def _build_tracked_project(folder: Path, env: dict[str, str]) -> Path:
 
 
 def _override_the_gate(project: Path, env: dict[str, str]) -> None:
-    """``alignops-promote 1`` for the policy and for its reward model (a PPO policy was trained
-    against it), typed in the project as a person would: the store is found from the folder."""
-    for model in ("alignops-policy", "alignops-reward-model"):
-        result = subprocess.run(
-            [str(ALIGNOPS_PROMOTE), "1", "--model", model, "--reason", TRACKED_OVERRIDE_REASON],
-            cwd=project, env=env, capture_output=True, text=True, timeout=120,
-        )
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    """``alignops-promote 1 --reason ...`` for the policy, typed in the project as a person would
+    (the store is found from the folder); its reward model (the one a PPO policy was trained
+    against) follows it, as when the gate promotes."""
+    result = subprocess.run(
+        [str(ALIGNOPS_PROMOTE), "1", "--reason", TRACKED_OVERRIDE_REASON],
+        cwd=project, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "alignops-reward-model: champion v- -> v1" in result.stdout, result.stdout

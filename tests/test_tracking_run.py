@@ -191,7 +191,8 @@ def test_the_gate_held_v1_a_person_promoted_it_and_the_gate_held_v2_against_it(r
         assert float(champion[f"eval.{figure}"]) == pytest.approx(first["figures"][figure], abs=1e-4)
     reward_model = client.get_model_version("alignops-reward-model", "1").tags
     assert reward_model["promotion.decision"] == "overridden"
-    assert reward_model["promotion.override_reason"] == TRACKED_OVERRIDE_REASON
+    # it followed its policy: the person promoted the policy alone
+    assert reward_model["promotion.override_reason"] == f"with alignops-policy v1: {TRACKED_OVERRIDE_REASON}"
     # what `alignops-promote` lists: newest first, aliases, decision and why
     assert version_lines(client, "alignops-policy") == [
         f"v2    candidate            held       {second['reason']}",

@@ -110,3 +110,20 @@ def test_a_project_without_a_store_yet_is_said_plainly(tmp_path, monkeypatch, ca
         main(["3", "--reason", "why not"])
     assert "no MLflow store at" in capsys.readouterr().err
     assert not (project / "mlflow.db").exists()
+
+
+def test_a_promoted_policys_reward_model_follows_it_unless_asked_not_to(project, monkeypatch, capsys):
+    client = register_versions(project / "mlflow.db", 2, champion="1")
+    client.create_registered_model("alignops-reward-model")
+    for _ in range(2):
+        client.create_model_version("alignops-reward-model", source="file:///nowhere")
+    client.set_registered_model_alias("alignops-reward-model", CHAMPION, "1")
+    client.set_model_version_tag(MODEL, "2", "reward_model_version", "2")
+    monkeypatch.chdir(project)
+
+    main(["2", "--reason", "audited", "--policy-only"])
+    assert str(client.get_model_version_by_alias("alignops-reward-model", CHAMPION).version) == "1"
+    main(["2", "--reason", "audited"])
+    out = capsys.readouterr().out
+    assert "alignops-reward-model: champion v1 -> v2 (with alignops-policy v2: audited)" in out
+    assert str(client.get_model_version_by_alias("alignops-reward-model", CHAMPION).version) == "2"

@@ -85,6 +85,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("version", nargs="?", help="the model version to make champion (none: list the versions)")
     parser.add_argument("--reason", help="why the gate is overridden (kept as a version tag); required with a version")
     parser.add_argument("--model", default="alignops-policy", help="registered model name (default: %(default)s)")
+    parser.add_argument("--reward-model", default="alignops-reward-model",
+                        help="where a promoted policy's reward model is registered (default: %(default)s)")
+    parser.add_argument("--policy-only", action="store_true",
+                        help="leave the reward model's champion where it is (by default it follows the policy, "
+                             "as when the gate promotes)")
     parser.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI, else the project's mlflow.yml")
     parser.add_argument("--registry-uri", help="default: MLFLOW_REGISTRY_URI, else the tracking URI's store")
     args = parser.parse_args(argv)
@@ -105,6 +110,12 @@ def main(argv: list[str] | None = None) -> None:
         return
     previous = promote(client, args.model, args.version, args.reason)
     print(f"{args.model}: champion v{previous or '-'} -> v{args.version} ({args.reason})")
+    # a policy's reward model (the one it was trained and judged with) becomes champion with it
+    reward_version = (client.get_model_version(args.model, args.version).tags or {}).get("reward_model_version")
+    if reward_version and not args.policy_only:
+        reason = f"with {args.model} v{args.version}: {args.reason}"
+        held = promote(client, args.reward_model, reward_version, reason)
+        print(f"{args.reward_model}: champion v{held or '-'} -> v{reward_version} ({reason})")
 
 
 def _sqlite_file(uri: str) -> Path | None:
