@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -120,3 +122,36 @@ def test_top_k_and_top_p_never_pick_a_token_outside_the_kept_set():
     assert probs[:1].sum() < 0.8 < probs[:2].sum()
     assert set(sample_tokens(logits, top_p=0.8).tolist()) == {0, 1}
     assert torch.equal(sample_tokens(logits[:3], do_sample=False), torch.zeros(3, dtype=torch.long))
+
+
+# --- what ends a reply --------------------------------------------------------------------------------
+
+def test_a_reply_ends_at_any_stop_token_not_only_eos(model, tokenizer):
+    eos, pad = 2, 0
+    ids = torch.tensor([[5, 9, 6, pad], [5, 6, eos, 9]])
+    assert response_mask_from_ids(ids, [eos, 9]).tolist() == [[1, 1, 0, 0], [1, 1, 1, 0]]
+    encoded = tokenizer(PROMPTS[:1], add_special_tokens=False, return_tensors="pt")
+    args = (model, encoded["input_ids"], encoded["attention_mask"], 8)
+    free = decode(*args, tokenizer.eos_token_id, tokenizer.pad_token_id, do_sample=False)
+    first = int(free[0, 0])
+    assert first != tokenizer.eos_token_id and free.shape[1] > 1
+    stopped = decode(*args, [tokenizer.eos_token_id, first], tokenizer.pad_token_id, do_sample=False)
+    assert stopped.tolist() == [[first]]  # the greedy reply's first token, declared a stop token, ends it
+
+
+def test_a_chat_templates_own_end_of_turn_token_stops_sampling(model, tokenizer):
+    from alignops.models.generation import stop_token_ids
+
+    assert stop_token_ids(model, tokenizer) == [tokenizer.eos_token_id]  # the plain format: EOS alone
+    templated = copy.deepcopy(tokenizer)  # with a Gemma-style template: a turn ends with <|end|>, not EOS
+    templated.add_special_tokens({"additional_special_tokens": ["<|end|>"]})
+    templated.chat_template = (
+        "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}<|end|>{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
+    end = templated.convert_tokens_to_ids("<|end|>")
+    assert end != templated.eos_token_id
+    assert stop_token_ids(model, templated) == [templated.eos_token_id, end]
+    listed = copy.deepcopy(model)  # a checkpoint that names its own end ids (Llama-3's generation_config)
+    listed.generation_config.eos_token_id = [tokenizer.eos_token_id, 7]
+    assert stop_token_ids(listed, tokenizer) == [tokenizer.eos_token_id, 7]

@@ -14,6 +14,7 @@ per-step logits processors and stopping-criteria machinery. The checkpoint's own
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,9 +94,29 @@ class GenerationOutput:
         return torch.cat([self.query_mask, self.response_mask], dim=1)
 
 
-def response_mask_from_ids(response_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
-    """(N, R) 1 up to and including the first EOS of each row (all ones without EOS)."""
-    is_eos = (response_ids == eos_token_id).long()  # (N, R)
+def _ids(token_ids: int | Sequence[int], device: torch.device | None = None) -> torch.Tensor:
+    return torch.as_tensor([token_ids] if isinstance(token_ids, int) else list(token_ids), device=device)
+
+
+def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The ids that end a reply: the tokenizer's EOS; the special token the chat template
+    closes an assistant turn with, when that is not EOS (Gemma's ``<end_of_turn>``, a
+    Llama-3 base tokenizer's ``<|eot_id|>``); and every end id the checkpoint's own
+    ``generation_config`` lists. SFT learnt to end a turn with the template's token, so
+    sampling stopping at EOS alone would run every reply to the length limit."""
+    ids = [tokenizer.eos_token_id]
+    if Renderer(tokenizer).uses_chat_template:
+        closing = Renderer(tokenizer).completions(["Hi"], ["Hello"])[1][0].split("Hello", 1)[-1]
+        special = set(tokenizer.all_special_ids)
+        ids += [i for i in tokenizer(closing, add_special_tokens=False)["input_ids"] if i in special][:1]
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids += list(configured) if isinstance(configured, list | tuple) else [configured]
+    return [int(i) for i in dict.fromkeys(ids) if i is not None]
+
+
+def response_mask_from_ids(response_ids: torch.Tensor, eos_token_id: int | Sequence[int]) -> torch.Tensor:
+    """(N, R) 1 up to and including the first stop token (EOS) of each row (all ones without one)."""
+    is_eos = torch.isin(response_ids, _ids(eos_token_id, response_ids.device)).long()  # (N, R)
     eos_before = is_eos.cumsum(dim=1) - is_eos  # EOS tokens strictly before t
     return (eos_before == 0).long()
 
@@ -130,7 +151,7 @@ def decode(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     max_new_tokens: int,
-    eos_token_id: int,
+    eos_token_id: int | Sequence[int],
     pad_token_id: int,
     temperature: float = 1.0,
     top_k: int = 0,
@@ -157,11 +178,12 @@ def decode(
     position = positions[:, -1:]  # (B, 1)
     tokens = input_ids.new_full((batch, max_new_tokens), pad_token_id)
     finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
+    stops = _ids(eos_token_id, input_ids.device)  # EOS and any other id that ends a reply
     for step in range(max_new_tokens):
         token = sample_tokens(logits, temperature, top_k, top_p, do_sample)
         token = token.masked_fill(finished, pad_token_id)
         tokens[:, step] = token
-        finished |= token == eos_token_id
+        finished |= torch.isin(token, stops)
         if step + 1 == max_new_tokens or bool(finished.all()):
             return tokens[:, : step + 1]
         position = position + 1
@@ -200,7 +222,7 @@ def generate(
     if max_new_tokens < 1 or batch_size < 1:
         raise ValueError("max_new_tokens and batch_size must be positive")
     device = next(model.parameters()).device
-    pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+    pad_id, eos_id = tokenizer.pad_token_id, stop_token_ids(model, tokenizer)
     encoded = tokenizer(prompts, add_special_tokens=False, padding=True, padding_side="left", return_tensors="pt")
     keep = max_prompt_tokens or encoded["input_ids"].shape[1]  # left padding: the last columns are the prompts' ends
     query_ids, query_mask = encoded["input_ids"][:, -keep:], encoded["attention_mask"][:, -keep:]  # (N, P)
@@ -245,7 +267,7 @@ def generate(
         response_ids=response_ids,
         response_mask=response_mask,
         texts=[t.removeprefix(response_prefix) for t in texts],
-        ended_with_eos=(response_ids == eos_id).any(dim=1),
+        ended_with_eos=torch.isin(response_ids, _ids(eos_id)).any(dim=1),
     )
 
 
