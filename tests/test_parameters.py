@@ -163,3 +163,13 @@ def test_blocks_that_disagree_fail_together_naming_both():
     check_parameters(fixed, list(fixed))
     # a run that does not read audit_judge is not held to it
     check_parameters({**base, "generation": {"max_new_tokens": 160}}, ["model", "generation", "data_split"])
+
+
+def test_a_misspelt_block_name_is_named_and_a_users_own_block_passes():
+    from alignops.parameters import ParameterError, check_parameters, misspelt_blocks
+
+    assert misspelt_blocks({"regsitry": {"margin": 0.1}, "my_experiment": {"note": "x"}}) == [
+        "parameters 'regsitry': no stage reads this block (did you mean 'registry'?)"
+    ]
+    with pytest.raises(ParameterError, match="did you mean 'registry'"):
+        check_parameters({"regsitry": {"margin": 0.1}}, [])

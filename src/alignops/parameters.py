@@ -80,7 +80,7 @@ def check_parameters(params: Mapping[str, Any], blocks: Iterable[str] | None = N
 
     Blocks without a config (``WITHOUT_CONFIG``, or ones this module does not know) pass.
     """
-    problems = []
+    problems = misspelt_blocks(params)
     checked = set(PARAMETER_CONFIGS if blocks is None else set(blocks) & PARAMETER_CONFIGS.keys())
     for block in sorted(checked):
         problem = _block_problem(block, params.get(block))
@@ -90,6 +90,18 @@ def check_parameters(params: Mapping[str, Any], blocks: Iterable[str] | None = N
         problems = [problem for needs, rule in RELATIONS if needs <= checked and (problem := rule(params))]
     if problems:
         raise ParameterError("\n".join(problems))
+
+
+def misspelt_blocks(params: Mapping[str, Any]) -> list[str]:
+    """A top-level block no stage reads whose name is close to one a stage does read: a typo
+    (``--params regsitry.margin=0.1``) that would otherwise be ignored without a word. A
+    block of the user's own with a distinct name passes."""
+    known = [*PARAMETER_CONFIGS, *WITHOUT_CONFIG]
+    problems = []
+    for name in params:
+        if name not in known and (close := difflib.get_close_matches(name, known, n=1, cutoff=0.8)):
+            problems.append(f"parameters {name!r}: no stage reads this block (did you mean {close[0]!r}?)")
+    return problems
 
 
 def _audit_split_to_train_on(params: Mapping[str, Any]) -> str | None:
