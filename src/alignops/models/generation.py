@@ -104,9 +104,9 @@ def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -
     Llama-3 base tokenizer's ``<|eot_id|>``); and every end id the checkpoint's own
     ``generation_config`` lists. SFT learnt to end a turn with the template's token, so
     sampling stopping at EOS alone would run every reply to the length limit."""
-    ids = [tokenizer.eos_token_id]
-    if Renderer(tokenizer).uses_chat_template:
-        closing = Renderer(tokenizer).completions(["Hi"], ["Hello"])[1][0].split("Hello", 1)[-1]
+    ids, renderer = [tokenizer.eos_token_id], Renderer(tokenizer)
+    if renderer.uses_chat_template:
+        closing = renderer.completions(["Hi"], ["Hello"])[1][0].split("Hello", 1)[-1]
         special = set(tokenizer.all_special_ids)
         ids += [i for i in tokenizer(closing, add_special_tokens=False)["input_ids"] if i in special][:1]
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)

@@ -2,7 +2,7 @@
 
 On the embedded world the gold judge decides and the audit judge is measured beside it
 (its agreement with gold is what makes it trustworthy where no gold exists); on a
-user's data the audit judge decides alone. Both nodes share ``_evaluate``.
+user's data the audit judge decides alone; the world's node adds gold to the other's work.
 """
 
 from __future__ import annotations
@@ -36,18 +36,9 @@ def evaluate_with_gold_judge(
 ) -> tuple[dict, pd.DataFrame, plt.Figure]:
     """The embedded world: the gold judge decides, the audit judge is measured beside it."""
     gold = Judge(GOLD, GOLD_DESCRIPTION, GoldJudge.from_spec(gold_judge_spec).score)
-    policies = {"sft": sft_model, "ppo": ppo_model, "dpo": dpo_model}
-    return _evaluate(
-        policies,
-        tokenizer,
-        reward_model,
-        audit_judge,
-        eval_prompts,
-        preferences_heldout,
-        model_params,
-        generation,
-        params,
-        gold,
+    return evaluate_with_audit_judge(
+        sft_model, ppo_model, dpo_model, tokenizer, reward_model, audit_judge, eval_prompts, preferences_heldout,
+        model_params, generation, params, gold=gold,
     )
 
 
@@ -63,40 +54,15 @@ def evaluate_with_audit_judge(
     model_params: dict,
     generation: dict,
     params: dict,
+    gold: Judge | None = None,
 ) -> tuple[dict, pd.DataFrame, plt.Figure]:
-    """A user's data, where no gold judge exists: the audit judge decides."""
-    policies = {"sft": sft_model, "ppo": ppo_model, "dpo": dpo_model}
-    return _evaluate(
-        policies,
-        tokenizer,
-        reward_model,
-        audit_judge,
-        eval_prompts,
-        preferences_heldout,
-        model_params,
-        generation,
-        params,
-        gold=None,
-    )
-
-
-def _evaluate(
-    policies: dict[str, PreTrainedModel],
-    tokenizer: PreTrainedTokenizerBase,
-    reward_model: RewardModel,
-    audit_judge: RewardModel,
-    eval_prompts: pd.DataFrame,
-    preferences_heldout: pd.DataFrame,
-    model_params: dict,
-    generation: dict,
-    params: dict,
-    gold: Judge | None,
-) -> tuple[dict, pd.DataFrame, plt.Figure]:
+    """A user's data, where no gold judge exists: the audit judge decides. With ``gold`` (the
+    world's node), gold decides and the audit judge is measured beside it."""
     config = EvaluationConfig(**params)
     audit = reward_model_judge(audit_judge, AUDIT_DESCRIPTION, config.batch_size)
     score_rm = reward_model_judge(reward_model, "the training reward model", config.batch_size, name="rm").score
     summary, samples = evaluate(
-        policies,
+        {"sft": sft_model, "ppo": ppo_model, "dpo": dpo_model},
         tokenizer,
         score_rm,
         [gold, audit] if gold is not None else [audit],
