@@ -14,6 +14,9 @@ flattened (``sft.learning_rate``). On top of that this hook:
   which preference data it saw even when the data was written earlier in that run;
 - exports the run id for the run's length, so worker processes find it however they
   were started (see ``alignops.tracking.logger``);
+- under ``dvc repro`` / ``dvc exp run`` (one ``kedro run`` per stage), nests the stage's run
+  under one parent run per reproduction and tags it with the DVC stage, the experiment
+  and the ``dvc.lock`` digests of its inputs (``alignops.tracking.repro``);
 - keeps tokens and secrets out of logged parameters;
 - logs only on the main process of a distributed launch.
 
@@ -39,6 +42,7 @@ from kedro_mlflow.io.catalog.switch_catalog_logging import switch_catalog_loggin
 from mlflow.tracking import MlflowClient
 
 from alignops.parameters import check_parameters, parameter_blocks
+from alignops.tracking import repro
 from alignops.tracking.logger import RUN_ID_ENV, is_main_process
 from alignops.tracking.registry import DATA_TAG_PREFIX
 from alignops.tracking.run_info import (
@@ -51,11 +55,13 @@ from alignops.tracking.run_info import (
     project_sqlite_uri,
     run_name,
 )
+from alignops.versioning import lineage
 
 
 def _anchor_sqlite_uris(context) -> None:
-    """Rewrite the tracking/registry URIs of ``mlflow.yml`` against the project root, before
-    kedro-mlflow reads them (a key set on the config loader takes priority over its files)."""
+    """Rewrite the tracking/registry URIs of ``mlflow.yml`` against the project root (the
+    repository's, for a queued DVC experiment run in a copy), before kedro-mlflow reads
+    them (a key set on the config loader takes priority over its files)."""
     loader = context.config_loader
     loader.config_patterns.setdefault("mlflow", ["mlflow*", "mlflow*/**", "**/mlflow*"])
     try:
@@ -64,7 +70,7 @@ def _anchor_sqlite_uris(context) -> None:
         return
     server = dict(conf.get("server") or {})
     for key in ("mlflow_tracking_uri", "mlflow_registry_uri"):
-        server[key] = project_sqlite_uri(server.get(key), Path(context.project_path))
+        server[key] = project_sqlite_uri(server.get(key), lineage.mlflow_root(Path(context.project_path)))
     loader["mlflow"] = {**conf, "server": server}
 
 
@@ -92,6 +98,7 @@ class AlignopsMlflowHook(MlflowHook):
         self._exported: dict[str, str | None] = {}
         self._hashed: dict[tuple[str, int, int], str] = {}
         self._configured_run_name: str | None = None
+        self._parent_id: str | None = None
 
     @hook_impl
     def after_context_created(self, context) -> None:
@@ -122,6 +129,9 @@ class AlignopsMlflowHook(MlflowHook):
         git = git_state(self._project_path)
         # kedro-mlflow names the run tracking.run.name, or else after the pipelines alone
         self.mlflow_config.tracking.run.name = self._configured_run_name or run_name(names, self._env, git)
+        dvc = lineage.current()
+        if dvc is not None and dvc.repro is not None and not self._already_active_mlflow:
+            self._open_repro_parent(dvc, git, catalog)
         super().before_pipeline_run(run_params, pipeline, catalog)
         if self.run_id is None:
             return
@@ -133,6 +143,8 @@ class AlignopsMlflowHook(MlflowHook):
                 "kedro.env": self._env,
                 "kedro.pipelines": ",".join(names),
                 **git,
+                **(dvc.tags() if dvc else {}),
+                **(lineage.input_digests(self._project_path, dvc.stage) if dvc else {}),
             }
         )
         self._catalog = catalog
@@ -160,9 +172,32 @@ class AlignopsMlflowHook(MlflowHook):
     @hook_impl
     def after_pipeline_run(self, run_params: dict[str, Any], pipeline: Pipeline, catalog: DataCatalog) -> None:
         try:
+            stage_run = self.run_id
             super().after_pipeline_run(run_params, pipeline, catalog)
+            if self._parent_id is not None and stage_run is not None:
+                repro.copy_final_metrics(MlflowClient(), stage_run, self._parent_id)
         finally:
             self._restore()
+
+    def _open_repro_parent(self, dvc: lineage.DvcRun, git: dict[str, str], catalog: DataCatalog) -> None:
+        """Make the reproduction's parent run (created by its first stage) the active run,
+        so kedro-mlflow opens this stage's run nested under it."""
+        everything = catalog.load("parameters")
+        blocks = lineage.parameter_blocks(self._project_path) or set(everything)
+        tracking = self.mlflow_config.tracking.params.dict_params
+        used = {block: everything[block] for block in sorted(blocks) if block in everything}
+        params = _flatten_dict(used, recursive=True, sep=tracking.sep)
+        tags = {"kedro.env": self._env, **git, **{k: v for k, v in dvc.tags().items() if k != "dvc.stage"}}
+        self._parent_id = repro.open_parent(
+            MlflowClient(),
+            self.mlflow_config.tracking.experiment._experiment.experiment_id,
+            dvc,
+            tags,
+            repro.parent_run_name(dvc, self._env, git),
+            params,
+        )
+        mlflow.start_run(run_id=self._parent_id)
+        self.mlflow_config.tracking.run.nested = True
 
     @hook_impl
     def on_pipeline_error(self, error: Exception, run_params: dict[str, Any], pipeline: Pipeline, catalog) -> None:
@@ -203,6 +238,12 @@ class AlignopsMlflowHook(MlflowHook):
         # once per node and a single end_run leaves it active for the next session.
         while (active := mlflow.active_run()) is not None and active.info.run_id == self.run_id:
             mlflow.end_run()
+        if self._parent_id is not None:
+            # a failed stage's parent was ended FAILED with it (kedro-mlflow ends every active run)
+            if (active := mlflow.active_run()) is not None and active.info.run_id == self._parent_id:
+                mlflow.end_run()
+            self.mlflow_config.tracking.run.nested = False
+            self._parent_id = None
         for name, value in self._exported.items():
             if value is None:
                 os.environ.pop(name, None)

@@ -2,41 +2,33 @@
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable, Iterator, Mapping
+
 from kedro.framework.project import pipelines
 from kedro.pipeline import Pipeline
 
-from alignops.pipelines import (
-    audit_judge,
-    data_generation,
-    data_report,
-    data_validation,
-    dpo,
-    evaluation,
-    ingestion,
-    ppo,
-    registry,
-    reward,
-    sft,
-    sources,
-)
 from alignops.preferences.sources import SourcesConfig
 
 # Listed, not discovered: Kedro 1.7's find_pipelines only imports the names a run asks
 # for, so the compositions below ("data", "__default__") could not be assembled from it.
-STAGES = {
-    "data_generation": data_generation.create_pipeline,
-    "ingestion": ingestion.create_pipeline,
-    "data_validation": data_validation.create_pipeline,
-    "data_report": data_report.create_pipeline,
-    "sources": sources.create_pipeline,
-    "sft": sft.create_pipeline,
-    "reward": reward.create_pipeline,
-    "audit_judge": audit_judge.create_pipeline,
-    "ppo": ppo.create_pipeline,
-    "dpo": dpo.create_pipeline,
-    "evaluation": evaluation.create_pipeline,
-    "registry": registry.create_pipeline,
-}
+# Each is the folder of alignops.pipelines whose create_pipeline builds it, imported only
+# when the stage is asked for: a run of one stage (what every DVC stage is) does not pay
+# for importing every other stage's libraries (Great Expectations, transformers, torch).
+STAGES = (
+    "data_generation",
+    "ingestion",
+    "data_validation",
+    "data_report",
+    "sources",
+    "sft",
+    "reward",
+    "audit_judge",
+    "ppo",
+    "dpo",
+    "evaluation",
+    "registry",
+)
 DATA_STAGES = ("ingestion", "data_validation", "data_report")
 TRAINING_STAGES = ("sft", "reward", "audit_judge", "ppo", "dpo")
 
@@ -60,7 +52,39 @@ def use_sources(params: dict | None) -> None:
         pipelines.configure(__name__)  # this module: kedro's PACKAGE_NAME may not be set when it was imported
 
 
-def register_pipelines() -> dict[str, Pipeline]:
+def journey() -> list[str]:
+    """The stages of ``__default__`` for the run's ``sources``, in the order they run."""
+    start = "data_generation" if _sources.uses_world else "sources"
+    return [start, *DATA_STAGES, *TRAINING_STAGES, "evaluation", "registry"]
+
+
+def create_stage(name: str, **options) -> Pipeline:
+    """The pipeline of stage ``name``, its module imported now."""
+    if name not in STAGES:
+        raise KeyError(f"no stage {name!r}; the stages are {', '.join(STAGES)}")
+    return importlib.import_module(f"alignops.pipelines.{name}").create_pipeline(**options)
+
+
+class LazyPipelines(Mapping):
+    """Pipelines by name, each built (and its modules imported) on first use."""
+
+    def __init__(self, builders: dict[str, Callable[[], Pipeline]]) -> None:
+        self._builders = builders
+        self._built: dict[str, Pipeline] = {}
+
+    def __getitem__(self, name: str) -> Pipeline:
+        if name not in self._built:
+            self._built[name] = self._builders[name]()
+        return self._built[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._builders)
+
+    def __len__(self) -> int:
+        return len(self._builders)
+
+
+def register_pipelines() -> Mapping[str, Pipeline]:
     """Every stage by its folder name, plus two compositions.
 
     ``data`` prepares a user's preference files (ingestion, validation, report) without
@@ -77,9 +101,16 @@ def register_pipelines() -> dict[str, Pipeline]:
         "evaluation": {"gold_judge": gold},
         "registry": {"gold_judge": gold},
     }
-    stages = {name: create(**options.get(name, {})) for name, create in STAGES.items()}
-    journey = ["data_generation" if gold else "sources", *DATA_STAGES, *TRAINING_STAGES, "evaluation", "registry"]
-    result = dict(stages)
-    result["data"] = sum((stages[name] for name in DATA_STAGES), Pipeline([]))
-    result["__default__"] = sum((stages[name] for name in journey), Pipeline([]))
+    result: LazyPipelines
+
+    def stage(name: str) -> Callable[[], Pipeline]:
+        return lambda: create_stage(name, **options.get(name, {}))
+
+    def union(names: list[str] | tuple[str, ...]) -> Callable[[], Pipeline]:
+        return lambda: sum((result[name] for name in names), Pipeline([]))
+
+    builders = {name: stage(name) for name in STAGES}
+    builders["data"] = union(DATA_STAGES)
+    builders["__default__"] = union(journey())
+    result = LazyPipelines(builders)
     return result

@@ -11,7 +11,7 @@ import yaml
 from transformers import AutoModelForSequenceClassification, LlamaConfig
 
 from alignops.catalog.reward_model import RewardModelDataset
-from alignops.pipeline_registry import STAGES
+from alignops.pipeline_registry import create_stage
 from alignops.pipelines.audit_judge import create_pipeline
 from alignops.pipelines.audit_judge.nodes import train
 from tests.helpers import REPO_ROOT, make_tiny_policy, make_tiny_tokenizer, run_kedro
@@ -22,7 +22,7 @@ def test_pipeline_wiring_and_registration():
     assert sorted(n.name for n in pipeline.nodes) == ["plot_audit_judge_curves", "train_audit_judge"]
     assert "preferences_audit" in pipeline.inputs() and "preferences_train" not in pipeline.inputs()
     assert pipeline.outputs() == {"audit_judge", "audit_judge_curves"}
-    assert STAGES["audit_judge"] is create_pipeline
+    assert create_stage("audit_judge").nodes == create_pipeline().nodes
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from alignops.catalog.reward_model import RewardModelDataset
-from alignops.pipeline_registry import STAGES
+from alignops.pipeline_registry import create_stage
 from alignops.pipelines.reward import create_pipeline
 from tests.helpers import run_kedro
 
@@ -31,7 +31,7 @@ def test_pipeline_wiring_and_registration():
     assert pipeline.inputs() == INPUTS
     assert pipeline.outputs() == {"reward_model", "reward_curves"}
     assert "reward_history" in pipeline.all_outputs()
-    assert STAGES["reward"] is create_pipeline
+    assert create_stage("reward").nodes == create_pipeline().nodes
 
 
 @pytest.mark.slow

@@ -1,0 +1,1 @@
+"""Reproducibility with DVC: dvc.yaml from the Kedro project, and the lineage a run records."""
