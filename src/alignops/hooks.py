@@ -104,16 +104,41 @@ class AlignopsMlflowHook(MlflowHook):
     def after_context_created(self, context) -> None:
         from alignops.pipeline_registry import use_sources  # imports every stage: only once a run is set up
 
+        # The configuration as written (runtime --params merged in), not `context.params`:
+        # Kedro validates that against every registered pipeline, importing each stage's
+        # libraries, which a one-stage run (each DVC stage) would pay seconds for.
+        try:
+            params = context.config_loader["parameters"]
+        except MissingConfigException:
+            params = {}
         # __default__ follows the run's data source; a bad `sources` block fails here, named
-        check_parameters(context.params, ["sources"])
-        use_sources(context.params.get("sources"))
+        check_parameters(params, ["sources"])
+        use_sources(params.get("sources"))
         _anchor_sqlite_uris(context)
         super().after_context_created(context)
         self._configured_run_name = self.mlflow_config.tracking.run.name
         self._env = context.env or "local"
         self._project_path = Path(context.project_path)
-        tracking = context.params.get("tracking") or {}
+        tracking = params.get("tracking") or {}
         self._hash_datasets = tuple(tracking.get("hash_datasets", DEFAULT_HASH_DATASETS))
+
+    @hook_impl
+    def after_catalog_created(
+        self,
+        catalog: DataCatalog,
+        conf_catalog: dict[str, Any],
+        conf_creds: dict[str, Any],
+        parameters: dict[str, Any],
+        save_version: str,
+        load_versions: dict[str, str],
+    ) -> None:
+        """kedro-mlflow names its metric datasets after their catalog entries here, and to find
+        them it builds every dataset of the catalog, importing each one's libraries
+        (transformers, Great Expectations): seconds that a one-stage run does not need. Only
+        when the catalog has such a dataset."""
+        types = (str((entry or {}).get("type", "")) for entry in conf_catalog.values() if isinstance(entry, dict))
+        if any("MlflowMetric" in kind for kind in types):
+            super().after_catalog_created(catalog, conf_catalog, conf_creds, parameters, save_version, load_versions)
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Pipeline, catalog: DataCatalog) -> None:
