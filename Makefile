@@ -12,11 +12,12 @@ export GX_ANALYTICS_ENABLED := false
 export MLFLOW_DISABLE_TELEMETRY := true
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
+export DVC_NO_ANALYTICS := 1
 # Idle OpenMP threads sleep instead of spinning: on a shared or busy CPU, spinning
 # threads fight each other and training runs several times slower.
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: setup run test lint ui viz viz-build lock clean-data bench bench-trl
+.PHONY: setup run repro dvc-yaml test lint ui viz viz-build lock clean-data bench bench-trl
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +34,17 @@ setup: $(VENV)/.installed
 RUNNER ?= ParallelRunner
 run: setup
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/kedro run --runner $(RUNNER)
+
+## The same DAG through DVC: one `kedro run --pipelines <stage>` per stage of dvc.yaml, rerunning
+## only the stages whose data, code or parameters changed since dvc.lock (DVC_ARGS, e.g. "-s ppo").
+## Stages run one at a time, each with every core (`make run` overlaps DPO with reward -> PPO).
+repro: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro $(DVC_ARGS)
+
+## Rewrite dvc.yaml from the Kedro pipelines and catalog (after adding a stage or moving a path;
+## DVC_ENV=<env> for an environment of your own, e.g. one pointing ingestion at your file).
+dvc-yaml: setup
+	$(BIN)/alignops-dvc $(if $(DVC_ENV),--env $(DVC_ENV))
 
 ## The test suite (tiny sizes from the Kedro `test` environment). worksteal: an idle worker takes
 ## queued tests from the other, so the few heavy ones (servers, browsers) do not pile up at the end.

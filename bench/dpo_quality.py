@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 for name, value in {
     "KEDRO_DISABLE_TELEMETRY": "true",
@@ -33,6 +33,9 @@ for name, value in {
     "HF_DATASETS_OFFLINE": "1",
 }.items():
     os.environ.setdefault(name, value)
+
+if str(Path(__file__).resolve().parents[1]) not in sys.path:  # `python bench/dpo_quality.py` puts bench/ there
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kedro.framework.session import KedroSession  # noqa: E402
 from kedro.framework.startup import bootstrap_project  # noqa: E402
@@ -44,6 +47,7 @@ from alignops.training.common import MetricHistory  # noqa: E402
 from alignops.training.dpo import PreferencePairs, train_dpo  # noqa: E402
 from alignops.training.dpo_config import DPOConfig  # noqa: E402
 from alignops.world import GoldJudge  # noqa: E402
+from bench.ppo_quality import parse_value  # noqa: E402  (`--set` values: 5e-4 is a float)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -111,7 +115,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    overrides = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)}
+    overrides = {key: parse_value(value) for key, value in (item.split("=", 1) for item in args.set)}
 
     bootstrap_project(REPO_ROOT)
     with KedroSession.create(project_path=REPO_ROOT, env=args.env) as session:

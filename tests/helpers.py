@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+import yaml
 
 from alignops.models.config import ModelConfig
 from alignops.models.loading import build_causal_lm
@@ -142,6 +143,37 @@ def kedro_cli(project: Path, *args: str, timeout: int = 600, env: dict[str, str]
         text=True,
         timeout=timeout,
     )
+
+
+HH_SAMPLE = REPO_ROOT / "examples" / "hh_rlhf" / "harmless-base-sample.jsonl.gz"
+USER_ENV = "user"
+
+
+def make_user_env(project: Path, model: dict | None = None) -> None:
+    """``conf/user``: the ``test`` environment's tiny sizes plus a user's setup — their HH-RLHF
+    file as ``raw_preferences`` and ``sources.kind: files`` (Kedro reads one environment on
+    top of base, so the test sizes are copied in)."""
+    target = project / "conf" / USER_ENV
+    shutil.copytree(project / "conf" / "test", target)
+    (target / "catalog.yml").write_text(yaml.safe_dump({"raw_preferences": {
+        "type": "alignops.catalog.preferences.PreferenceSourceDataset",
+        "filepath": str(HH_SAMPLE),
+        "format": "hh_rlhf",
+        "read_only": True,
+    }}))
+    blocks = {
+        "sources": {"kind": "files", "sft": "chosen", "eval_prompts": "heldout"},
+        "data_split": {"heldout_fraction": 0.2, "audit_fraction": 0.25},
+        "model": {"prompt_template": "{prompt}", **(model or {})},
+        # tiny models make a chance-level audit judge, which the gate would not let decide: the
+        # head-to-head is what these tests watch (tests/tracking covers the refusal)
+        "registry": {"min_judge_accuracy": 0.0},
+    }
+    for block, values in blocks.items():
+        path = target / f"parameters_{block}.yml"
+        current = yaml.safe_load(path.read_text())[block] if path.exists() else {}
+        path.write_text(yaml.safe_dump({block: {**current, **values}}))
+
 
 
 TRACKED_FIRST_RUN_DATA = "first_run_data"

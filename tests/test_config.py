@@ -69,3 +69,21 @@ def test_the_test_env_overrides_only_keys_the_config_has(name):
     assert merged == {**blocks("base")[name][1], **overrides}
     built = fields(config_class(**merged))
     assert {key: built[key] for key in overrides} == plain(overrides)
+
+
+def test_an_unquoted_no_is_no_mixed_precision():
+    """YAML 1.1 reads `mixed_precision: no` as false; `dvc exp run -S` rewrites a parameters
+    file with a YAML 1.2 writer, which drops the quotes around "no"."""
+    import yaml
+
+    from alignops.training.dpo_config import DPOConfig
+    from alignops.training.ppo_config import PPOConfig
+    from alignops.training.reward_config import RewardConfig
+    from alignops.training.sft_config import SFTConfig
+
+    written = yaml.safe_load("mixed_precision: no")
+    assert written == {"mixed_precision": False}
+    for config in (SFTConfig, RewardConfig, PPOConfig, DPOConfig):
+        assert config(**written).mixed_precision == "no", config.__name__
+    with pytest.raises(ValueError, match="mixed_precision must be one of"):
+        PPOConfig(mixed_precision=True)

@@ -42,7 +42,7 @@ from kedro_mlflow.io.catalog.switch_catalog_logging import switch_catalog_loggin
 from mlflow.tracking import MlflowClient
 
 from alignops.parameters import check_parameters, parameter_blocks
-from alignops.tracking import repro
+from alignops.tracking import lineage, repro
 from alignops.tracking.logger import RUN_ID_ENV, is_main_process
 from alignops.tracking.registry import DATA_TAG_PREFIX
 from alignops.tracking.run_info import (
@@ -55,7 +55,6 @@ from alignops.tracking.run_info import (
     project_sqlite_uri,
     run_name,
 )
-from alignops.versioning import lineage
 
 
 def _anchor_sqlite_uris(context) -> None:

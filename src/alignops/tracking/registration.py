@@ -32,6 +32,7 @@ from alignops.tracking.registry import (
     decide,
     held_without_evidence,
     judge_doubt,
+    lineage_tags,
     policy_figures,
     tag_version,
 )
@@ -61,7 +62,9 @@ def register_run(
     tag both versions with their evaluation figures and data hash, make the policy the
     ``candidate``, judge it with ``head_to_head`` and run the gate.
     Returns the decision as the registry pipeline saves it (``registry_decision``)."""
-    digest = data_hash(client.get_run(run_id).data.tags)
+    run_tags = client.get_run(run_id).data.tags
+    digest = data_hash(run_tags)
+    lineage = lineage_tags(run_tags)
     if digest:
         client.set_tag(run_id, "data.hash", digest)
 
@@ -74,6 +77,7 @@ def register_run(
         {
             "data_hash": digest or "unknown",
             "run_id": run_id,
+            **lineage,
             **reward_model_tags(summary["reward_model"]),
         },
     )
@@ -93,6 +97,7 @@ def register_run(
             "method": method,
             "data_hash": digest or "unknown",
             "run_id": run_id,
+            **lineage,
             "reward_model_version": rm_version,
             **{f"eval.{k}": _tag_value(v) for k, v in figures.items()},
         },

@@ -223,6 +223,16 @@ def data_hash(run_tags: dict[str, str]) -> str | None:
     return hashlib.md5("\n".join(entries).encode()).hexdigest()
 
 
+LINEAGE_PREFIXES = ("git.", "dvc.")
+
+
+def lineage_tags(run_tags: dict[str, str]) -> dict[str, str]:
+    """What rebuilds a registered model, from its run's tags: the git commit and whether the
+    tree was dirty, and under DVC the stage, the experiment and the ``dvc.lock`` digests of
+    the run's inputs (``dvc.dep.<path>``)."""
+    return {k: v for k, v in run_tags.items() if k.startswith(LINEAGE_PREFIXES) and k != "dvc.repro"}
+
+
 def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
     try:
         return str(client.get_model_version_by_alias(name, alias).version)

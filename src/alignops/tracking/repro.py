@@ -27,8 +27,8 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
+from alignops.tracking.lineage import REPRO_TAG, DvcRun
 from alignops.tracking.run_info import REDACTED, is_secret
-from alignops.versioning.lineage import REPRO_TAG, DvcRun
 
 STAGES_TAG = "dvc.stages"
 BATCH = 100  # MLflow's limit of parameters (and of metrics, 1000) in one log_batch call

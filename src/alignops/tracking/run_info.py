@@ -44,7 +44,7 @@ DEFAULT_HASH_DATASETS = (
 
 
 def git_state(path: Path) -> dict[str, str]:
-    """Commit and dirtiness of the git tree at ``path`` (tracked files only); empty outside git."""
+    """Commit and dirtiness of the git tree at ``path`` (tracked files but ``dvc.lock``); empty outside git."""
 
     def git(*args: str) -> str:
         return subprocess.run(
@@ -53,7 +53,9 @@ def git_state(path: Path) -> dict[str, str]:
 
     try:
         commit = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        # dvc.lock is DVC's record of the outputs, rewritten by the reproduction itself after
+        # each stage: a change there does not make the code or configuration dirty
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude,glob)**/dvc.lock"))
     except (OSError, subprocess.SubprocessError):
         return {}
     return {"git.commit": commit, "git.dirty": str(dirty).lower(), "mlflow.source.git.commit": commit}

@@ -29,6 +29,16 @@ Stats = dict[str, torch.Tensor]
 CHECKPOINT_PREFIX = "step_"
 MIXED_PRECISION = ("no", "bf16", "fp16")
 """What a stage's ``mixed_precision`` may be (accelerate's names)."""
+
+
+def check_mixed_precision(config: Any) -> None:
+    """``config.mixed_precision`` is one of ``MIXED_PRECISION``; a boolean false is read as
+    ``"no"``, which is what YAML 1.1 (Kedro's parser) makes of an unquoted ``no``. YAML 1.2
+    writers drop the quotes around "no" (``dvc exp run -S`` rewrites the file with one)."""
+    if config.mixed_precision is False:
+        object.__setattr__(config, "mixed_precision", "no")  # frozen dataclasses too
+    if config.mixed_precision not in MIXED_PRECISION:
+        raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, got {config.mixed_precision!r}")
 P = ParamSpec("P")
 R = TypeVar("R")
 

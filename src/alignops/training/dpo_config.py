@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from alignops.core.losses import DPO_LOSSES
-from alignops.training.common import MIXED_PRECISION, check_epoch_loop_settings
+from alignops.training.common import check_epoch_loop_settings, check_mixed_precision
 
 
 @dataclass(frozen=True)
@@ -96,8 +96,7 @@ class DPOConfig:
         sizes = (self.batch_size, self.grad_accum, self.ref_batch_size, self.eval_batch_size)
         if min(*sizes, self.eval_every, self.log_every) < 1:
             raise ValueError("batch sizes, grad_accum, eval_every and log_every must be >= 1")
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
+        check_mixed_precision(self)
 
     @property
     def average_logprobs(self) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from alignops.core import KL_ESTIMATORS
-from alignops.training.common import MIXED_PRECISION, SCHEDULES
+from alignops.training.common import SCHEDULES, check_mixed_precision
 
 KL_CONTROLLER_NAMES = ("fixed", "adaptive")
 
@@ -143,5 +143,4 @@ class PPOConfig:
             raise ValueError(f"kl_estimator must be one of {sorted(KL_ESTIMATORS)}, got {self.kl_estimator!r}")
         if self.sample_every < 1 or self.num_samples < 0:
             raise ValueError("sample_every must be >= 1 and num_samples >= 0")
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
+        check_mixed_precision(self)

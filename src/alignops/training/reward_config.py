@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from alignops.training.common import MIXED_PRECISION, check_epoch_loop_settings
+from alignops.training.common import check_epoch_loop_settings, check_mixed_precision
 
 
 @dataclass(frozen=True)
@@ -99,8 +99,7 @@ class RewardConfig:
             raise ValueError("batch sizes, grad_accum, log_every and eval_every must be >= 1")
         if self.margin_scale < 0:
             raise ValueError(f"margin_scale must be >= 0, got {self.margin_scale}")
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
+        check_mixed_precision(self)
         if self.norm_samples < 0 or min(self.norm_max_new_tokens, self.norm_batch_size) < 1:
             raise ValueError("norm_samples must be >= 0, norm_max_new_tokens and norm_batch_size >= 1")
         if self.norm_samples == 1:

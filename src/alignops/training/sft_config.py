@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from alignops.training.common import MIXED_PRECISION, check_epoch_loop_settings
+from alignops.training.common import check_epoch_loop_settings, check_mixed_precision
 
 
 @dataclass(frozen=True)
@@ -77,5 +77,4 @@ class SFTConfig:
             raise ValueError("batch sizes, grad_accum, log_every and eval_every must be >= 1")
         if not 0.0 <= self.eval_fraction < 1.0:
             raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
+        check_mixed_precision(self)

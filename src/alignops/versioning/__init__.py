@@ -1,1 +1,0 @@
-"""Reproducibility with DVC: dvc.yaml from the Kedro project, and the lineage a run records."""
