@@ -25,6 +25,8 @@ It replaces kedro-mlflow's own hook (``DISABLE_HOOKS_FOR_PLUGINS`` in settings.p
 
 from __future__ import annotations
 
+import atexit
+import gc
 import os
 import re
 from pathlib import Path
@@ -55,6 +57,11 @@ from alignops.tracking.run_info import (
     project_sqlite_uri,
     run_name,
 )
+
+# Python's last garbage collection at exit walks every object torch, transformers and MLflow
+# made: ~1.5 s of a `kedro run` process on 2 cores (measured 1.6 s -> 0.25 s), paid once per
+# stage under `dvc repro`. Frozen objects are skipped; the OS reclaims the memory anyway.
+atexit.register(gc.freeze)
 
 
 def _anchor_sqlite_uris(context) -> None:
