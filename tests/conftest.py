@@ -196,6 +196,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     every pytest-xdist worker, as the scheduler requires."""
     if os.environ.get(_EARLY_BUILD_ENV) != "1":
         items.sort(key=lambda item: "tracked_project" in getattr(item, "fixturenames", ()))
+    # The two DVC reproductions (~3 minutes each, the longest tests by far) start first, one at
+    # the head of each worker's share (worksteal deals the list out in contiguous halves), so
+    # they overlap everything else instead of running side by side at the end.
+    longest = [item for item in items
+               if item.nodeid.startswith("tests/test_dvc.py") and item.get_closest_marker("slow")]
+    if len(longest) == 2 and len(items) > 4:
+        rest = [item for item in items if item not in longest]
+        half = len(items) // 2
+        items[:] = [longest[0], *rest[: half - 1], longest[1], *rest[half - 1 :]]
 
 
 @pytest.fixture(autouse=True, scope="session")
