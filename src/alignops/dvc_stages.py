@@ -213,7 +213,6 @@ def kedro_stages(root: Path, env: str | None = None) -> list[StageSpec]:
         names = journey()
         params = parameter_files(root / "conf", env)
         base_params = params["base"]
-        producers: dict[str, str] = {}
         stages = []
         for name in names:
             pipeline = pipelines[name]
@@ -233,15 +232,13 @@ def kedro_stages(root: Path, env: str | None = None) -> list[StageSpec]:
                 data_deps.update(dataset_paths(resolver.resolve_pattern(dataset), root))
             for dataset in sorted(pipeline.all_outputs()):
                 config = resolver.resolve_pattern(dataset)
-                for path in dataset_paths(config, root):
-                    spec.outs[dvc_kind(config)].append(path)
-                    producers[path] = name
+                spec.outs[dvc_kind(config)].extend(dataset_paths(config, root))
             modules = {f"{PACKAGE}.pipelines.{name}"}
-            for dataset in pipeline.datasets():
-                kind = str(resolver.resolve_pattern(dataset).get("type", ""))
-                for part in (kind, str((resolver.resolve_pattern(dataset).get("dataset") or {}).get("type", ""))):
-                    if part.startswith(PACKAGE + "."):
-                        modules.add(part.rpartition(".")[0])
+            for dataset in pipeline.datasets():  # the project's dataset classes write the outputs
+                config = resolver.resolve_pattern(dataset)
+                for kind in (config.get("type"), (config.get("dataset") or {}).get("type")):
+                    if str(kind).startswith(PACKAGE + "."):
+                        modules.add(str(kind).rpartition(".")[0])
             spec.deps = sorted(data_deps) + collapse(root, code_closure(root, modules))
             for kind in KINDS:
                 spec.outs[kind] = sorted(set(spec.outs[kind]))
