@@ -44,6 +44,7 @@ from kedro_mlflow.io.catalog.switch_catalog_logging import switch_catalog_loggin
 from mlflow.tracking import MlflowClient
 
 from alignops.parameters import check_parameters, parameter_blocks
+from alignops.pipeline_registry import use_sources  # imports no stage: each is built when a run asks for it
 from alignops.tracking import lineage, repro
 from alignops.tracking.logger import RUN_ID_ENV, is_main_process
 from alignops.tracking.registry import DATA_TAG_PREFIX
@@ -108,8 +109,6 @@ class AlignopsMlflowHook(MlflowHook):
 
     @hook_impl
     def after_context_created(self, context) -> None:
-        from alignops.pipeline_registry import use_sources  # imports every stage: only once a run is set up
-
         # The configuration as written (runtime --params merged in), not `context.params`:
         # Kedro validates that against every registered pipeline, importing each stage's
         # libraries, which a one-stage run (each DVC stage) would pay seconds for.
@@ -213,11 +212,13 @@ class AlignopsMlflowHook(MlflowHook):
     def _open_repro_parent(self, dvc: lineage.DvcRun, git: dict[str, str], catalog: DataCatalog) -> None:
         """Make the reproduction's parent run (created by its first stage) the active run,
         so kedro-mlflow opens this stage's run nested under it."""
-        everything = catalog.load("parameters")
-        blocks = lineage.parameter_blocks(self._project_path) or set(everything)
-        tracking = self.mlflow_config.tracking.params.dict_params
-        used = {block: everything[block] for block in sorted(blocks) if block in everything}
-        params = _flatten_dict(used, recursive=True, sep=tracking.sep)
+
+        def journey_params() -> dict[str, Any]:
+            everything = catalog.load("parameters")
+            blocks = lineage.parameter_blocks(self._project_path) or set(everything)
+            used = {block: everything[block] for block in sorted(blocks) if block in everything}
+            return _flatten_dict(used, recursive=True, sep=self.mlflow_config.tracking.params.dict_params.sep)
+
         tags = {"kedro.env": self._env, **git, **{k: v for k, v in dvc.tags().items() if k != "dvc.stage"}}
         self._parent_id = repro.open_parent(
             MlflowClient(),
@@ -225,7 +226,7 @@ class AlignopsMlflowHook(MlflowHook):
             dvc,
             tags,
             repro.parent_run_name(dvc, self._env, git),
-            params,
+            journey_params,
         )
         mlflow.start_run(run_id=self._parent_id)
         self.mlflow_config.tracking.run.nested = True
@@ -283,8 +284,6 @@ class AlignopsMlflowHook(MlflowHook):
         self._exported = {}
         self._catalog = None
         self.run_id = None
-        from alignops.pipeline_registry import use_sources
-
         use_sources(None)  # the next session in this process wires its own sources, or the default
 
 

@@ -76,6 +76,14 @@ def _dvc_process_id() -> str | None:
         return None
 
 
+def _dvc_stages(project: Path) -> dict | None:
+    """The ``stages`` of ``project/dvc.yaml``, or None without a readable one."""
+    try:
+        return yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return None
+
+
 def _lock_outs(lock: Mapping) -> dict[str, str]:
     """path -> digest of every stage output recorded in a ``dvc.lock``."""
     digests = {}
@@ -91,11 +99,10 @@ def input_digests(project: Path, stage: str) -> dict[str, str]:
     that DVC has recorded: an output of an earlier stage (its ``dvc.lock`` entry, written
     when that stage finished, so current by the time this one starts) or a file added with
     ``dvc add`` (its ``.dvc`` file). Code and parameters are the git commit's."""
-    try:
-        stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
-        deps = stages[stage].get("deps") or []
-    except (OSError, KeyError, TypeError, yaml.YAMLError):
+    stages = _dvc_stages(project)
+    if not stages or stage not in stages:
         return {}
+    deps = stages[stage].get("deps") or []
     lock_path = project / "dvc.lock"
     recorded = _lock_outs(yaml.safe_load(lock_path.read_text()) or {}) if lock_path.is_file() else {}
     digests = {}
@@ -115,9 +122,8 @@ def input_digests(project: Path, stage: str) -> dict[str, str]:
 def parameter_blocks(project: Path) -> set[str] | None:
     """The parameter blocks the stages of ``project/dvc.yaml`` read (None without the file):
     what a reproduction of the whole DAG depends on, known without importing its pipelines."""
-    try:
-        stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
-    except (OSError, KeyError, TypeError, yaml.YAMLError):
+    stages = _dvc_stages(project)
+    if stages is None:
         return None
     blocks = set()
     for stage in stages.values():

@@ -230,7 +230,7 @@ def lineage_tags(run_tags: dict[str, str]) -> dict[str, str]:
     """What rebuilds a registered model, from its run's tags: the git commit and whether the
     tree was dirty, and under DVC the stage, the experiment and the ``dvc.lock`` digests of
     the run's inputs (``dvc.dep.<path>``)."""
-    return {k: v for k, v in run_tags.items() if k.startswith(LINEAGE_PREFIXES) and k != "dvc.repro"}
+    return {k: v for k, v in run_tags.items() if k.startswith(LINEAGE_PREFIXES)}
 
 
 def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:

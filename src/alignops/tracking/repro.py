@@ -20,7 +20,7 @@ Stage runs are found from the parent (``tags.mlflow.parentRunId``) in MLflow's U
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from mlflow.entities import Metric, Param
@@ -28,19 +28,16 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
 from alignops.tracking.lineage import REPRO_TAG, DvcRun
-from alignops.tracking.run_info import REDACTED, is_secret
+from alignops.tracking.run_info import REDACTED, is_secret, run_name
 
 STAGES_TAG = "dvc.stages"
-BATCH = 100  # MLflow's limit of parameters (and of metrics, 1000) in one log_batch call
+PARAM_BATCH, METRIC_BATCH = 100, 1000  # MLflow's limits in one log_batch call
 
 
 def parent_run_name(dvc: DvcRun, env: str, git: Mapping[str, str]) -> str:
-    """``dvc repro local 64b122e`` or ``dvc exp bald-cusp local 64b122e`` (``-dirty`` when so)."""
-    name = f"dvc exp {dvc.exp_name}" if dvc.exp_name else "dvc repro"
-    commit = git.get("git.commit")
-    if commit:
-        name += f" {env} {commit[:7]}" + ("-dirty" if git.get("git.dirty") == "true" else "")
-    return name
+    """``dvc repro local 64b122e`` or ``dvc exp bald-cusp local 64b122e``, named as a stage's
+    run is (``run_info.run_name``: ``-dirty`` when so, no commit outside git)."""
+    return run_name([f"dvc exp {dvc.exp_name}" if dvc.exp_name else "dvc repro"], env, dict(git))
 
 
 def open_parent(
@@ -49,10 +46,10 @@ def open_parent(
     dvc: DvcRun,
     tags: Mapping[str, str],
     run_name: str,
-    params: Mapping[str, Any],
+    params: Callable[[], Mapping[str, Any]],
 ) -> str:
-    """The parent run of ``dvc``'s reproduction, created with ``params`` by its first stage;
-    the stage is appended to its ``dvc.stages`` tag."""
+    """The parent run of ``dvc``'s reproduction, created with ``params()`` by its first stage
+    (later stages do not build them); the stage is appended to its ``dvc.stages`` tag."""
     found = client.search_runs(
         [experiment_id], filter_string=f"tags.`{REPRO_TAG}` = '{dvc.repro}'", max_results=1
     )
@@ -62,7 +59,7 @@ def open_parent(
     else:
         run = client.create_run(experiment_id, run_name=run_name, tags={**tags, REPRO_TAG: str(dvc.repro)})
         run_id, stages = run.info.run_id, ""
-        log_params(client, run_id, params)
+        log_params(client, run_id, params())
     client.set_tag(run_id, STAGES_TAG, ",".join(filter(None, [stages, dvc.stage])))
     return run_id
 
@@ -73,13 +70,13 @@ def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> 
         Param(name, REDACTED if is_secret(name) else str(value)[:MAX_PARAM_VAL_LENGTH])
         for name, value in params.items()
     ]
-    for start in range(0, len(entries), BATCH):
-        client.log_batch(run_id, params=entries[start : start + BATCH])
+    for start in range(0, len(entries), PARAM_BATCH):
+        client.log_batch(run_id, params=entries[start : start + PARAM_BATCH])
 
 
 def copy_final_metrics(client: MlflowClient, child_id: str, parent_id: str) -> None:
     """The latest value of each of the stage run's metrics, onto the parent."""
     now = int(time.time() * 1000)
     metrics = [Metric(key, value, now, 0) for key, value in client.get_run(child_id).data.metrics.items()]
-    for start in range(0, len(metrics), 1000):
-        client.log_batch(parent_id, metrics=metrics[start : start + 1000])
+    for start in range(0, len(metrics), METRIC_BATCH):
+        client.log_batch(parent_id, metrics=metrics[start : start + METRIC_BATCH])

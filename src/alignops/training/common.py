@@ -39,6 +39,8 @@ def check_mixed_precision(config: Any) -> None:
         object.__setattr__(config, "mixed_precision", "no")  # frozen dataclasses too
     if config.mixed_precision not in MIXED_PRECISION:
         raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, got {config.mixed_precision!r}")
+
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
