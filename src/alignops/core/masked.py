@@ -8,6 +8,8 @@ leak into a result.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 
@@ -38,16 +40,29 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> to
     return variance
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+def masked_whiten(
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    shift_mean: bool = True,
+    all_reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
     """``(x - mean) / std`` over the valid positions; padded positions come back as 0.
 
     lm-human-preferences ``whiten`` / TRL ``masked_whiten`` (unbiased variance, eps 1e-8).
     With ``shift_mean=False`` the mean is added back (PPO advantages are whitened
-    with it, rewards in lm-human-preferences without).
+    with it, rewards in lm-human-preferences without). ``all_reduce_sum`` (a sum over the
+    ranks of a distributed run) takes the mean and variance over every rank's positions.
     """
     valid = mask.bool()
-    mean = masked_mean(x, valid)
-    var = masked_var(x, valid, unbiased=True)
+    if all_reduce_sum is None:
+        mean = masked_mean(x, valid)
+        var = masked_var(x, valid, unbiased=True)
+    else:  # statistics over every rank's valid positions (OpenRLHF/veRL whiten advantages globally)
+        zero = torch.zeros((), dtype=x.dtype, device=x.device)
+        total, n = all_reduce_sum(torch.stack([torch.where(valid, x, zero).sum(), valid.sum().to(x.dtype)]))
+        mean = total / n.clamp_min(1)
+        squares = all_reduce_sum(torch.where(valid, (x - mean) ** 2, zero).sum())
+        var = squares / (n - 1).clamp_min(1)
     whitened = (x - mean) * torch.rsqrt(var + 1e-8)
     if not shift_mean:
         whitened = whitened + mean

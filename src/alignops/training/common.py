@@ -10,7 +10,7 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -130,6 +130,38 @@ def make_optimizer(model: torch.nn.Module, config: Any) -> torch.optim.AdamW:
     )
 
 
+def global_mean(loss: torch.Tensor, weight: torch.Tensor, accelerator: Accelerator) -> torch.Tensor:
+    """``loss``, a mean over this rank's ``weight`` units (tokens, pairs), rescaled so that the
+    gradient DDP averages over ranks is the mean over every rank's units: a rank holding
+    more tokens counts for more, as in one process with the whole batch (OpenRLHF and veRL
+    normalise by the global token count the same way). One process: ``loss`` itself."""
+    if accelerator.num_processes == 1:
+        return loss
+    total = accelerator.reduce(weight.detach().clone(), reduction="sum")
+    return loss * (weight * accelerator.num_processes / total.clamp_min(1e-12))
+
+
+def shard_batches(loader: DataLoader, accelerator: Accelerator) -> Iterator[tuple[dict[str, Any], float]]:
+    """This rank's share of an unprepared held-out ``loader`` (batch i on rank i mod
+    processes), on the rank's device, each with its weight: 1.0, or 0.0 for the filler
+    batches a rank with fewer batches runs so that every rank makes the same number of
+    forward passes (a wrapped model's collectives stay in step). Held-out sums weighted
+    so and reduced over ranks count every row exactly once; a prepared loader would pad
+    the last batch with repeated rows instead. One process: every batch, weight 1.0."""
+    world, rank = accelerator.num_processes, accelerator.process_index
+    rounds, own, spare = -(-len(loader) // world), 0, None
+    for index, batch in enumerate(loader):
+        if spare is None or index % world == rank:
+            moved = {name: value.to(accelerator.device) if torch.is_tensor(value) else value
+                     for name, value in batch.items()}
+            spare = moved if spare is None else spare
+            if index % world == rank:
+                own += 1
+                yield moved, 1.0
+    for _ in range(rounds - own):
+        yield spare, 0.0
+
+
 def check_finite(loss: torch.Tensor, stage: str, step: int) -> None:
     """Stop at the first nan/inf loss, before it reaches the weights (one host sync per call)."""
     if not bool(torch.isfinite(loss.detach()).all()):
@@ -233,12 +265,12 @@ def train_epochs(
             with accelerator.accumulate(model):
                 loss, stats = loss_and_stats(batch)
                 check_finite(loss, stage, step)
-                accelerator.backward(loss)
+                batch_weight = torch.as_tensor(weight(batch, stats), device=accelerator.device).float()
+                accelerator.backward(global_mean(loss, batch_weight, accelerator))
                 if accelerator.sync_gradients:
                     grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-            batch_weight = torch.as_tensor(weight(batch, stats), device=accelerator.device).float()
             units = torch.as_tensor(count(batch), device=accelerator.device).float()
             interval += torch.stack([*(stats[name].float() * batch_weight for name in averaged), batch_weight, units])
             if not accelerator.sync_gradients:

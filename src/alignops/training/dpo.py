@@ -29,7 +29,7 @@ from alignops.models.chat import Renderer
 from alignops.models.collate import Batch, select_rows
 from alignops.models.config import ModelConfig
 from alignops.training.batching import GroupedBatches
-from alignops.training.common import LogFn, Stats, make_accelerator, make_optimizer, train_epochs
+from alignops.training.common import LogFn, Stats, make_accelerator, make_optimizer, shard_batches, train_epochs
 from alignops.training.dpo_config import DPOConfig
 
 MODEL_INPUTS = ("input_ids", "attention_mask")
@@ -193,10 +193,10 @@ def evaluate_dpo(
     was_training = model.training
     model.eval()
     totals = torch.zeros(4, device=accelerator.device)  # (loss, accuracy, margin) x pairs, pairs
-    for batch in loader:
+    for batch, counted in shard_batches(loader, accelerator):  # counted 0: a filler batch
         loss, stats = _pair_loss(model, batch, config)
         n_pairs = batch["ref_logps"].shape[0] // 2
-        totals += n_pairs * torch.stack(
+        totals += counted * n_pairs * torch.stack(
             [loss, stats["rewards/accuracies"], stats["rewards/margins"], loss.new_ones(())]
         )
     model.train(was_training)
@@ -249,7 +249,7 @@ def train_dpo(
         eval_rows = tokenize_pairs(tokenizer, heldout_pairs, model_config)
         ref_eval = reference_logprobs(policy, eval_rows, 2 * config.ref_batch_size, average, accelerator.device)
         eval_batches = list(pair_batches(eval_rows, config.eval_batch_size, config.seed))  # fixed
-        eval_loader = accelerator.prepare(_pair_loader(eval_rows, ref_eval, eval_batches))
+        eval_loader = _pair_loader(eval_rows, ref_eval, eval_batches)  # sharded by evaluate_dpo
     log({"dpo/reference_s": time.perf_counter() - started}, 0)
     return train_epochs(
         accelerator,

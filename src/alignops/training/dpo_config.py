@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from alignops.core.losses import DPO_LOSSES
 from alignops.training.common import check_epoch_loop_settings, check_mixed_precision
+from alignops.training.launch import check_launch_settings
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,13 @@ class DPOConfig:
     weights on CPU."""
     mixed_precision: str = "no"
     """``no`` on CPU; ``bf16`` on a GPU that has it (the log-prob math upcasts to float32)."""
+    num_processes: int = 1
+    """Processes to train this stage in. Above 1 the node relaunches itself under
+    ``torchrun`` (or ``accelerate launch`` with ``accelerate_config``) and returns rank 0's
+    result (``alignops.training.launch``); batch sizes are per process."""
+    accelerate_config: str | None = None
+    """An accelerate config file (``conf/accelerate/``: multi-GPU DDP, DeepSpeed ZeRO,
+    FSDP, several nodes): the stage runs under ``accelerate launch --config_file``."""
 
     def __post_init__(self) -> None:
         if self.loss_type not in DPO_LOSSES:
@@ -97,6 +105,7 @@ class DPOConfig:
         if min(*sizes, self.eval_every, self.log_every) < 1:
             raise ValueError("batch sizes, grad_accum, eval_every and log_every must be >= 1")
         check_mixed_precision(self)
+        check_launch_settings(self)
 
     @property
     def average_logprobs(self) -> bool:

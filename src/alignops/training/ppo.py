@@ -234,7 +234,8 @@ def train_ppo(
         kl_coef = kl_controller.value
         rewards = per_token_rewards(scores, logprobs, ref_logprobs, mask, kl_coef, config.kl_estimator)  # (B, R)
         advantages, returns = gae(rewards, values, mask, config.gamma, config.lam)  # (B, R)
-        advantages = masked_whiten(advantages, mask)
+        global_sum = (lambda t: accelerator.reduce(t, reduction="sum")) if accelerator.num_processes > 1 else None
+        advantages = masked_whiten(advantages, mask, all_reduce_sum=global_sum)
 
         # 3. Optimise: epochs x shuffled minibatches of the clipped policy and value losses.
         update_stats = []

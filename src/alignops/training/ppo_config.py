@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from alignops.core import KL_ESTIMATORS
 from alignops.training.common import SCHEDULES, check_mixed_precision
+from alignops.training.launch import check_launch_settings
 
 KL_CONTROLLER_NAMES = ("fixed", "adaptive")
 
@@ -113,6 +114,13 @@ class PPOConfig:
     weights on CPU."""
     mixed_precision: str = "no"
     """``no`` on CPU; ``bf16`` on a GPU works unchanged (weights stay float32)."""
+    num_processes: int = 1
+    """Processes to train this stage in. Above 1 the node relaunches itself under
+    ``torchrun`` (or ``accelerate launch`` with ``accelerate_config``) and returns rank 0's
+    result (``alignops.training.launch``); batch sizes are per process."""
+    accelerate_config: str | None = None
+    """An accelerate config file (``conf/accelerate/``: multi-GPU DDP, DeepSpeed ZeRO,
+    FSDP, several nodes): the stage runs under ``accelerate launch --config_file``."""
 
     def __post_init__(self) -> None:
         sizes = (self.steps, self.rollout_batch_size, self.minibatch_size, self.ppo_epochs, self.max_new_tokens)
@@ -144,3 +152,4 @@ class PPOConfig:
         if self.sample_every < 1 or self.num_samples < 0:
             raise ValueError("sample_every must be >= 1 and num_samples >= 0")
         check_mixed_precision(self)
+        check_launch_settings(self)

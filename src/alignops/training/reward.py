@@ -31,7 +31,7 @@ from alignops.models.loading import load_model
 from alignops.models.reward import RewardModel, build_reward_backbone, sequence_rewards
 from alignops.models.tokenizer import ensure_pad_token, load_tokenizer, resize_for_tokenizer
 from alignops.training.batching import GroupedBatches
-from alignops.training.common import LogFn, Stats, make_accelerator, make_optimizer, train_epochs
+from alignops.training.common import LogFn, Stats, make_accelerator, make_optimizer, shard_batches, train_epochs
 from alignops.training.reward_config import RewardConfig
 
 __all__ = [
@@ -114,11 +114,11 @@ def evaluate_reward(model: PreTrainedModel, loader: DataLoader, accelerator: Acc
     was_training = model.training
     model.eval()
     totals = torch.zeros(4, device=accelerator.device)  # (loss, correct, margin) summed over pairs, pairs
-    for batch in loader:
+    for batch, counted in shard_batches(loader, accelerator):  # counted 0: a filler batch
         r_chosen, r_rejected = pair_rewards(model, batch)
         loss, stats = bradley_terry_loss(r_chosen, r_rejected)
         n = loss.new_tensor(float(len(r_chosen)))
-        totals += torch.stack([loss * n, stats["reward/accuracy"] * n, stats["reward/margin"] * n, n])
+        totals += counted * torch.stack([loss * n, stats["reward/accuracy"] * n, stats["reward/margin"] * n, n])
     model.train(was_training)
     loss, correct, margin, n = accelerator.reduce(totals, reduction="sum").tolist()
     n = max(n, 1.0)
@@ -174,8 +174,6 @@ def train_reward_model(
 
     optimizer = make_optimizer(model, config)
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
-    if eval_loader is not None:
-        eval_loader = accelerator.prepare(eval_loader)
 
     def loss_and_stats(batch: Batch) -> tuple[torch.Tensor, Stats]:
         r_chosen, r_rejected = pair_rewards(model, batch)  # (B,), (B,)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from alignops.training.common import check_epoch_loop_settings, check_mixed_precision
+from alignops.training.launch import check_launch_settings
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,13 @@ class RewardConfig:
     """Seeds the new head and the batch order: same seed, same reward model on CPU."""
     mixed_precision: str = "no"
     """``no`` on CPU; ``bf16`` on a GPU that supports it; ``fp16`` adds a loss scaler."""
+    num_processes: int = 1
+    """Processes to train this stage in. Above 1 the node relaunches itself under
+    ``torchrun`` (or ``accelerate launch`` with ``accelerate_config``) and returns rank 0's
+    result (``alignops.training.launch``); batch sizes are per process."""
+    accelerate_config: str | None = None
+    """An accelerate config file (``conf/accelerate/``: multi-GPU DDP, DeepSpeed ZeRO,
+    FSDP, several nodes): the stage runs under ``accelerate launch --config_file``."""
     norm_samples: int = 128
     """SFT-policy samples (on training prompts) whose raw rewards set the normalisation to
     mean 0 / std 1 (Ziegler et al. 2019; lm-human-preferences). 128 pins the std to ~6%
@@ -100,6 +108,7 @@ class RewardConfig:
         if self.margin_scale < 0:
             raise ValueError(f"margin_scale must be >= 0, got {self.margin_scale}")
         check_mixed_precision(self)
+        check_launch_settings(self)
         if self.norm_samples < 0 or min(self.norm_max_new_tokens, self.norm_batch_size) < 1:
             raise ValueError("norm_samples must be >= 0, norm_max_new_tokens and norm_batch_size >= 1")
         if self.norm_samples == 1:

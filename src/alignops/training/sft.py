@@ -22,7 +22,7 @@ from alignops.models.collate import Batch, select_rows
 from alignops.models.config import ModelConfig
 from alignops.models.loading import build_causal_lm
 from alignops.models.packing import pack_sequences
-from alignops.training.common import LogFn, Stats, make_accelerator, make_optimizer, train_epochs
+from alignops.training.common import LogFn, Stats, make_accelerator, make_optimizer, shard_batches, train_epochs
 from alignops.training.sft_config import SFTConfig
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")
@@ -51,9 +51,9 @@ def evaluate_sft(model: PreTrainedModel, loader: DataLoader, accelerator: Accele
     was_training = model.training
     model.eval()
     totals = torch.zeros(2, device=accelerator.device)  # (loss x tokens, tokens)
-    for batch in loader:
+    for batch, counted in shard_batches(loader, accelerator):  # counted 0: a filler batch
         loss, stats = sft_loss(_forward(model, batch), batch["input_ids"], batch["completion_mask"])
-        totals += torch.stack([loss.float() * stats["tokens"], stats["tokens"].float()])
+        totals += counted * torch.stack([loss.float() * stats["tokens"], stats["tokens"].float()])
     model.train(was_training)
     loss_sum, tokens = accelerator.reduce(totals, reduction="sum").tolist()
     loss = loss_sum / max(tokens, 1.0)
@@ -94,7 +94,8 @@ def train_sft(
     eval_loader = _loader(eval_rows, config.eval_batch_size, shuffle=False, seed=config.seed)
 
     optimizer = make_optimizer(model, config)
-    model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
+    # the held-out loader stays unprepared: evaluate_sft shards it without repeating rows
+    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
 
     def loss_and_stats(batch: Batch) -> tuple[torch.Tensor, Stats]:
         logits = _forward(model, batch)  # (B, T, V)

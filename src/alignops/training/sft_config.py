@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from alignops.training.common import check_epoch_loop_settings, check_mixed_precision
+from alignops.training.launch import check_launch_settings
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,13 @@ class SFTConfig:
     mixed_precision: str = "no"
     """``no`` on CPU; ``bf16`` on a GPU that supports it works unchanged (weights stay
     float32, the forward runs under autocast); ``fp16`` adds a loss scaler."""
+    num_processes: int = 1
+    """Processes to train this stage in. Above 1 the node relaunches itself under
+    ``torchrun`` (or ``accelerate launch`` with ``accelerate_config``) and returns rank 0's
+    result (``alignops.training.launch``); batch sizes are per process."""
+    accelerate_config: str | None = None
+    """An accelerate config file (``conf/accelerate/``: multi-GPU DDP, DeepSpeed ZeRO,
+    FSDP, several nodes): the stage runs under ``accelerate launch --config_file``."""
 
     def __post_init__(self) -> None:
         check_epoch_loop_settings(self)
@@ -78,3 +86,4 @@ class SFTConfig:
         if not 0.0 <= self.eval_fraction < 1.0:
             raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
         check_mixed_precision(self)
+        check_launch_settings(self)

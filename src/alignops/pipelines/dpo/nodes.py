@@ -10,6 +10,7 @@ from alignops.tracking.logger import metric_logger
 from alignops.training.common import MetricHistory
 from alignops.training.dpo import PreferencePairs, train_dpo
 from alignops.training.dpo_config import DPOConfig
+from alignops.training.launch import distributable
 
 
 def preference_pairs(frame: pd.DataFrame) -> PreferencePairs:
@@ -17,6 +18,7 @@ def preference_pairs(frame: pd.DataFrame) -> PreferencePairs:
     return PreferencePairs(frame["prompt"].tolist(), frame["chosen"].tolist(), frame["rejected"].tolist())
 
 
+@distributable("params")
 def train(
     sft_model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,

@@ -9,6 +9,7 @@ from alignops.models.config import ModelConfig
 from alignops.models.generation import GenerationConfig
 from alignops.tracking.logger import metric_logger
 from alignops.training.common import MetricHistory
+from alignops.training.launch import distributable
 from alignops.training.ppo import train_ppo
 from alignops.training.ppo_config import PPOConfig
 
@@ -23,6 +24,7 @@ def collect_prompts(preferences_train: pd.DataFrame, sft_demonstrations: pd.Data
     return prompts.drop_duplicates().tolist()
 
 
+@distributable("params")
 def train(
     sft_model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,

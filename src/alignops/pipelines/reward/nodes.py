@@ -10,6 +10,7 @@ from alignops.models.generation import GenerationConfig
 from alignops.models.reward import RewardModel
 from alignops.tracking.logger import metric_logger
 from alignops.training.common import MetricHistory
+from alignops.training.launch import distributable
 from alignops.training.reward import normalise_reward_model, pretrained_reward_model, train_reward_model
 from alignops.training.reward_config import RewardConfig
 
@@ -42,6 +43,7 @@ def fit_reward_model(
     )
 
 
+@distributable("reward")
 def train(
     preferences_train: pd.DataFrame,
     preferences_heldout: pd.DataFrame,

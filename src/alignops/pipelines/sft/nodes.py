@@ -8,6 +8,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from alignops.models import ModelConfig, build_tokenizer
 from alignops.tracking.logger import metric_logger
 from alignops.training.common import MetricHistory
+from alignops.training.launch import distributable
 from alignops.training.sft import train_sft
 from alignops.training.sft_config import SFTConfig
 
@@ -24,6 +25,7 @@ def make_tokenizer(
     return build_tokenizer(config, config.format_prompts(list(prompts)) + list(replies))
 
 
+@distributable("sft")
 def train(
     sft_demonstrations: pd.DataFrame,
     tokenizer: PreTrainedTokenizerBase,

@@ -1,0 +1,307 @@
+"""One Kedro node, several processes: a training node that asks for them launches itself.
+
+Kedro's DAG and its MLflow run happen once, in the ``kedro run`` process. A training
+node whose stage configuration sets ``num_processes`` above 1, or names an
+``accelerate_config`` file, does not train in that process: ``distributable`` writes the
+node's inputs to a hand-off folder, starts the node again under
+
+- ``torchrun --standalone --nproc_per_node N`` (no config file: CPU ranks on the gloo
+  backend, or one GPU per rank; accelerate's ``Accelerator`` joins the process group
+  torchrun sets up. ``accelerate launch --cpu --num_processes N`` starts one process
+  without ``RANK``, so it cannot be the CPU launcher), or
+- ``accelerate launch --config_file F`` (multi-GPU DDP, DeepSpeed, FSDP, several nodes:
+  what ``conf/accelerate/`` holds; the file's own ``num_processes`` applies unless the
+  stage sets one),
+
+waits, and returns what rank 0 wrote back, so the catalog saves it where it always does.
+Every rank runs the same training loop; only rank 0 logs metrics (``tracking.logger``),
+writes checkpoint metadata and hands back outputs. Before handing back, the ranks
+compare a digest of every model they trained: a mismatch (ranks that drifted apart)
+fails the stage instead of registering one rank's model.
+
+The run id, tracking and registry URIs travel in the environment, so rank 0 logs into the
+``kedro run``'s MLflow run. A launch that fails, or a ``kedro run`` that is interrupted,
+takes its whole process group down with it.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+LAUNCHED_ENV = "ALIGNOPS_LAUNCHED"
+"""Set in every launched rank: the node runs its loop in place instead of launching again."""
+SPEC_FILE, RANKS_FILE = "launch.json", "ranks.json"
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def check_launch_settings(config: Any) -> None:
+    """``config.num_processes`` >= 1 and ``config.accelerate_config`` a path or None."""
+    if not isinstance(config.num_processes, int) or config.num_processes < 1:
+        raise ValueError(f"num_processes must be an integer >= 1, got {config.num_processes!r}")
+    if config.accelerate_config is not None and not str(config.accelerate_config).strip():
+        raise ValueError("accelerate_config must be a path to an accelerate config file, or null")
+
+
+def wants_launch(params: Mapping[str, Any]) -> bool:
+    """Whether a stage's parameters ask for a launch (and this is not already a launched rank)."""
+    if os.environ.get(LAUNCHED_ENV):
+        return False
+    return int(params.get("num_processes") or 1) > 1 or bool(params.get("accelerate_config"))
+
+
+def distributable(params_argument: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Decorate a training node whose stage parameters arrive as ``params_argument``.
+
+    In place when one process suffices; otherwise ``launch`` runs the node's body in
+    ``num_processes`` ranks and returns rank 0's result.
+    """
+
+    def decorate(node: Callable[P, R]) -> Callable[P, R]:
+        signature = inspect.signature(node)
+
+        @functools.wraps(node)
+        def run(*args: P.args, **kwargs: P.kwargs) -> R:
+            bound = signature.bind(*args, **kwargs)
+            params = bound.arguments[params_argument]
+            if not wants_launch(params):
+                return node(*args, **kwargs)
+            return launch(node, dict(bound.arguments), params)
+
+        return run
+
+    return decorate
+
+
+def launch_command(folder: Path, num_processes: int, accelerate_config: str | None) -> list[str]:
+    """The launcher's command line: ``torchrun`` or ``accelerate launch`` (see the module doc)."""
+    worker = ["-m", __name__, str(folder)]
+    if accelerate_config:
+        config = Path(accelerate_config)
+        if not config.is_file():
+            raise FileNotFoundError(f"accelerate_config {accelerate_config!r} is not a file (from {Path.cwd()})")
+        accelerate = Path(sys.executable).with_name("accelerate")
+        processes = ["--num_processes", str(num_processes)] if num_processes > 1 else []
+        return [str(accelerate), "launch", "--config_file", str(config), *processes, *worker]
+    return [
+        sys.executable, "-m", "torch.distributed.run", "--standalone",
+        "--nproc_per_node", str(num_processes), *worker,
+    ]
+
+
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def launch_environment(num_processes: int, accelerate_config: str | None = None) -> dict[str, str]:
+    """This process's environment plus what the ranks need: the MLflow run and stores, the
+    package on the path, and a fair share of the cores per rank (unless OMP_NUM_THREADS is set)."""
+    import mlflow
+
+    from alignops.tracking.logger import RUN_ID_ENV, current_run_id
+
+    package_root = str(Path(__file__).resolve().parents[2])  # the folder that holds `alignops`
+    env = {
+        **os.environ,
+        LAUNCHED_ENV: "1",
+        "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(),
+        "MLFLOW_REGISTRY_URI": mlflow.get_registry_uri(),
+        "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])),
+    }
+    if not accelerate_config and not _has_gpu():
+        env.setdefault("ACCELERATE_USE_CPU", "true")  # else Accelerator ignores torchrun's CPU ranks
+    run_id = current_run_id()
+    if run_id:
+        env[RUN_ID_ENV] = run_id
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // num_processes)))
+    return env
+
+
+def launch(node: Callable[..., R], arguments: dict[str, Any], params: Mapping[str, Any]) -> R:
+    """Run ``node(**arguments)`` in the processes ``params`` asks for; rank 0's result."""
+    num_processes = int(params.get("num_processes") or 1)
+    accelerate_config = params.get("accelerate_config")
+    stage = node.__module__.split(".")[-2] if node.__module__.count(".") >= 2 else node.__name__
+    folder = Path(tempfile.mkdtemp(prefix=f"alignops-{stage}-launch-"))
+    try:
+        spec = {
+            "function": f"{node.__module__}:{node.__qualname__}",
+            "arguments": {name: write_value(folder / "inputs" / name, value) for name, value in arguments.items()},
+        }
+        (folder / SPEC_FILE).write_text(json.dumps(spec, indent=2))
+        command = launch_command(folder, num_processes, accelerate_config)
+        print(f"{stage}: launching {num_processes} processes: {' '.join(command)}", file=sys.stderr, flush=True)
+        code = _run_process_group(command, launch_environment(num_processes, accelerate_config))
+        if code != 0:
+            raise RuntimeError(
+                f"{stage}: the {num_processes}-process launch failed with exit code {code}: {' '.join(command)}"
+            )
+        ranks = json.loads((folder / RANKS_FILE).read_text())
+        check_ranks_agree(stage, ranks)
+        outputs = tuple(read_value(folder / "outputs" / str(i), meta) for i, meta in enumerate(ranks["outputs"]))
+        return outputs if ranks["tuple"] else outputs[0]
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _run_process_group(command: list[str], env: dict[str, str]) -> int:
+    """Run ``command`` in a process group of its own; on any interruption of this process
+    (Ctrl-C, SIGTERM turned into an exception, an error), stop the whole group first."""
+    process = subprocess.Popen(command, env=env, start_new_session=True)
+    try:
+        return process.wait()
+    except BaseException:
+        _stop_group(process)
+        raise
+
+
+def _stop_group(process: subprocess.Popen) -> None:
+    for sig, wait_s in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def check_ranks_agree(stage: str, ranks: Mapping[str, Any]) -> None:
+    """Every rank trained the same parameters (one digest per model output, per rank)."""
+    digests = ranks["digests"]
+    if any(rank != digests[0] for rank in digests[1:]):
+        raise RuntimeError(f"{stage}: the ranks' models differ after training ({digests}); not handing any back")
+
+
+# --- values across the process boundary --------------------------------------------------------
+
+
+def write_value(path: Path, value: Any) -> dict[str, str]:
+    """Write ``value`` under ``path`` (a folder or a file beside it); what ``read_value`` needs."""
+    import pandas as pd
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from alignops.models.loading import save_model
+    from alignops.models.reward import RewardModel
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(value, RewardModel):
+        value.save(path)
+        return {"kind": "reward_model", "dtype": _dtype_name(value.model)}
+    if isinstance(value, PreTrainedModel):
+        save_model(value, path)
+        kind = "sequence_classification" if type(value).__name__.endswith("ForSequenceClassification") else "causal_lm"
+        return {"kind": kind, "dtype": _dtype_name(value)}
+    if isinstance(value, PreTrainedTokenizerBase):
+        value.save_pretrained(str(path))
+        return {"kind": "tokenizer"}
+    if isinstance(value, pd.DataFrame):
+        value.to_parquet(path.with_suffix(".parquet"))
+        return {"kind": "dataframe"}
+    try:
+        path.with_suffix(".json").write_text(json.dumps(value))
+    except TypeError as error:
+        raise TypeError(f"cannot hand {type(value).__name__} to a launched process: {error}") from error
+    return {"kind": "json"}
+
+
+def read_value(path: Path, meta: Mapping[str, str]) -> Any:
+    """What ``write_value`` wrote under ``path``."""
+    kind = meta["kind"]
+    if kind == "reward_model":
+        from alignops.models.reward import RewardModel
+
+        return RewardModel.load(path, dtype=meta["dtype"])
+    if kind in ("causal_lm", "sequence_classification"):
+        from alignops.models.loading import load_model
+
+        return load_model(path, kind, dtype=meta["dtype"])
+    if kind == "tokenizer":
+        from alignops.models.tokenizer import load_tokenizer
+
+        return load_tokenizer(str(path))
+    if kind == "dataframe":
+        import pandas as pd
+
+        return pd.read_parquet(path.with_suffix(".parquet"))
+    return json.loads(path.with_suffix(".json").read_text())
+
+
+def _dtype_name(model: Any) -> str:
+    return str(model.dtype).removeprefix("torch.")
+
+
+def model_digest(value: Any) -> str | None:
+    """sha256 of a model's state (names, shapes, bytes), or None when ``value`` is no model."""
+    import torch
+
+    module = getattr(value, "model", value)  # a RewardModel holds its classifier as .model
+    if not isinstance(module, torch.nn.Module):
+        return None
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+# --- the rank side ------------------------------------------------------------------------------
+
+
+def run_rank(folder: Path) -> None:
+    """One rank: read the node's inputs, run it in place, then rank 0 writes the outputs
+    and every rank's model digests (gathered over the process group the loop joined)."""
+    import importlib
+
+    import torch.distributed as dist
+
+    spec = json.loads((folder / SPEC_FILE).read_text())
+    module_name, qualname = spec["function"].split(":")
+    node = importlib.import_module(module_name)
+    for part in qualname.split("."):
+        node = getattr(node, part)
+    arguments = {name: read_value(folder / "inputs" / name, meta) for name, meta in spec["arguments"].items()}
+    result = node(**arguments)
+
+    outputs = result if isinstance(result, tuple) else (result,)
+    digests = [model_digest(value) for value in outputs]
+    joined = dist.is_available() and dist.is_initialized()
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1 and not (joined and dist.get_world_size() == world_size):
+        raise RuntimeError(f"{spec['function']}: this rank trained alone instead of in a group of {world_size}")
+    rank = dist.get_rank() if joined else 0
+    every_rank = [digests]
+    if joined:
+        every_rank = [None] * dist.get_world_size()
+        dist.all_gather_object(every_rank, digests)
+    if rank == 0:
+        metas = [write_value(folder / "outputs" / str(i), value) for i, value in enumerate(outputs)]
+        ranks = {"tuple": isinstance(result, tuple), "outputs": metas, "digests": every_rank}
+        (folder / RANKS_FILE).write_text(json.dumps(ranks, indent=2))
+    if joined:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    if not os.environ.get(LAUNCHED_ENV):
+        sys.exit(f"{__name__} runs a node's ranks for alignops' launcher; run `kedro run` instead")
+    run_rank(Path(sys.argv[1]))
