@@ -153,6 +153,7 @@ def launch(node: Callable[..., R], arguments: dict[str, Any], params: Mapping[st
             )
         ranks = json.loads((folder / RANKS_FILE).read_text())
         check_ranks_agree(stage, ranks)
+        _tag_run(stage, f"{num_processes} ({'accelerate launch' if accelerate_config else 'torchrun'})", ranks)
         outputs = tuple(read_value(folder / "outputs" / str(i), meta) for i, meta in enumerate(ranks["outputs"]))
         return outputs if ranks["tuple"] else outputs[0]
     finally:
@@ -181,6 +182,21 @@ def _stop_group(process: subprocess.Popen) -> None:
             return
         except subprocess.TimeoutExpired:
             continue
+
+
+def _tag_run(stage: str, processes: str, ranks: Mapping[str, Any]) -> None:
+    """On the ``kedro run``'s MLflow run: how the stage was launched, and the digest every
+    rank agreed on for each model it returned (``model_digest`` of the saved model matches)."""
+    from mlflow.tracking import MlflowClient
+
+    from alignops.tracking.logger import current_run_id
+
+    run_id = current_run_id()
+    if run_id is None:
+        return
+    client = MlflowClient()
+    client.set_tag(run_id, f"launch.{stage}.processes", processes)
+    client.set_tag(run_id, f"launch.{stage}.model_sha256", ",".join(d for d in ranks["digests"][0] if d))
 
 
 def check_ranks_agree(stage: str, ranks: Mapping[str, Any]) -> None:

@@ -1,0 +1,183 @@
+"""Training stages in several processes: real `torchrun` launches of two CPU ranks (gloo),
+started by the stage's own Kedro node, plus the launcher's pieces on their own."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from torch.utils.data import DataLoader
+
+from alignops.catalog.models import HFModelDataset
+from alignops.catalog.reward_model import RewardModelDataset
+from alignops.core.masked import masked_whiten
+from alignops.training.common import global_mean, shard_batches
+from alignops.training.launch import (
+    LAUNCHED_ENV,
+    check_ranks_agree,
+    launch_command,
+    model_digest,
+    read_value,
+    wants_launch,
+    write_value,
+)
+from tests.helpers import run_kedro
+
+# stage: (the data/ snapshot it starts from, the model it saves, a metric it logs every logged step)
+STAGES = {
+    "sft": ("data_validation", "sft", "loss/sft"),
+    "reward": ("sft", "reward", "loss/reward"),
+    "dpo": ("sft", "dpo", "loss/dpo"),
+    "ppo": ("reward", "ppo", "objective/scores"),
+}
+
+
+def _last_run(project: Path):
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    return client, client.search_runs(experiments, order_by=["attributes.start_time DESC"], max_results=1)[0]
+
+
+def _history(project: Path, stage: str) -> list[dict]:
+    return json.loads((project / "data" / "08_reporting" / f"{stage}_history.json").read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_a_stage_trains_in_two_ranks_that_agree_and_hands_back_one_model(stage, project_after):
+    upstream, folder, metric = STAGES[stage]
+    project = project_after(upstream)
+    run_kedro(project, env="test", pipeline_names=[stage], runtime_params={stage: {"num_processes": 2}})
+
+    client, run = _last_run(project)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags[f"launch.{stage}.processes"] == "2 (torchrun)"
+    # the model the catalog saved is the one both ranks ended with (the launch refuses otherwise)
+    saved = project / "data" / "06_models" / folder
+    model = RewardModelDataset(filepath=str(saved)).load() if stage == "reward" else HFModelDataset(
+        filepath=str(saved)).load()
+    assert run.data.tags[f"launch.{stage}.model_sha256"] == model_digest(model)
+    assert list(saved.glob("*.safetensors")) and not list(saved.glob("*.bin"))
+    # logged once: one MLflow point per step, the steps of the stage's own history
+    steps = [point.step for point in client.get_metric_history(run.info.run_id, metric)]
+    assert steps and len(steps) == len(set(steps))
+    assert sorted(steps) == [row["step"] for row in _history(project, stage) if metric in row]
+    assert not list(Path(project).glob("alignops-*-launch-*"))
+
+
+@pytest.mark.slow
+def test_two_ranks_reach_the_loss_of_one_process_at_the_same_global_batch(project_after):
+    project = project_after("data_validation")
+    run_kedro(project, env="test", pipeline_names=["sft"], runtime_params={"sft": {"batch_size": 4}})
+    one = _history(project, "sft")
+    run_kedro(project, env="test", pipeline_names=["sft"],
+              runtime_params={"sft": {"batch_size": 2, "num_processes": 2}})
+    two = _history(project, "sft")
+
+    for name in ("loss/sft", "eval/sft/loss"):
+        a = [row[name] for row in one if name in row]
+        b = [row[name] for row in two if name in row]
+        assert len(a) == len(b) > 0
+        # the same rows per optimiser step, split across ranks; only the order of float sums differs
+        assert a == pytest.approx(b, rel=1e-4, abs=1e-5), name
+
+
+# --- the pieces --------------------------------------------------------------------------------
+
+
+def test_ranks_that_disagree_fail_the_stage():
+    check_ranks_agree("sft", {"digests": [["a", None], ["a", None]]})
+    with pytest.raises(RuntimeError, match="ranks' models differ"):
+        check_ranks_agree("sft", {"digests": [["a", None], ["b", None]]})
+
+
+def test_a_launch_is_asked_for_by_processes_or_a_config_file_and_never_from_a_rank(monkeypatch):
+    monkeypatch.delenv(LAUNCHED_ENV, raising=False)
+    assert not wants_launch({"num_processes": 1, "accelerate_config": None})
+    assert wants_launch({"num_processes": 2})
+    assert wants_launch({"num_processes": 1, "accelerate_config": "conf/accelerate/ddp.yaml"})
+    monkeypatch.setenv(LAUNCHED_ENV, "1")
+    assert not wants_launch({"num_processes": 2})
+
+
+def test_the_launcher_is_torchrun_without_a_config_and_accelerate_with_one(tmp_path):
+    command = launch_command(tmp_path, 2, None)
+    assert command[1:3] == ["-m", "torch.distributed.run"] and "--nproc_per_node" in command
+    with pytest.raises(FileNotFoundError, match="missing.yaml"):
+        launch_command(tmp_path, 2, str(tmp_path / "missing.yaml"))
+    config = tmp_path / "ddp.yaml"
+    config.write_text("distributed_type: MULTI_GPU\n")
+    command = launch_command(tmp_path, 1, str(config))
+    assert Path(command[0]).name == "accelerate" and command[1:4] == ["launch", "--config_file", str(config)]
+    assert "--num_processes" not in command  # the file's own count applies
+
+
+def test_values_cross_the_process_boundary_intact(tmp_path, sft_model, tokenizer):
+    frame = pd.DataFrame({"prompt": ["a", "b"], "chosen": ["x", "y"]})
+    for name, value in {"frame": frame, "rows": [{"step": 1, "loss": 0.5}], "none": None}.items():
+        meta = write_value(tmp_path / name, value)
+        back = read_value(tmp_path / name, meta)
+        assert back.equals(value) if isinstance(value, pd.DataFrame) else back == value
+    meta = write_value(tmp_path / "model", sft_model)
+    assert meta == {"kind": "causal_lm", "dtype": "float32"}
+    assert model_digest(read_value(tmp_path / "model", meta)) == model_digest(sft_model)
+    assert read_value(tmp_path / "tok", write_value(tmp_path / "tok", tokenizer)).get_vocab() == tokenizer.get_vocab()
+    with pytest.raises(TypeError, match="cannot hand object"):
+        write_value(tmp_path / "odd", object())
+
+
+def test_model_digests_see_a_changed_weight(sft_model):
+    model = copy.deepcopy(sft_model)
+    before = model_digest(model)
+    assert model_digest("not a model") is None
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] += 1e-6
+    assert model_digest(model) != before
+
+
+def _ranks(world: int) -> list[SimpleNamespace]:
+    return [SimpleNamespace(num_processes=world, process_index=r, device=torch.device("cpu")) for r in range(world)]
+
+
+@pytest.mark.parametrize(("rows", "batch_size", "world"), [(10, 3, 2), (5, 4, 3), (7, 7, 2), (9, 2, 1)])
+def test_held_out_batches_count_every_row_once_in_equal_passes(rows, batch_size, world):
+    loader = DataLoader(range(rows), batch_size=batch_size, collate_fn=lambda i: {"row": torch.tensor(i)})
+    seen, passes = [], set()
+    for accelerator in _ranks(world):
+        shares = list(shard_batches(loader, accelerator))
+        passes.add(len(shares))
+        seen += [int(r) for batch, counted in shares if counted for r in batch["row"]]
+    assert sorted(seen) == list(range(rows)) and len(passes) == 1
+
+
+def test_one_process_keeps_its_own_loss_and_whitening_over_ranks_is_whitening_over_all():
+    loss, weight = torch.tensor(2.5), torch.tensor(7.0)
+    assert global_mean(loss, weight, _ranks(1)[0]) is loss
+
+    torch.manual_seed(0)
+    x, mask = torch.randn(6, 5), torch.rand(6, 5) > 0.3
+    halves = [(x[:3], mask[:3]), (x[3:], mask[3:])]
+    # a sum over two ranks, played in one process: each rank's share plus the other's
+    for rank, (xs, ms) in enumerate(halves):
+        other_x, other_m = halves[1 - rank]
+        partial = {}
+
+        def all_reduce_sum(t, _xs=xs, _ms=ms, _ox=other_x, _om=other_m, _p=partial):
+            step = len(_p)
+            _p[step] = t
+            if step == 0:
+                zero = torch.zeros(())
+                return t + torch.stack([torch.where(_om, _ox, zero).sum(), _om.sum().float()])
+            mean = (x[mask]).mean()
+            return t + torch.where(_om, (_ox - mean) ** 2, torch.zeros(())).sum()
+
+        got = masked_whiten(xs, ms, all_reduce_sum=all_reduce_sum)
+        whole = masked_whiten(x, mask)
+        rows = slice(0, 3) if rank == 0 else slice(3, 6)
+        assert torch.allclose(got, whole[rows], atol=1e-5)
