@@ -85,5 +85,23 @@ def test_an_unquoted_no_is_no_mixed_precision():
     assert written == {"mixed_precision": False}
     for config in (SFTConfig, RewardConfig, PPOConfig, DPOConfig):
         assert config(**written).mixed_precision == "no", config.__name__
-    with pytest.raises(ValueError, match="mixed_precision must be one of"):
+    with pytest.raises(ValueError, match="mixed_precision must be null"):
         PPOConfig(mixed_precision=True)
+
+
+def test_unset_mixed_precision_is_accelerates_own_setting(monkeypatch):
+    """null (the default) lets `accelerate launch --mixed_precision`, its config file or
+    ACCELERATE_MIXED_PRECISION decide; a stage's explicit value overrides them."""
+    from accelerate.state import AcceleratorState
+
+    from alignops.training.common import make_accelerator
+    from alignops.training.sft_config import SFTConfig
+
+    assert SFTConfig().mixed_precision is None
+    AcceleratorState._reset_state(reset_partial_state=True)
+    assert make_accelerator(SFTConfig().mixed_precision).mixed_precision == "no"  # nothing configured
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    AcceleratorState._reset_state(reset_partial_state=True)
+    assert make_accelerator(None, cpu=True).mixed_precision == "bf16"
+    assert make_accelerator("no", cpu=True).mixed_precision == "no"
+    AcceleratorState._reset_state(reset_partial_state=True)

@@ -72,20 +72,51 @@ def test_a_stage_trains_in_two_ranks_that_agree_and_hands_back_one_model(stage, 
 
 
 @pytest.mark.slow
+def test_an_accelerate_config_file_launches_the_stage_through_accelerate(project_after, tmp_path):
+    project = project_after("data_validation")
+    config = tmp_path / "cpu.yaml"  # what `accelerate config` writes for one CPU process
+    config.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: 'NO'\nnum_machines: 1\n"
+                      "num_processes: 1\nmixed_precision: 'no'\nuse_cpu: true\n")
+    run_kedro(project, env="test", pipeline_names=["sft"], runtime_params={"sft": {"accelerate_config": str(config)}})
+    _, run = _last_run(project)
+    assert run.data.tags["launch.sft.processes"] == "1 (accelerate launch)"
+    model = HFModelDataset(filepath=str(project / "data" / "06_models" / "sft")).load()
+    assert run.data.tags["launch.sft.model_sha256"] == model_digest(model)
+
+
+def test_the_shipped_accelerate_configs_are_accelerate_configs():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    folder = Path(__file__).resolve().parents[2] / "conf" / "accelerate"
+    configs = sorted(folder.glob("*.yaml"))
+    assert configs
+    for path in configs:
+        config = load_config_from_file(str(path))
+        assert config.mixed_precision == "bf16" and config.num_machines == 1, path.name
+
+
+# steps at a full rate on unpacked rows (different token counts per row): a rank's mean loss
+# is then not the global mean, and weighting it wrongly shows in the losses within a few steps
+HARD = {"packing": False, "max_steps": 8, "warmup_steps": 0, "learning_rate": 0.02, "eval_every": 4}
+
+
+@pytest.mark.slow
 def test_two_ranks_reach_the_loss_of_one_process_at_the_same_global_batch(project_after):
     project = project_after("data_validation")
-    run_kedro(project, env="test", pipeline_names=["sft"], runtime_params={"sft": {"batch_size": 4}})
+    # unpacked rows hold different token counts, so a rank's mean is not the global mean
+    run_kedro(project, env="test", pipeline_names=["sft"], runtime_params={"sft": {**HARD, "batch_size": 4}})
     one = _history(project, "sft")
     run_kedro(project, env="test", pipeline_names=["sft"],
-              runtime_params={"sft": {"batch_size": 2, "num_processes": 2}})
+              runtime_params={"sft": {**HARD, "batch_size": 2, "num_processes": 2}})
     two = _history(project, "sft")
 
     for name in ("loss/sft", "eval/sft/loss"):
         a = [row[name] for row in one if name in row]
         b = [row[name] for row in two if name in row]
         assert len(a) == len(b) > 0
-        # the same rows per optimiser step, split across ranks; only the order of float sums differs
-        assert a == pytest.approx(b, rel=1e-4, abs=1e-5), name
+        # the same rows per optimiser step, split across ranks; only the order of float sums
+        # differs (measured: 1.4e-7 relative; 1.3e-3 with each rank's mean weighted equally)
+        assert a == pytest.approx(b, rel=1e-5, abs=1e-6), name
 
 
 # --- the pieces --------------------------------------------------------------------------------

@@ -32,13 +32,19 @@ MIXED_PRECISION = ("no", "bf16", "fp16")
 
 
 def check_mixed_precision(config: Any) -> None:
-    """``config.mixed_precision`` is one of ``MIXED_PRECISION``; a boolean false is read as
-    ``"no"``, which is what YAML 1.1 (Kedro's parser) makes of an unquoted ``no``. YAML 1.2
-    writers drop the quotes around "no" (``dvc exp run -S`` rewrites the file with one)."""
+    """``config.mixed_precision`` is None (accelerate's own setting: ``accelerate launch
+    --mixed_precision``, the launch's config file or ``ACCELERATE_MIXED_PRECISION``, else
+    ``no``) or one of ``MIXED_PRECISION``, which then overrides accelerate's. A boolean
+    false is read as ``"no"``, which is what YAML 1.1 (Kedro's parser) makes of an unquoted
+    ``no``; YAML 1.2 writers drop the quotes around "no" (``dvc exp run -S`` rewrites the
+    file with one)."""
     if config.mixed_precision is False:
         object.__setattr__(config, "mixed_precision", "no")  # frozen dataclasses too
-    if config.mixed_precision not in MIXED_PRECISION:
-        raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, got {config.mixed_precision!r}")
+    if config.mixed_precision is not None and config.mixed_precision not in MIXED_PRECISION:
+        raise ValueError(
+            f"mixed_precision must be null (accelerate's setting) or one of {MIXED_PRECISION}, "
+            f"got {config.mixed_precision!r}"
+        )
 
 
 P = ParamSpec("P")
@@ -69,15 +75,19 @@ def check_epoch_loop_settings(config: Any) -> None:
         raise ValueError("weight_decay must be >= 0, max_grad_norm > 0 and adam_beta2 in (0, 1)")
 
 
-def make_accelerator(mixed_precision: str = "no", grad_accum: int = 1, seed: int = 0, cpu: bool = False) -> Accelerator:
-    """An ``Accelerator`` for one stage, with python, numpy and torch seeded from ``seed``.
+def make_accelerator(
+    mixed_precision: str | None = None, grad_accum: int = 1, seed: int = 0, cpu: bool = False
+) -> Accelerator:
+    """An ``Accelerator`` for one stage, with python, numpy and torch seeded from ``seed``;
+    ``mixed_precision`` None leaves the precision to accelerate's configuration.
 
     Accelerate keeps its state process-wide, and one Kedro run trains several stages in
     one process; a stage asking for a different precision than the previous one starts
     from a fresh state instead of failing (the process group, if any, is kept).
     """
     state = AcceleratorState._shared_state
-    if state and (state.get("_mixed_precision") != mixed_precision or state.get("_cpu") != cpu):
+    asked = mixed_precision is not None and state.get("_mixed_precision") != mixed_precision
+    if state and (asked or state.get("_cpu") != cpu):
         AcceleratorState._reset_state()
     accelerator = Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum, cpu=cpu)
     set_seed(seed)

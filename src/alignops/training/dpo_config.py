@@ -79,8 +79,12 @@ class DPOConfig:
     seed: int = 0
     """Seeds the order of the pairs (and anything random in the model): same seed, same
     weights on CPU."""
-    mixed_precision: str = "no"
-    """``no`` on CPU; ``bf16`` on a GPU that has it (the log-prob math upcasts to float32)."""
+    mixed_precision: str | None = None
+    """None: whatever accelerate is configured with (``accelerate launch --mixed_precision``,
+    the stage's ``accelerate_config``, ``ACCELERATE_MIXED_PRECISION``; ``no`` when nothing
+    says otherwise, as on CPU). ``no``, ``bf16`` or ``fp16`` override it for this stage:
+    under bf16 weights stay float32 and the forward runs under autocast (log-prob math
+    upcasts to float32); fp16 adds a loss scaler."""
     num_processes: int = 1
     """Processes to train this stage in. Above 1 the node relaunches itself under
     ``torchrun`` (or ``accelerate launch`` with ``accelerate_config``) and returns rank 0's

@@ -43,6 +43,8 @@ from typing import Any, ParamSpec, TypeVar
 LAUNCHED_ENV = "ALIGNOPS_LAUNCHED"
 """Set in every launched rank: the node runs its loop in place instead of launching again."""
 SPEC_FILE, RANKS_FILE = "launch.json", "ranks.json"
+RUN_ID_ENV = "MLFLOW_RUN_ID"
+"""MLflow's own variable for the run to log to; rank 0's ``tracking.logger`` reads it."""
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -102,6 +104,14 @@ def launch_command(folder: Path, num_processes: int, accelerate_config: str | No
     ]
 
 
+def _run_id() -> str | None:
+    """The ``kedro run``'s MLflow run: the active one, or the one its hook exported."""
+    import mlflow
+
+    active = mlflow.active_run()
+    return active.info.run_id if active is not None else os.environ.get(RUN_ID_ENV) or None
+
+
 def _has_gpu() -> bool:
     import torch
 
@@ -113,8 +123,6 @@ def launch_environment(num_processes: int, accelerate_config: str | None = None)
     package on the path, and a fair share of the cores per rank (unless OMP_NUM_THREADS is set)."""
     import mlflow
 
-    from alignops.tracking.logger import RUN_ID_ENV, current_run_id
-
     package_root = str(Path(__file__).resolve().parents[2])  # the folder that holds `alignops`
     env = {
         **os.environ,
@@ -125,7 +133,7 @@ def launch_environment(num_processes: int, accelerate_config: str | None = None)
     }
     if not accelerate_config and not _has_gpu():
         env.setdefault("ACCELERATE_USE_CPU", "true")  # else Accelerator ignores torchrun's CPU ranks
-    run_id = current_run_id()
+    run_id = _run_id()
     if run_id:
         env[RUN_ID_ENV] = run_id
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // num_processes)))
@@ -145,7 +153,8 @@ def launch(node: Callable[..., R], arguments: dict[str, Any], params: Mapping[st
         }
         (folder / SPEC_FILE).write_text(json.dumps(spec, indent=2))
         command = launch_command(folder, num_processes, accelerate_config)
-        print(f"{stage}: launching {num_processes} processes: {' '.join(command)}", file=sys.stderr, flush=True)
+        how = f"{num_processes} processes" if num_processes > 1 else f"the processes {accelerate_config} asks for"
+        print(f"{stage}: launching {how}: {' '.join(command)}", file=sys.stderr, flush=True)
         code = _run_process_group(command, launch_environment(num_processes, accelerate_config))
         if code != 0:
             raise RuntimeError(
@@ -189,9 +198,7 @@ def _tag_run(stage: str, processes: str, ranks: Mapping[str, Any]) -> None:
     rank agreed on for each model it returned (``model_digest`` of the saved model matches)."""
     from mlflow.tracking import MlflowClient
 
-    from alignops.tracking.logger import current_run_id
-
-    run_id = current_run_id()
+    run_id = _run_id()
     if run_id is None:
         return
     client = MlflowClient()

@@ -112,8 +112,12 @@ class PPOConfig:
     seed: int = 0
     """Seeds the value head, prompt order, sampling and minibatch order: same seed, same
     weights on CPU."""
-    mixed_precision: str = "no"
-    """``no`` on CPU; ``bf16`` on a GPU works unchanged (weights stay float32)."""
+    mixed_precision: str | None = None
+    """None: whatever accelerate is configured with (``accelerate launch --mixed_precision``,
+    the stage's ``accelerate_config``, ``ACCELERATE_MIXED_PRECISION``; ``no`` when nothing
+    says otherwise, as on CPU). ``no``, ``bf16`` or ``fp16`` override it for this stage:
+    under bf16 weights stay float32 and the forward runs under autocast (log-prob math
+    upcasts to float32); fp16 adds a loss scaler."""
     num_processes: int = 1
     """Processes to train this stage in. Above 1 the node relaunches itself under
     ``torchrun`` (or ``accelerate launch`` with ``accelerate_config``) and returns rank 0's
