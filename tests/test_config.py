@@ -104,4 +104,7 @@ def test_unset_mixed_precision_is_accelerates_own_setting(monkeypatch):
     AcceleratorState._reset_state(reset_partial_state=True)
     assert make_accelerator(None, cpu=True).mixed_precision == "bf16"
     assert make_accelerator("no", cpu=True).mixed_precision == "no"
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION")
+    make_accelerator("bf16", cpu=True)  # one stage asks for bf16: the next, unset, does not inherit it
+    assert make_accelerator(None, cpu=True).mixed_precision == "no"
     AcceleratorState._reset_state(reset_partial_state=True)

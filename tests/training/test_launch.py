@@ -5,10 +5,16 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import signal
+import subprocess
+import tempfile
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
+import psutil
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -27,7 +33,7 @@ from alignops.training.launch import (
     wants_launch,
     write_value,
 )
-from tests.helpers import run_kedro
+from tests.helpers import KEDRO, run_kedro
 
 # stage: (the data/ snapshot it starts from, the model it saves, a metric it logs every logged step)
 STAGES = {
@@ -50,9 +56,13 @@ def _history(project: Path, stage: str) -> list[dict]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", sorted(STAGES))
-def test_a_stage_trains_in_two_ranks_that_agree_and_hands_back_one_model(stage, project_after):
+def test_a_stage_trains_in_two_ranks_that_agree_and_hands_back_one_model(stage, project_after, tmp_path,
+                                                                         monkeypatch):
     upstream, folder, metric = STAGES[stage]
     project = project_after(upstream)
+    handoff = tmp_path / "handoff"
+    handoff.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(handoff))
     run_kedro(project, env="test", pipeline_names=[stage], runtime_params={stage: {"num_processes": 2}})
 
     client, run = _last_run(project)
@@ -68,7 +78,7 @@ def test_a_stage_trains_in_two_ranks_that_agree_and_hands_back_one_model(stage, 
     steps = [point.step for point in client.get_metric_history(run.info.run_id, metric)]
     assert steps and len(steps) == len(set(steps))
     assert sorted(steps) == [row["step"] for row in _history(project, stage) if metric in row]
-    assert not list(Path(project).glob("alignops-*-launch-*"))
+    assert not list(handoff.iterdir())  # the hand-off folder is gone
 
 
 @pytest.mark.slow
@@ -119,7 +129,50 @@ def test_two_ranks_reach_the_loss_of_one_process_at_the_same_global_batch(projec
         assert a == pytest.approx(b, rel=1e-5, abs=1e-6), name
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_a_kedro_run_stopped_mid_launch_leaves_no_rank_behind(sig, project_after, tmp_path):
+    project = project_after("data_validation")
+    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "GX_ANALYTICS_ENABLED": "false", "OMP_NUM_THREADS": "1"}
+    with open(tmp_path / "run.log", "w") as log:
+        run = subprocess.Popen(
+            [str(KEDRO), "run", "--env", "test", "--pipelines", "sft",
+             "--params", "sft.num_processes=2,sft.max_steps=100000,sft.checkpoint_every=0"],
+            cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline, ranks = time.monotonic() + 180, []
+        while time.monotonic() < deadline and len(ranks) < 2:  # both ranks started (torchrun's children)
+            time.sleep(0.5)
+            family = psutil.Process(run.pid).children(recursive=True)
+            ranks = [p for p in family if _is_rank(p)]
+        assert len(ranks) == 2, (tmp_path / "run.log").read_text()[-3000:]
+        family = psutil.Process(run.pid).children(recursive=True)
+        os.kill(run.pid, sig)
+        run.wait(timeout=60)
+        gone, alive = psutil.wait_procs(family, timeout=60)
+        assert not alive, [p.cmdline() for p in alive]
+    finally:
+        if run.poll() is None:
+            run.kill()
+
+
+def _is_rank(process: psutil.Process) -> bool:
+    try:
+        command = process.cmdline()
+        return "alignops.training.launch" in command and "torch.distributed.run" not in command
+    except psutil.NoSuchProcess:
+        return False
+
+
 # --- the pieces --------------------------------------------------------------------------------
+
+
+def test_a_reward_model_that_is_not_trained_is_not_launched():
+    from alignops.training.reward_config import RewardConfig
+
+    with pytest.raises(ValueError, match="reward.train is false"):
+        RewardConfig(train=False, base="some/classifier", num_processes=2)
 
 
 def test_ranks_that_disagree_fail_the_stage():
@@ -147,6 +200,11 @@ def test_the_launcher_is_torchrun_without_a_config_and_accelerate_with_one(tmp_p
     command = launch_command(tmp_path, 1, str(config))
     assert Path(command[0]).name == "accelerate" and command[1:4] == ["launch", "--config_file", str(config)]
     assert "--num_processes" not in command  # the file's own count applies
+    for unsupported in ("distributed_type: FSDP\n", "distributed_type: DEEPSPEED\n",
+                        "distributed_type: MULTI_GPU\nnum_machines: 2\n"):
+        config.write_text(unsupported)
+        with pytest.raises(ValueError, match="ddp.yaml: distributed_type .* not supported yet"):
+            launch_command(tmp_path, 2, str(config))
 
 
 def test_values_cross_the_process_boundary_intact(tmp_path, sft_model, tokenizer):

@@ -8,6 +8,7 @@ import functools
 import gc
 import json
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -85,9 +86,11 @@ def make_accelerator(
     one process; a stage asking for a different precision than the previous one starts
     from a fresh state instead of failing (the process group, if any, is kept).
     """
+    # None is accelerate's setting, resolved here as accelerate would, so that a stage left
+    # unset does not inherit the precision an earlier stage of this process asked for
+    mixed_precision = mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
     state = AcceleratorState._shared_state
-    asked = mixed_precision is not None and state.get("_mixed_precision") != mixed_precision
-    if state and (asked or state.get("_cpu") != cpu):
+    if state and (state.get("_mixed_precision") != mixed_precision or state.get("_cpu") != cpu):
         AcceleratorState._reset_state()
     accelerator = Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum, cpu=cpu)
     set_seed(seed)

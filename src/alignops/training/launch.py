@@ -36,6 +36,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -93,8 +94,7 @@ def launch_command(folder: Path, num_processes: int, accelerate_config: str | No
     worker = ["-m", __name__, str(folder)]
     if accelerate_config:
         config = Path(accelerate_config)
-        if not config.is_file():
-            raise FileNotFoundError(f"accelerate_config {accelerate_config!r} is not a file (from {Path.cwd()})")
+        check_accelerate_config(config)
         accelerate = Path(sys.executable).with_name("accelerate")
         processes = ["--num_processes", str(num_processes)] if num_processes > 1 else []
         return [str(accelerate), "launch", "--config_file", str(config), *processes, *worker]
@@ -116,6 +116,42 @@ def _has_gpu() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+SUPPORTED_DISTRIBUTED_TYPES = ("NO", "MULTI_GPU", "MULTI_CPU")
+"""What the hand-off supports: data parallel on one machine. FSDP and DeepSpeed ZeRO-3 keep
+shards of the weights on each rank (the hand-off needs the full state on rank 0), DeepSpeed
+needs the batch size of loops that prepare no loader, and several machines do not share the
+hand-off folder."""
+
+
+def read_accelerate_config(config: Path) -> dict[str, Any]:
+    """An accelerate config file as a dict (its YAML), or FileNotFoundError naming it."""
+    import yaml
+
+    if not config.is_file():
+        raise FileNotFoundError(f"accelerate_config {str(config)!r} is not a file (from {Path.cwd()})")
+    return yaml.safe_load(config.read_text()) or {}
+
+
+def check_accelerate_config(config: Path) -> None:
+    """ValueError naming the file when it asks for what the launcher does not support yet."""
+    settings = read_accelerate_config(config)
+    kind = str(settings.get("distributed_type", "NO"))
+    machines = int(settings.get("num_machines", 1) or 1)
+    if kind not in SUPPORTED_DISTRIBUTED_TYPES or machines > 1:
+        raise ValueError(
+            f"{config}: distributed_type {kind} on {machines} machine(s) is not supported yet; "
+            f"a stage launches {' / '.join(SUPPORTED_DISTRIBUTED_TYPES)} on one machine"
+        )
+
+
+def launch_processes(num_processes: int, accelerate_config: str | None) -> int:
+    """How many ranks a launch starts: the stage's ``num_processes`` when above 1, else the
+    config file's own count."""
+    if num_processes > 1 or not accelerate_config:
+        return num_processes
+    return int(read_accelerate_config(Path(accelerate_config)).get("num_processes", 1) or 1)
 
 
 def launch_environment(num_processes: int, accelerate_config: str | None = None) -> dict[str, str]:
@@ -142,8 +178,8 @@ def launch_environment(num_processes: int, accelerate_config: str | None = None)
 
 def launch(node: Callable[..., R], arguments: dict[str, Any], params: Mapping[str, Any]) -> R:
     """Run ``node(**arguments)`` in the processes ``params`` asks for; rank 0's result."""
-    num_processes = int(params.get("num_processes") or 1)
     accelerate_config = params.get("accelerate_config")
+    num_processes = launch_processes(int(params.get("num_processes") or 1), accelerate_config)
     stage = node.__module__.split(".")[-2] if node.__module__.count(".") >= 2 else node.__name__
     folder = Path(tempfile.mkdtemp(prefix=f"alignops-{stage}-launch-"))
     try:
@@ -153,8 +189,7 @@ def launch(node: Callable[..., R], arguments: dict[str, Any], params: Mapping[st
         }
         (folder / SPEC_FILE).write_text(json.dumps(spec, indent=2))
         command = launch_command(folder, num_processes, accelerate_config)
-        how = f"{num_processes} processes" if num_processes > 1 else f"the processes {accelerate_config} asks for"
-        print(f"{stage}: launching {how}: {' '.join(command)}", file=sys.stderr, flush=True)
+        print(f"{stage}: launching {num_processes} process(es): {' '.join(command)}", file=sys.stderr, flush=True)
         code = _run_process_group(command, launch_environment(num_processes, accelerate_config))
         if code != 0:
             raise RuntimeError(
@@ -169,15 +204,52 @@ def launch(node: Callable[..., R], arguments: dict[str, Any], params: Mapping[st
         shutil.rmtree(folder, ignore_errors=True)
 
 
+class LaunchInterrupted(KeyboardInterrupt):
+    """This process got SIGTERM or SIGHUP while its ranks ran."""
+
+
+def _raise_interrupted(signum: int, frame: Any) -> None:
+    raise LaunchInterrupted(f"stopped by {signal.Signals(signum).name}")
+
+
+DIE_WITH_PARENT = (
+    "import ctypes, os, signal, sys\n"
+    "try:\n"
+    "    ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG\n"
+    "except (OSError, AttributeError):\n"
+    "    pass\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    sys.exit('the kedro run that launched this stage is gone')\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
+"""Run before the launcher, in its own process: SIGTERM when the ``kedro run`` dies, even by
+SIGKILL (Linux; kept across exec); torchrun and accelerate pass a SIGTERM on to their ranks.
+A shim rather than ``preexec_fn``, which is unsafe in a process with threads."""
+
+
 def _run_process_group(command: list[str], env: dict[str, str]) -> int:
-    """Run ``command`` in a process group of its own; on any interruption of this process
-    (Ctrl-C, SIGTERM turned into an exception, an error), stop the whole group first."""
-    process = subprocess.Popen(command, env=env, start_new_session=True)
+    """Run ``command`` in a process group of its own. Ctrl-C, SIGTERM or SIGHUP to this
+    process, or an error while waiting, stops the whole group first; a SIGKILL of this
+    process reaches the launcher as SIGTERM. Whatever is left of the group once the
+    launcher has exited is killed."""
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = {}
+    if on_main_thread:
+        previous = {sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    shim = [sys.executable, "-c", DIE_WITH_PARENT, str(os.getpid())]
+    process = subprocess.Popen([*shim, *command], env=env, start_new_session=True)
     try:
         return process.wait()
     except BaseException:
         _stop_group(process)
         raise
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        try:
+            os.killpg(process.pid, signal.SIGKILL)  # stragglers of a launcher that has exited
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def _stop_group(process: subprocess.Popen) -> None:

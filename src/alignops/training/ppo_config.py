@@ -123,8 +123,9 @@ class PPOConfig:
     ``torchrun`` (or ``accelerate launch`` with ``accelerate_config``) and returns rank 0's
     result (``alignops.training.launch``); batch sizes are per process."""
     accelerate_config: str | None = None
-    """An accelerate config file (``conf/accelerate/``: multi-GPU DDP, DeepSpeed ZeRO,
-    FSDP, several nodes): the stage runs under ``accelerate launch --config_file``."""
+    """An accelerate config file (``conf/accelerate/``: one GPU, multi-GPU DDP): the stage
+    runs under ``accelerate launch --config_file``. FSDP, DeepSpeed and several machines are
+    refused for now (``alignops.training.launch.SUPPORTED_DISTRIBUTED_TYPES``)."""
 
     def __post_init__(self) -> None:
         sizes = (self.steps, self.rollout_batch_size, self.minibatch_size, self.ppo_epochs, self.max_new_tokens)

@@ -87,8 +87,9 @@ class RewardConfig:
     ``torchrun`` (or ``accelerate launch`` with ``accelerate_config``) and returns rank 0's
     result (``alignops.training.launch``); batch sizes are per process."""
     accelerate_config: str | None = None
-    """An accelerate config file (``conf/accelerate/``: multi-GPU DDP, DeepSpeed ZeRO,
-    FSDP, several nodes): the stage runs under ``accelerate launch --config_file``."""
+    """An accelerate config file (``conf/accelerate/``: one GPU, multi-GPU DDP): the stage
+    runs under ``accelerate launch --config_file``. FSDP, DeepSpeed and several machines are
+    refused for now (``alignops.training.launch.SUPPORTED_DISTRIBUTED_TYPES``)."""
     norm_samples: int = 128
     """SFT-policy samples (on training prompts) whose raw rewards set the normalisation to
     mean 0 / std 1 (Ziegler et al. 2019; lm-human-preferences). 128 pins the std to ~6%
@@ -113,6 +114,9 @@ class RewardConfig:
             raise ValueError(f"margin_scale must be >= 0, got {self.margin_scale}")
         check_mixed_precision(self)
         check_launch_settings(self)
+        if not self.train and (self.num_processes > 1 or self.accelerate_config):
+            raise ValueError("reward.train is false: a trained reward model is only normalised, in one process; "
+                             "set num_processes: 1 and accelerate_config: null")
         if self.norm_samples < 0 or min(self.norm_max_new_tokens, self.norm_batch_size) < 1:
             raise ValueError("norm_samples must be >= 0, norm_max_new_tokens and norm_batch_size >= 1")
         if self.norm_samples == 1:

@@ -79,8 +79,9 @@ class SFTConfig:
     ``torchrun`` (or ``accelerate launch`` with ``accelerate_config``) and returns rank 0's
     result (``alignops.training.launch``); batch sizes are per process."""
     accelerate_config: str | None = None
-    """An accelerate config file (``conf/accelerate/``: multi-GPU DDP, DeepSpeed ZeRO,
-    FSDP, several nodes): the stage runs under ``accelerate launch --config_file``."""
+    """An accelerate config file (``conf/accelerate/``: one GPU, multi-GPU DDP): the stage
+    runs under ``accelerate launch --config_file``. FSDP, DeepSpeed and several machines are
+    refused for now (``alignops.training.launch.SUPPORTED_DISTRIBUTED_TYPES``)."""
 
     def __post_init__(self) -> None:
         check_epoch_loop_settings(self)
