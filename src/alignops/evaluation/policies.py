@@ -107,7 +107,7 @@ def sampled_logprobs(
         ids = samples.response_ids[rows].to(device)  # (b, R)
         mask = samples.response_mask[rows].to(device)
         query_ids, query_mask = samples.query_ids[rows].to(device), samples.query_mask[rows].to(device)
-        logits = response_logits(model, query_ids, query_mask, ids, mask) / temperature  # (b, R, V)
+        logits = response_logits(model, query_ids, query_mask, ids, mask).float() / temperature  # (b, R, V), float32
         chunks.append(torch.where(mask.bool(), selective_log_softmax(logits, ids), 0.0).cpu())
     model.train(was_training)
     return torch.cat(chunks)

@@ -136,8 +136,8 @@ def _rollout_forward(
     for rows in widths[:, 1].argsort(descending=True).split(chunk):
         trimmed, w = _trim(rollout, rows, widths)
         logits, values = policy(**trimmed)  # (b, w, V), (b, w)
-        logits = logits / temperature
-        ref_logits = response_forward(reference, **trimmed)[0] / temperature
+        logits = logits.float() / temperature  # upcast first: bf16 logits / T would round twice
+        ref_logits = response_forward(reference, **trimmed)[0].float() / temperature
         pieces = (
             selective_log_softmax(logits, trimmed["response_ids"]),
             selective_log_softmax(ref_logits, trimmed["response_ids"]),
@@ -244,7 +244,7 @@ def train_ppo(
                 trimmed, w = _trim(rollout, rows, widths)
                 rows = rows.to(device)
                 logits, vpred = policy(**trimmed)  # (b, w, V), (b, w)
-                new_logprobs = selective_log_softmax(logits / generation.temperature, trimmed["response_ids"])
+                new_logprobs = selective_log_softmax(logits.float() / generation.temperature, trimmed["response_ids"])
                 rows_mask = mask[rows, :w]
                 pg_loss, pg_stats = ppo_clip_loss(
                     new_logprobs, logprobs[rows, :w], advantages[rows, :w], rows_mask, config.cliprange
