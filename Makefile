@@ -29,11 +29,12 @@ setup: $(VENV)/.installed
 
 ## The main job: the whole default DAG on the embedded world. Kedro's ParallelRunner
 ## runs DPO beside reward model -> PPO (both need only the SFT model), one process per
-## core with one torch thread each: a second thread buys a training loop this small
-## only ~20%, a second process nearly 100%. `kedro run` alone runs it sequentially.
+## core; each node's torch threads are the cores it shares with the compute nodes the DAG
+## lets run beside it (alignops.pipelines.threads): SFT and evaluation use every core, the
+## parallel branch one each. OMP_NUM_THREADS, when set, wins. `kedro run` alone is sequential.
 RUNNER ?= ParallelRunner
 run: setup
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/kedro run --runner $(RUNNER)
+	$(BIN)/kedro run --runner $(RUNNER)
 
 ## The same DAG through DVC: one `kedro run --pipelines <stage>` per stage of dvc.yaml, rerunning
 ## only the stages whose data, code or parameters changed since dvc.lock (DVC_ARGS, e.g. "-s ppo").

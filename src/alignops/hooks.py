@@ -45,6 +45,8 @@ from mlflow.tracking import MlflowClient
 
 from alignops.parameters import check_parameters, parameter_blocks
 from alignops.pipeline_registry import use_sources  # imports no stage: each is built when a run asks for it
+from alignops.pipelines.threads import THREADS_ENV, planned_threads, thread_plan
+from alignops.pipelines.threads import encode as encode_threads
 from alignops.tracking import lineage, repro
 from alignops.tracking.logger import RUN_ID_ENV, is_main_process
 from alignops.tracking.registry import DATA_TAG_PREFIX
@@ -148,6 +150,10 @@ class AlignopsMlflowHook(MlflowHook):
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Pipeline, catalog: DataCatalog) -> None:
         _check_parameters(pipeline, catalog)
+        runner = re.sub(r"^<([\w.]+) object at 0x[0-9a-f]+>$", r"\1", str(run_params.get("runner") or ""))
+        if runner.endswith("ParallelRunner") and "OMP_NUM_THREADS" not in os.environ:
+            # each worker's torch threads follow the DAG (alignops.pipelines.threads)
+            self._export({THREADS_ENV: encode_threads(thread_plan(pipeline, os.cpu_count() or 1))})
         if not is_main_process():
             # Under a distributed launch every rank runs Kedro; only rank 0 opens a run.
             self._is_mlflow_enabled = False
@@ -165,7 +171,6 @@ class AlignopsMlflowHook(MlflowHook):
         super().before_pipeline_run(run_params, pipeline, catalog)
         if self.run_id is None:
             return
-        runner = re.sub(r"^<([\w.]+) object at 0x[0-9a-f]+>$", r"\1", str(run_params.get("runner") or ""))
         mlflow.set_tags(
             {
                 "runner": runner,  # kedro-mlflow tags the object's repr, with its address
@@ -183,6 +188,17 @@ class AlignopsMlflowHook(MlflowHook):
             "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(),
             "MLFLOW_REGISTRY_URI": mlflow.get_registry_uri(),
         })
+
+    @hook_impl
+    def before_node_run(self, node: Node, catalog: DataCatalog, inputs: dict[str, Any], is_async: bool) -> None:
+        """kedro-mlflow's (re-enter the run), then a ParallelRunner worker takes the torch
+        threads the DAG gives this node."""
+        super().before_node_run(node, catalog, inputs, is_async)
+        threads = planned_threads(node.name)
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
 
     @hook_impl
     def after_dataset_loaded(self, dataset_name: str, data: Any, node: Node) -> None:

@@ -2,6 +2,8 @@
 
 from kedro.pipeline import Pipeline, node
 
+from alignops.pipelines.threads import COMPUTE_TAG
+
 from .nodes import plot_curves, train
 
 
@@ -23,6 +25,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ],
                 outputs=["audit_judge", "audit_judge_history"],
                 name="train_audit_judge",
+                tags=[COMPUTE_TAG],
             ),
             node(
                 plot_curves,

@@ -3,6 +3,7 @@
 from kedro.pipeline import Pipeline, node
 
 from alignops.evaluation.curves import plot_dpo_curves
+from alignops.pipelines.threads import COMPUTE_TAG
 
 from .nodes import train
 
@@ -23,6 +24,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ],
                 outputs=["dpo_model", "dpo_history"],
                 name="train_dpo",
+                tags=[COMPUTE_TAG],
             ),
             node(
                 plot_dpo_curves,

@@ -2,6 +2,8 @@
 
 from kedro.pipeline import Pipeline, node
 
+from alignops.pipelines.threads import COMPUTE_TAG
+
 from .nodes import evaluate_with_audit_judge, evaluate_with_gold_judge
 
 
@@ -28,6 +30,7 @@ def create_pipeline(gold_judge: bool = True) -> Pipeline:
                 ],
                 outputs=["evaluation_summary", "evaluation_samples", "evaluation_plot"],
                 name="evaluate_policies",
+                tags=[COMPUTE_TAG],
             )
         ]
     )

@@ -3,6 +3,7 @@
 from kedro.pipeline import Pipeline, node
 
 from alignops.evaluation.curves import plot_ppo_curves
+from alignops.pipelines.threads import COMPUTE_TAG
 
 from .nodes import collect_prompts, train
 
@@ -30,6 +31,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ],
                 outputs=["ppo_model", "ppo_history", "ppo_samples"],
                 name="train_ppo",
+                tags=[COMPUTE_TAG],
             ),
             node(
                 plot_ppo_curves,

@@ -2,6 +2,8 @@
 
 from kedro.pipeline import Pipeline, node
 
+from alignops.pipelines.threads import COMPUTE_TAG
+
 from .nodes import log_evaluation, register_models, register_models_with_audit_judge
 
 
@@ -45,6 +47,7 @@ def create_pipeline(gold_judge: bool = True, **kwargs) -> Pipeline:
                 ],
                 outputs="registry_decision",
                 name="register_models",
+                tags=[COMPUTE_TAG],
             ),
         ]
     )

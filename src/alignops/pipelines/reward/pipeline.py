@@ -3,6 +3,7 @@
 from kedro.pipeline import Pipeline, node
 
 from alignops.evaluation.curves import plot_reward_curves
+from alignops.pipelines.threads import COMPUTE_TAG
 
 from .nodes import train
 
@@ -24,6 +25,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ],
                 outputs=["reward_model", "reward_history"],
                 name="train_reward",
+                tags=[COMPUTE_TAG],
             ),
             node(
                 plot_reward_curves,

@@ -3,6 +3,7 @@
 from kedro.pipeline import Pipeline, node
 
 from alignops.evaluation.curves import plot_sft_curves
+from alignops.pipelines.threads import COMPUTE_TAG
 
 from .nodes import make_tokenizer, train
 
@@ -21,6 +22,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 inputs=["sft_demonstrations", "tokenizer", "params:model", "params:sft", "sft_checkpoints"],
                 outputs=["sft_model", "sft_history"],
                 name="train_sft",
+                tags=[COMPUTE_TAG],
             ),
             node(
                 plot_sft_curves,
