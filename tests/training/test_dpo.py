@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 
@@ -269,3 +270,15 @@ def test_checkpoints_and_no_heldout(sft_model, tokenizer, tmp_path):
 def test_empty_training_set_fails_loudly(sft_model, tokenizer):
     with pytest.raises(ValueError, match="no training pairs"):
         train_dpo(sft_model, tokenizer, PreferencePairs([], [], []), None, MODEL, TINY, MetricHistory())
+
+
+def test_gradient_checkpointing_changes_memory_not_results(sft_model, tokenizer):
+    plain_policy, plain = run(copy.deepcopy(sft_model), tokenizer)
+    config = dataclasses.replace(TINY, gradient_checkpointing=True)
+    policy, checkpointed = run(copy.deepcopy(sft_model), tokenizer, config)
+    assert policy.is_gradient_checkpointing and not sft_model.is_gradient_checkpointing
+    assert [r["loss/dpo"] for r in training_rows(checkpointed)] == pytest.approx(
+        [r["loss/dpo"] for r in training_rows(plain)]
+    )
+    for (name, a), b in zip(plain_policy.named_parameters(), policy.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6), name

@@ -236,3 +236,13 @@ def test_a_classifier_with_more_than_one_output_is_refused(tokenizer, tmp_path):
         pretrained_reward_model(str(path), MODEL)
     with pytest.raises(ValueError, match="reward.base"):
         RewardConfig(train=False)
+
+
+def test_gradient_checkpointing_changes_memory_not_results(sft_model, tokenizer):
+    plain, plain_history = _train(sft_model, tokenizer)
+    checkpointed, history = _train(sft_model, tokenizer, dataclasses.replace(TINY, gradient_checkpointing=True))
+    assert checkpointed.model.is_gradient_checkpointing
+    rows = [r["loss/reward"] for r in history.rows if "loss/reward" in r]
+    assert rows == pytest.approx([r["loss/reward"] for r in plain_history.rows if "loss/reward" in r])
+    for (name, a), b in zip(plain.model.named_parameters(), checkpointed.model.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6), name

@@ -164,6 +164,18 @@ def test_same_seed_gives_identical_weights_and_another_seed_does_not(tokenizer):
     assert not all(torch.equal(first[n], other[n]) for n in first)
 
 
+def test_gradient_checkpointing_changes_memory_not_results(tokenizer):
+    """Recomputing activations in the backward pass gives the same losses and weights."""
+    plain = MetricHistory()
+    first = _weights(_train(tokenizer, log=plain))
+    checkpointed = MetricHistory()
+    model = _train(tokenizer, dataclasses.replace(QUICK, gradient_checkpointing=True), checkpointed)
+    assert model.is_gradient_checkpointing
+    assert [r.get("loss/sft") for r in checkpointed.rows] == pytest.approx([r.get("loss/sft") for r in plain.rows])
+    second = _weights(model)
+    assert all(torch.allclose(first[n], second[n], atol=1e-6) for n in first)
+
+
 def test_bf16_autocast_runs_unchanged(tokenizer):
     history = MetricHistory()
     model = _train(tokenizer, dataclasses.replace(QUICK, mixed_precision="bf16", max_steps=2), history)

@@ -97,6 +97,14 @@ def make_accelerator(
     return accelerator
 
 
+def enable_gradient_checkpointing(model: torch.nn.Module, enabled: bool) -> None:
+    """transformers' gradient checkpointing (non-reentrant), when ``enabled``: each layer's
+    activations are recomputed in the backward pass instead of kept. It engages in train
+    mode only (sampling and evaluation are unaffected) and is not saved with the model."""
+    if enabled:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def lr_multiplier(step: int, warmup_steps: int, total_steps: int, schedule: str = "cosine") -> float:
     """Factor on the peak learning rate after ``step`` optimiser steps.
 

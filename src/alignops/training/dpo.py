@@ -29,7 +29,15 @@ from alignops.models.chat import Renderer
 from alignops.models.collate import Batch, select_rows
 from alignops.models.config import ModelConfig
 from alignops.training.batching import GroupedBatches
-from alignops.training.common import LogFn, Stats, make_accelerator, make_optimizer, shard_batches, train_epochs
+from alignops.training.common import (
+    LogFn,
+    Stats,
+    enable_gradient_checkpointing,
+    make_accelerator,
+    make_optimizer,
+    shard_batches,
+    train_epochs,
+)
 from alignops.training.dpo_config import DPOConfig
 
 MODEL_INPUTS = ("input_ids", "attention_mask")
@@ -238,6 +246,7 @@ def train_dpo(
     # model is ever held. ``sft_model`` itself is left untouched.
     policy = copy.deepcopy(sft_model)
     _disable_dropout(policy)
+    enable_gradient_checkpointing(policy, config.gradient_checkpointing)
     optimizer = make_optimizer(policy, config)
     policy, optimizer = accelerator.prepare(policy, optimizer)  # forward under the run's precision
     train_rows = tokenize_pairs(tokenizer, train_pairs, model_config)  # 2N rows

@@ -31,7 +31,15 @@ from alignops.models.loading import load_model
 from alignops.models.reward import RewardModel, build_reward_backbone, sequence_rewards
 from alignops.models.tokenizer import ensure_pad_token, load_tokenizer, resize_for_tokenizer
 from alignops.training.batching import GroupedBatches
-from alignops.training.common import LogFn, Stats, make_accelerator, make_optimizer, shard_batches, train_epochs
+from alignops.training.common import (
+    LogFn,
+    Stats,
+    enable_gradient_checkpointing,
+    make_accelerator,
+    make_optimizer,
+    shard_batches,
+    train_epochs,
+)
 from alignops.training.reward_config import RewardConfig
 
 __all__ = [
@@ -172,6 +180,7 @@ def train_reward_model(
             collate_fn=partial(collate_pairs, heldout),
         )
 
+    enable_gradient_checkpointing(model, config.gradient_checkpointing)
     optimizer = make_optimizer(model, config)
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
 

@@ -22,7 +22,15 @@ from alignops.models.collate import Batch, select_rows
 from alignops.models.config import ModelConfig
 from alignops.models.loading import build_causal_lm
 from alignops.models.packing import pack_sequences
-from alignops.training.common import LogFn, Stats, make_accelerator, make_optimizer, shard_batches, train_epochs
+from alignops.training.common import (
+    LogFn,
+    Stats,
+    enable_gradient_checkpointing,
+    make_accelerator,
+    make_optimizer,
+    shard_batches,
+    train_epochs,
+)
 from alignops.training.sft_config import SFTConfig
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")
@@ -77,6 +85,7 @@ def train_sft(
     """
     accelerator = make_accelerator(config.mixed_precision, config.grad_accum, config.seed)
     model = build_causal_lm(model_config, tokenizer)  # after seeding: same seed, same init
+    enable_gradient_checkpointing(model, config.gradient_checkpointing)
 
     # Data: tokenise everything once; hold out a seeded split; pack the training rows.
     data = Renderer.for_model(model_config, tokenizer).tokenize(
