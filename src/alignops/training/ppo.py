@@ -39,6 +39,7 @@ from alignops.training.common import (
     LogFn,
     check_finite,
     gc_frozen,
+    global_mean,
     make_accelerator,
     make_scheduler,
     progress_bar,
@@ -252,9 +253,9 @@ def train_ppo(
                 vf_loss, vf_stats = value_loss_clipped(
                     vpred, values[rows, :w], returns[rows, :w], rows_mask, config.cliprange_value
                 )
-                loss = pg_loss + config.vf_coef * vf_loss
+                loss = pg_loss + config.vf_coef * vf_loss  # token means over this rank's minibatch
                 check_finite(loss, "ppo", step)
-                accelerator.backward(loss)
+                accelerator.backward(global_mean(loss, rows_mask.sum().float(), accelerator))
                 grad_norm = accelerator.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
