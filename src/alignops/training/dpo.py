@@ -13,9 +13,11 @@ once and little of it is padding.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -39,6 +41,7 @@ from alignops.training.common import (
     train_epochs,
 )
 from alignops.training.dpo_config import DPOConfig
+from alignops.training.lora import ADAPTER_FOLDER, add_adapters, lora_config, merged
 
 MODEL_INPUTS = ("input_ids", "attention_mask")
 # dpo_loss's stats, plus the policy's own log-probs: both falling is DPO's known drift
@@ -163,6 +166,13 @@ def _pair_loader(rows: Batch, ref_logps: torch.Tensor, batches: Iterable[list[in
     return DataLoader(range(n_pairs), batch_sampler=batches, collate_fn=collate)
 
 
+def _as_reference(model: torch.nn.Module) -> contextlib.AbstractContextManager:
+    """The reference: with LoRA, the model with its adapters disabled; else the model as it is
+    (before its first update the policy is the reference)."""
+    disable = getattr(model, "disable_adapter", None)
+    return disable() if disable is not None else contextlib.nullcontext()
+
+
 def _disable_dropout(model: torch.nn.Module) -> None:
     """Dropout would make π differ from π_ref before any update and add noise to every margin (TRL does the same)."""
     for module in model.modules():
@@ -247,20 +257,25 @@ def train_dpo(
     policy = copy.deepcopy(sft_model)
     _disable_dropout(policy)
     enable_gradient_checkpointing(policy, config.gradient_checkpointing)
+    adapters = lora_config(config.lora)
+    if adapters is not None:
+        policy = add_adapters(policy, adapters)  # only the adapters train
     optimizer = make_optimizer(policy, config)
     policy, optimizer = accelerator.prepare(policy, optimizer)  # forward under the run's precision
     train_rows = tokenize_pairs(tokenizer, train_pairs, model_config)  # 2N rows
-    ref_train = reference_logprobs(policy, train_rows, 2 * config.ref_batch_size, average, accelerator.device)
+    with _as_reference(accelerator.unwrap_model(policy)):
+        ref_train = reference_logprobs(policy, train_rows, 2 * config.ref_batch_size, average, accelerator.device)
     train_batches = pair_batches(train_rows, config.batch_size, config.seed)  # reshuffled every epoch
     train_loader = accelerator.prepare(_pair_loader(train_rows, ref_train, train_batches))
     eval_loader = None
     if heldout_pairs is not None and len(heldout_pairs.prompts):
         eval_rows = tokenize_pairs(tokenizer, heldout_pairs, model_config)
-        ref_eval = reference_logprobs(policy, eval_rows, 2 * config.ref_batch_size, average, accelerator.device)
+        with _as_reference(accelerator.unwrap_model(policy)):
+            ref_eval = reference_logprobs(policy, eval_rows, 2 * config.ref_batch_size, average, accelerator.device)
         eval_batches = list(pair_batches(eval_rows, config.eval_batch_size, config.seed))  # fixed
         eval_loader = _pair_loader(eval_rows, ref_eval, eval_batches)  # sharded by evaluate_dpo
     log({"dpo/reference_s": time.perf_counter() - started}, 0)
-    return train_epochs(
+    trained = train_epochs(
         accelerator,
         policy,
         optimizer,
@@ -277,3 +292,5 @@ def train_dpo(
         checkpoint_dir=checkpoint_dir,
         extra_metrics=lambda: {"dpo/elapsed_s": time.perf_counter() - started},
     )
+    adapter_dir = Path(checkpoint_dir) / ADAPTER_FOLDER if checkpoint_dir and adapters is not None else None
+    return merged(trained, adapter_dir, accelerator.is_main_process)

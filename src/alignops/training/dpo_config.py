@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from alignops.core.losses import DPO_LOSSES
 from alignops.training.common import check_epoch_loop_settings, check_mixed_precision
 from alignops.training.launch import check_launch_settings
+from alignops.training.lora import lora_config
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,10 @@ class DPOConfig:
     """Recompute each layer's activations in the backward pass instead of keeping them
     (transformers' non-reentrant checkpointing): activation memory stops growing with
     depth for about a third more compute. Same losses and weights as without."""
+    lora: dict | None = None
+    """LoRA adapters instead of a full fine-tune, e.g. ``{r: 16, alpha: 32}`` (fields of
+    ``alignops.training.lora.LoRAConfig``); null trains every weight. The stage returns
+    the merged model and saves the adapters to ``<checkpoints>/lora_adapter``."""
 
     def __post_init__(self) -> None:
         if self.loss_type not in DPO_LOSSES:
@@ -115,6 +120,7 @@ class DPOConfig:
             raise ValueError("batch sizes, grad_accum, eval_every and log_every must be >= 1")
         check_mixed_precision(self)
         check_launch_settings(self)
+        lora_config(self.lora)  # a misspelt or impossible adapter setting fails here
 
     @property
     def average_logprobs(self) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from accelerate import Accelerator
@@ -31,6 +32,7 @@ from alignops.training.common import (
     shard_batches,
     train_epochs,
 )
+from alignops.training.lora import ADAPTER_FOLDER, add_adapters, lora_config, merged
 from alignops.training.sft_config import SFTConfig
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")
@@ -86,6 +88,9 @@ def train_sft(
     accelerator = make_accelerator(config.mixed_precision, config.grad_accum, config.seed)
     model = build_causal_lm(model_config, tokenizer)  # after seeding: same seed, same init
     enable_gradient_checkpointing(model, config.gradient_checkpointing)
+    adapters = lora_config(config.lora)
+    if adapters is not None:
+        model = add_adapters(model, adapters)  # only the adapters train
 
     # Data: tokenise everything once; hold out a seeded split; pack the training rows.
     data = Renderer.for_model(model_config, tokenizer).tokenize(
@@ -111,7 +116,7 @@ def train_sft(
         loss, stats = sft_loss(logits, batch["input_ids"], batch["completion_mask"])
         return loss, {"loss/sft": stats["loss"], "tokens": stats["tokens"]}
 
-    return train_epochs(
+    trained = train_epochs(
         accelerator,
         model,
         optimizer,
@@ -127,3 +132,5 @@ def train_sft(
         evaluate=(lambda: evaluate_sft(model, eval_loader, accelerator)) if n_eval else None,
         checkpoint_dir=checkpoint_dir,
     )
+    adapter_dir = Path(checkpoint_dir) / ADAPTER_FOLDER if checkpoint_dir and adapters is not None else None
+    return merged(trained, adapter_dir, accelerator.is_main_process)

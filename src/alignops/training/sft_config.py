@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from alignops.training.common import check_epoch_loop_settings, check_mixed_precision
 from alignops.training.launch import check_launch_settings
+from alignops.training.lora import lora_config
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,10 @@ class SFTConfig:
     """Recompute each layer's activations in the backward pass instead of keeping them
     (transformers' non-reentrant checkpointing): activation memory stops growing with
     depth for about a third more compute. Same losses and weights as without."""
+    lora: dict | None = None
+    """LoRA adapters instead of a full fine-tune, e.g. ``{r: 16, alpha: 32}`` (fields of
+    ``alignops.training.lora.LoRAConfig``); null trains every weight. The stage returns
+    the merged model and saves the adapters to ``<checkpoints>/lora_adapter``."""
 
     def __post_init__(self) -> None:
         check_epoch_loop_settings(self)
@@ -95,3 +100,4 @@ class SFTConfig:
             raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
         check_mixed_precision(self)
         check_launch_settings(self)
+        lora_config(self.lora)  # a misspelt or impossible adapter setting fails here
