@@ -24,6 +24,7 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from alignops.models.chat import Renderer
 from alignops.models.config import ModelConfig
+from alignops.models.scoring import keeps_logits
 
 
 @dataclass(frozen=True)
@@ -173,7 +174,7 @@ def decode(
         position_ids=positions,
         past_key_values=cache,
         use_cache=True,
-        logits_to_keep=1,
+        **({"logits_to_keep": 1} if keeps_logits(type(model)) else {}),  # a model without it returns all
     ).logits[:, -1]  # (B, V)
     position = positions[:, -1:]  # (B, 1)
     tokens = input_ids.new_full((batch, max_new_tokens), pad_token_id)

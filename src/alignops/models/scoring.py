@@ -24,7 +24,7 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 @cache
-def _keeps_logits(model_class: type) -> bool:
+def keeps_logits(model_class: type) -> bool:
     """Whether ``model_class.forward`` takes ``logits_to_keep`` (most causal LMs in transformers 5)."""
     return "logits_to_keep" in inspect.signature(model_class.forward).parameters
 
@@ -45,7 +45,7 @@ def response_logits(
     input_ids = torch.cat([query_ids, response_ids], dim=1)  # (B, P + R)
     attention_mask = torch.cat([query_mask, response_mask], dim=1)
     width = response_ids.shape[1]
-    keep = {"logits_to_keep": width + 1} if _keeps_logits(type(model)) else {}
+    keep = {"logits_to_keep": width + 1} if keeps_logits(type(model)) else {}
     logits = model(
         input_ids=input_ids,
         attention_mask=attention_mask,

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from alignops.models.scoring import position_ids_from_mask
+from alignops.models.scoring import keeps_logits, position_ids_from_mask
 
 
 def response_forward(
@@ -36,8 +36,9 @@ def response_forward(
     """Logits (B, R, V) predicting each response token and the last hidden state (B, R, H) there.
 
     One forward over prompt + response; positions come from the mask (prompts are LEFT
-    padded). ``logits_to_keep`` runs the LM head on the response positions only: the
-    prompt's logits would be thrown away.
+    padded). ``logits_to_keep`` runs the LM head on the response positions only, where the
+    model takes it (the prompt's logits would be thrown away); a model without it returns
+    every position's logits and the response's are sliced out the same way.
     """
     input_ids = torch.cat([query_ids, response_ids], dim=1)  # (B, P + R)
     attention_mask = torch.cat([query_mask, response_mask], dim=1)  # (B, P + R)
@@ -48,9 +49,9 @@ def response_forward(
         position_ids=position_ids_from_mask(attention_mask),
         use_cache=False,
         output_hidden_states=True,
-        logits_to_keep=width + 1,
+        **({"logits_to_keep": width + 1} if keeps_logits(type(model)) else {}),
     )
-    logits = out.logits[:, :-1]  # (B, R, V): the state before token t predicts token t
+    logits = out.logits[:, -width - 1 : -1]  # (B, R, V): the state before token t predicts token t
     hidden = out.hidden_states[-1][:, -width - 1 : -1]  # (B, R, H), final-normed like the logits' input
     return logits, hidden
 
