@@ -37,3 +37,14 @@ def test_a_model_without_logits_to_keep_gives_the_same_response_logits_values_an
         assert logits.shape == other_logits.shape == (*samples.response_ids.shape, sft_model.config.vocab_size)
         assert torch.allclose(logits, other_logits, atol=1e-5) and torch.allclose(hidden, other_hidden, atol=1e-5)
         assert torch.allclose(response_logits(plain, *inputs), logits, atol=1e-5)
+
+
+def test_place_moves_models_and_the_models_scorers_hold_and_leaves_text_judges_alone():
+    from types import SimpleNamespace
+
+    from alignops.models.loading import inference_device, place
+
+    model, scorer, judge = torch.nn.Linear(2, 2), SimpleNamespace(model=torch.nn.Linear(2, 2)), object()
+    place([model, scorer, judge], torch.device("meta"))  # a device every machine has
+    assert model.weight.device.type == "meta" and scorer.model.weight.device.type == "meta"
+    assert inference_device().type == ("cuda" if torch.cuda.is_available() else "cpu")

@@ -78,3 +78,18 @@ def save_model(model: PreTrainedModel, directory: str | Path) -> None:
     """``save_pretrained`` (transformers 5 writes safetensors, and only safetensors)."""
     model.save_pretrained(str(directory))
 
+
+def inference_device() -> torch.device:
+    """Where a node that only scores or samples (evaluation, the gate) puts its models: the
+    first CUDA device when there is one, else the CPU. Training loops take theirs from
+    accelerate instead."""
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def place(objects: Any, device: torch.device) -> None:
+    """Move each model, or the ``.model`` of each scorer that holds one (``RewardModel``), to
+    ``device`` in place; anything else (a judge that scores text) is left as it is."""
+    for item in objects:
+        module = item if isinstance(item, torch.nn.Module) else getattr(item, "model", None)
+        if isinstance(module, torch.nn.Module):
+            module.to(device)

@@ -34,6 +34,7 @@ from alignops.core import (
 )
 from alignops.models.config import ModelConfig
 from alignops.models.generation import GenerationConfig, sample_responses
+from alignops.models.loading import place
 from alignops.models.value_head import PolicyWithValueHead, response_forward
 from alignops.training.common import (
     LogFn,
@@ -174,6 +175,7 @@ def train_ppo(
     device = accelerator.device
     policy = PolicyWithValueHead(copy.deepcopy(sft_model))  # value head created after seeding
     reference = copy.deepcopy(sft_model).requires_grad_(False).eval().to(device)
+    place([reward_model], device)  # score on the accelerator: RewardModel.score follows its model
     optimizer = torch.optim.AdamW(
         [
             {"params": policy.policy.parameters(), "lr": config.learning_rate},

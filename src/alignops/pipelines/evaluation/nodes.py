@@ -16,6 +16,7 @@ from alignops.evaluation.judges import AUDIT_DESCRIPTION, GOLD_DESCRIPTION
 from alignops.evaluation.report import plot_evaluation, samples_table
 from alignops.models.config import ModelConfig
 from alignops.models.generation import GenerationConfig
+from alignops.models.loading import inference_device, place
 from alignops.models.reward import RewardModel
 from alignops.world import GoldJudge
 
@@ -59,6 +60,8 @@ def evaluate_with_audit_judge(
     """A user's data, where no gold judge exists: the audit judge decides. With ``gold`` (the
     world's node), gold decides and the audit judge is measured beside it."""
     config = EvaluationConfig(**params)
+    # sampling and scoring follow each model's device
+    place([sft_model, ppo_model, dpo_model, reward_model, audit_judge], inference_device())
     audit = reward_model_judge(audit_judge, AUDIT_DESCRIPTION, config.batch_size)
     score_rm = reward_model_judge(reward_model, "the training reward model", config.batch_size, name="rm").score
     summary, samples = evaluate(
