@@ -112,3 +112,18 @@ def test_gc_frozen_freezes_for_the_loop_only_and_leaves_an_outer_freeze_alone():
         gc.unfreeze()
         if frozen_by_the_session:
             gc.freeze()
+
+
+def test_a_checkpoint_is_never_pruned_for_an_earlier_longer_runs_higher_steps(tmp_path):
+    from alignops.training.common import save_checkpoint
+
+    accelerator = make_accelerator(seed=0)
+    model = accelerator.prepare(torch.nn.Linear(2, 2))
+    for step in (6, 8):  # an earlier run of 8 steps left these
+        save_checkpoint(accelerator, tmp_path, step, keep_last=2)
+    save_checkpoint(accelerator, tmp_path, 2, keep_last=2)  # this run's first checkpoint
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000002"]
+    for step in (4, 6):
+        save_checkpoint(accelerator, tmp_path, step, keep_last=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000004", "step_00000006"]
+    assert (tmp_path / "step_00000006" / "step.json").is_file() and model is not None

@@ -228,10 +228,15 @@ def save_checkpoint(
     """
     folder = Path(directory) / f"{CHECKPOINT_PREFIX}{step:08d}"
     accelerator.save_state(str(folder), safe_serialization=True)
+    accelerator.wait_for_everyone()  # every rank's part is written before anything is pruned
     if accelerator.is_main_process:
         (folder / "step.json").write_text(json.dumps({"step": step, **(extra or {})}, indent=2))
         if keep_last:
-            for old in sorted(Path(directory).glob(f"{CHECKPOINT_PREFIX}*"))[:-keep_last]:
+            existing = sorted(Path(directory).glob(f"{CHECKPOINT_PREFIX}*"))  # zero-padded: by step
+            # past this step: an earlier, longer run's (no stage resumes yet), never to outrank this one
+            stale = [old for old in existing if old.name > folder.name]
+            current = [old for old in existing if old.name <= folder.name]
+            for old in stale + current[:-keep_last]:
                 shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return folder
