@@ -24,15 +24,8 @@ from alignops.catalog.models import HFModelDataset
 from alignops.catalog.reward_model import RewardModelDataset
 from alignops.core.masked import masked_whiten
 from alignops.training.common import global_mean, shard_batches
-from alignops.training.launch import (
-    LAUNCHED_ENV,
-    check_ranks_agree,
-    launch_command,
-    model_digest,
-    read_value,
-    wants_launch,
-    write_value,
-)
+from alignops.training.handoff import model_digest, read_value, write_value
+from alignops.training.launch import LAUNCHED_ENV, check_ranks_agree, launch_command, wants_launch
 from tests.helpers import KEDRO, run_kedro
 
 # stage: (the data/ snapshot it starts from, the model it saves, a metric it logs every logged step)

@@ -27,7 +27,6 @@ takes its whole process group down with it.
 from __future__ import annotations
 
 import functools
-import hashlib
 import inspect
 import json
 import os
@@ -40,6 +39,8 @@ import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
+
+from alignops.training.handoff import model_digest, read_value, write_value
 
 LAUNCHED_ENV = "ALIGNOPS_LAUNCHED"
 """Set in every launched rank: the node runs its loop in place instead of launching again."""
@@ -283,79 +284,6 @@ def check_ranks_agree(stage: str, ranks: Mapping[str, Any]) -> None:
     digests = ranks["digests"]
     if any(rank != digests[0] for rank in digests[1:]):
         raise RuntimeError(f"{stage}: the ranks' models differ after training ({digests}); not handing any back")
-
-
-# --- values across the process boundary --------------------------------------------------------
-
-
-def write_value(path: Path, value: Any) -> dict[str, str]:
-    """Write ``value`` under ``path`` (a folder or a file beside it); what ``read_value`` needs."""
-    import pandas as pd
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
-
-    from alignops.models.loading import save_model
-    from alignops.models.reward import RewardModel
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(value, RewardModel):
-        value.save(path)
-        return {"kind": "reward_model", "dtype": _dtype_name(value.model)}
-    if isinstance(value, PreTrainedModel):
-        save_model(value, path)
-        kind = "sequence_classification" if type(value).__name__.endswith("ForSequenceClassification") else "causal_lm"
-        return {"kind": kind, "dtype": _dtype_name(value)}
-    if isinstance(value, PreTrainedTokenizerBase):
-        value.save_pretrained(str(path))
-        return {"kind": "tokenizer"}
-    if isinstance(value, pd.DataFrame):
-        value.to_parquet(path.with_suffix(".parquet"))
-        return {"kind": "dataframe"}
-    try:
-        path.with_suffix(".json").write_text(json.dumps(value))
-    except TypeError as error:
-        raise TypeError(f"cannot hand {type(value).__name__} to a launched process: {error}") from error
-    return {"kind": "json"}
-
-
-def read_value(path: Path, meta: Mapping[str, str]) -> Any:
-    """What ``write_value`` wrote under ``path``."""
-    kind = meta["kind"]
-    if kind == "reward_model":
-        from alignops.models.reward import RewardModel
-
-        return RewardModel.load(path, dtype=meta["dtype"])
-    if kind in ("causal_lm", "sequence_classification"):
-        from alignops.models.loading import load_model
-
-        return load_model(path, kind, dtype=meta["dtype"])
-    if kind == "tokenizer":
-        from alignops.models.tokenizer import load_tokenizer
-
-        return load_tokenizer(str(path))
-    if kind == "dataframe":
-        import pandas as pd
-
-        return pd.read_parquet(path.with_suffix(".parquet"))
-    return json.loads(path.with_suffix(".json").read_text())
-
-
-def _dtype_name(model: Any) -> str:
-    return str(model.dtype).removeprefix("torch.")
-
-
-def model_digest(value: Any) -> str | None:
-    """sha256 of a model's state (names, shapes, bytes), or None when ``value`` is no model."""
-    import torch
-
-    module = getattr(value, "model", value)  # a RewardModel holds its classifier as .model
-    if not isinstance(module, torch.nn.Module):
-        return None
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        flat = tensor.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-        digest.update(flat.view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 # --- the rank side ------------------------------------------------------------------------------
