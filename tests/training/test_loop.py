@@ -30,6 +30,7 @@ def _config(**overrides) -> SimpleNamespace:
         eval_every=4,
         checkpoint_every=0,
         keep_checkpoints=1,
+        resume="auto",
     )
     return SimpleNamespace(**{**settings, **overrides})
 
@@ -115,15 +116,17 @@ def test_gc_frozen_freezes_for_the_loop_only_and_leaves_an_outer_freeze_alone():
 
 
 def test_a_checkpoint_is_never_pruned_for_an_earlier_longer_runs_higher_steps(tmp_path):
-    from alignops.training.common import save_checkpoint
+    from alignops.training.checkpoints import Checkpoints
 
     accelerator = make_accelerator(seed=0)
     model = accelerator.prepare(torch.nn.Linear(2, 2))
+    settings = _config(checkpoint_every=2, keep_checkpoints=2, resume="never")
+    checkpoints = Checkpoints(accelerator, tmp_path, "toy", settings)
     for step in (6, 8):  # an earlier run of 8 steps left these
-        save_checkpoint(accelerator, tmp_path, step, keep_last=2)
-    save_checkpoint(accelerator, tmp_path, 2, keep_last=2)  # this run's first checkpoint
+        checkpoints.save(step, {})
+    checkpoints.save(2, {})  # this run's first checkpoint
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000002"]
     for step in (4, 6):
-        save_checkpoint(accelerator, tmp_path, step, keep_last=2)
+        checkpoints.save(step, {})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000004", "step_00000006"]
     assert (tmp_path / "step_00000006" / "step.json").is_file() and model is not None

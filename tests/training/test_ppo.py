@@ -14,7 +14,7 @@ from alignops.models.scoring import response_logits
 from alignops.models.value_head import PolicyWithValueHead
 from alignops.training import ppo as ppo_module
 from alignops.training.common import MetricHistory, NonFiniteLossError
-from alignops.training.ppo import prompt_batches, train_ppo
+from alignops.training.ppo import PromptBatches, train_ppo
 from alignops.training.ppo_config import PPOConfig
 from tests.helpers import PPO_LOGGED_EVERY_STEP, TINY_LLAMA, CountingScorer, make_chat_tokenizer, make_tiny_policy
 
@@ -196,7 +196,7 @@ def test_value_head_starts_at_zero_and_leaves_the_logits_alone(sft_model, tokeni
 
 
 def test_prompt_batches_visit_every_prompt_before_repeating():
-    batches = prompt_batches(10, 4, torch.Generator().manual_seed(0))
+    batches = PromptBatches(10, 4, torch.Generator().manual_seed(0))
     seen = torch.cat([next(batches) for _ in range(5)])  # 20 = two passes
     assert sorted(seen[:10].tolist()) == list(range(10)) and sorted(seen[10:].tolist()) == list(range(10))
 

@@ -195,7 +195,9 @@ def test_checkpoints_hold_the_state_a_resume_needs(tokenizer, tmp_path):
 
     folder = tmp_path / "step_00000004"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000004"]  # the older one was pruned
-    assert json.loads((folder / "step.json").read_text()) == {"step": 4, "stage": "sft"}
+    record = json.loads((folder / "step.json").read_text())
+    assert record["step"] == 4 and record["stage"] == "sft" and len(record["fingerprint"]) == 64
+    assert [row["step"] for row in record["history"]] == [1, 2, 3, 3, 4, 4]  # held-out rows at 3 and 4
     files = {p.name for p in folder.iterdir()}
     assert "model.safetensors" in files and "optimizer.bin" in files
     assert not {f for f in files if f.startswith("pytorch_model")}

@@ -22,6 +22,7 @@ from typing import Any
 from kedro.io import AbstractDataset, DatasetError
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from alignops.io_errors import write_failure
 from alignops.models.loading import MODEL_CLASSES, load_model, save_model
 from alignops.models.tokenizer import load_tokenizer
 
@@ -29,18 +30,35 @@ from alignops.models.tokenizer import load_tokenizer
 def _replace_folder(target: Path, write: Callable[[Path], None]) -> None:
     """``write`` into a staging folder beside ``target``, then swap it in.
 
-    A crash mid-save leaves the previous model in place instead of half of a new one.
+    A crash, a full disk or a folder without write permission leaves the previous model in
+    place instead of half of a new one; the error names the folder and the cause.
     """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    staging = None
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
         write(staging)
         staging.chmod(0o755)  # mkdtemp makes 0700; give the folder a plain mkdir's mode
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
+        previous = target.with_name(f".{target.name}.previous")
+        if target.exists():  # moved aside, not deleted, until the new one is in place
+            shutil.rmtree(previous, ignore_errors=True)
+            target.rename(previous)
+        try:
+            staging.rename(target)
+        except OSError:
+            if previous.exists() and not target.exists():
+                previous.rename(target)
+            raise
+        shutil.rmtree(previous, ignore_errors=True)
+    except Exception as error:
+        cause = write_failure(error, staging or target.parent)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        kept = "; the previous one is untouched" if target.exists() else ""
+        raise DatasetError(f"could not write {target}: {cause}{kept}") from error
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
         raise
 
 

@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import functools
 import gc
-import json
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import torch
@@ -24,10 +21,17 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from alignops.models.collate import Batch
+from alignops.training.checkpoints import (
+    Checkpoints,
+    Recorder,
+    generator_states,
+    generators_of,
+    restore_history,
+    set_generator_states,
+)
 
 LogFn = Callable[[dict[str, float], int], None]
 Stats = dict[str, torch.Tensor]
-CHECKPOINT_PREFIX = "step_"
 MIXED_PRECISION = ("no", "bf16", "fp16")
 """What a stage's ``mixed_precision`` may be (accelerate's names)."""
 
@@ -218,30 +222,6 @@ def gc_frozen(loop: Callable[P, R]) -> Callable[P, R]:
     return frozen
 
 
-def save_checkpoint(
-    accelerator: Accelerator, directory: str | Path, step: int, extra: dict | None = None, keep_last: int | None = None
-) -> Path:
-    """``directory/step_<step>/``: ``accelerator.save_state`` (model safetensors, optimizer,
-    registered schedulers, RNG states) plus ``step.json`` (the step and ``extra``).
-
-    Called on every process. With ``keep_last``, older checkpoints are deleted.
-    """
-    folder = Path(directory) / f"{CHECKPOINT_PREFIX}{step:08d}"
-    accelerator.save_state(str(folder), safe_serialization=True)
-    accelerator.wait_for_everyone()  # every rank's part is written before anything is pruned
-    if accelerator.is_main_process:
-        (folder / "step.json").write_text(json.dumps({"step": step, **(extra or {})}, indent=2))
-        if keep_last:
-            existing = sorted(Path(directory).glob(f"{CHECKPOINT_PREFIX}*"))  # zero-padded: by step
-            # past this step: an earlier, longer run's (no stage resumes yet), never to outrank this one
-            stale = [old for old in existing if old.name > folder.name]
-            current = [old for old in existing if old.name <= folder.name]
-            for old in stale + current[:-keep_last]:
-                shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return folder
-
-
 @gc_frozen
 def train_epochs(
     accelerator: Accelerator,
@@ -258,7 +238,7 @@ def train_epochs(
     throughput: tuple[str, Callable[[Batch], torch.Tensor | int]],
     postfix: Mapping[str, str],
     evaluate: Callable[[], dict[str, float]] | None = None,
-    checkpoint_dir: str | Path | None = None,
+    checkpoints: Checkpoints | None = None,
     extra_metrics: Callable[[], dict[str, float]] | None = None,
 ) -> torch.nn.Module:
     """The epoch loop the SFT, reward and DPO stages share; returns the bare trained model.
@@ -274,6 +254,13 @@ def train_epochs(
     ``evaluate()`` (None: no held-out set) runs every ``config.eval_every`` steps and at
     the last; its names are logged as ``eval/<stage>/<name>``. ``postfix`` maps a
     progress-bar label to an averaged stat.
+
+    ``checkpoints`` are written every ``checkpoint_every`` steps, and the stage's ``resume``
+    says which one to continue from (``Checkpoints.resume``). A resumed loop takes the same
+    batches in the same order as an uninterrupted one (the loader's generators as they were
+    when the checkpoint's epoch began, then the batches it had taken skipped without being
+    loaded) and returns the same model; the history before the checkpoint goes back into
+    ``log`` (``restore_history``) without being logged again.
     """
     steps_per_epoch = math.ceil(len(train_loader) / config.grad_accum)
     total_steps = config.max_steps or max(1, round(steps_per_epoch * config.epochs))
@@ -281,13 +268,27 @@ def train_epochs(
     accelerator.register_for_checkpointing(scheduler)
     unit, count = throughput
 
-    step = 0
+    step, skip = 0, 0  # optimiser steps taken; micro-batches of the current epoch already taken
     interval = torch.zeros(len(averaged) + 2, device=accelerator.device)  # weighted stat sums, weights, units
+    generators = generators_of(train_loader)
+    recorded = Recorder(log)
+    resumed = checkpoints.resume() if checkpoints is not None else None
+    if resumed is not None:
+        step, skip = resumed.step, int(resumed.state["batches_into_epoch"])
+        recorded.rows = restore_history(log, resumed.state["history"])
+        interval.copy_(resumed.state["interval"])
+        set_generator_states(generators, resumed.state)
+    log = recorded
     interval_start = time.perf_counter()
-    bar = progress_bar(accelerator, total_steps, stage)
+    bar = progress_bar(accelerator, total_steps, stage, initial=step)
     model.train()
     while step < total_steps:
-        for batch in train_loader:
+        epoch_start = generator_states(generators)
+        # resumed mid-epoch: the batch sampler replays the epoch's order, skipping what was taken
+        loader = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
+        taken, skip = skip, 0
+        for batch in loader:
+            taken += 1
             with accelerator.accumulate(model):
                 loss, stats = loss_and_stats(batch)
                 check_finite(loss, stage, step)
@@ -324,9 +325,18 @@ def train_epochs(
                 interval.zero_()
                 interval_start = time.perf_counter()
             # evaluation and checkpoints do not count towards the throughput
-            interval_start += _evaluate_and_checkpoint(
-                accelerator, config, stage, step, total_steps, checkpoint_dir, evaluate, log
-            )
+            started = time.perf_counter()
+            if evaluate is not None and (step % config.eval_every == 0 or step == total_steps):
+                log({f"eval/{stage}/{name}": value for name, value in evaluate().items()}, step)
+            if checkpoints is not None and checkpoints.due(step):
+                epoch_done = taken == len(train_loader)  # the next epoch starts from the generators as they are now
+                checkpoints.save(step, {
+                    **(generator_states(generators) if epoch_done else epoch_start),
+                    "batches_into_epoch": 0 if epoch_done else taken,
+                    "interval": interval,
+                    "history": recorded.rows,
+                })
+            interval_start += time.perf_counter() - started
             if step >= total_steps:
                 break
     bar.close()
@@ -336,28 +346,12 @@ def train_epochs(
     return trained
 
 
-def _evaluate_and_checkpoint(
-    accelerator: Accelerator,
-    config: Any,
-    stage: str,
-    step: int,
-    total_steps: int,
-    checkpoint_dir: str | Path | None,
-    evaluate: Callable[[], dict[str, float]] | None,
-    log: LogFn,
-) -> float:
-    """The held-out evaluation and checkpoint due after optimiser step ``step``; the seconds they took."""
-    started = time.perf_counter()
-    if evaluate is not None and (step % config.eval_every == 0 or step == total_steps):
-        log({f"eval/{stage}/{name}": value for name, value in evaluate().items()}, step)
-    if checkpoint_dir and config.checkpoint_every and step % config.checkpoint_every == 0:
-        save_checkpoint(accelerator, checkpoint_dir, step, {"stage": stage}, config.keep_checkpoints)
-    return time.perf_counter() - started
-
-
-def progress_bar(accelerator: Accelerator, total: int, desc: str) -> tqdm:
-    """A tqdm bar over optimiser steps, shown by the main process only."""
-    return tqdm(total=total, desc=desc, disable=not accelerator.is_local_main_process, leave=False, dynamic_ncols=True)
+def progress_bar(accelerator: Accelerator, total: int, desc: str, initial: int = 0) -> tqdm:
+    """A tqdm bar over optimiser steps (``initial`` of them already taken), shown by the main process only."""
+    return tqdm(
+        total=total, initial=initial, desc=desc, disable=not accelerator.is_local_main_process,
+        leave=False, dynamic_ncols=True,
+    )
 
 
 class MetricHistory:
@@ -386,6 +380,12 @@ class MetricHistory:
         self.rows.append({"step": int(step), **values})
         if self._sink is not None:
             self._sink(values, step)
+
+    def restore(self, rows: list[dict[str, float]]) -> None:
+        """Rows a resumed loop logged before its checkpoint: into ``rows``, renamed as
+        ``__call__`` would, but not to the sink (the killed run's tracking has them)."""
+        for row in rows:
+            self.rows.append({"step": int(row["step"]), **{self._name(k): v for k, v in row.items() if k != "step"}})
 
     def __enter__(self) -> MetricHistory:
         return self

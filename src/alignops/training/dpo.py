@@ -31,6 +31,7 @@ from alignops.models.chat import Renderer
 from alignops.models.collate import Batch, select_rows
 from alignops.models.config import ModelConfig
 from alignops.training.batching import GroupedBatches
+from alignops.training.checkpoints import Checkpoints
 from alignops.training.common import (
     LogFn,
     Stats,
@@ -260,9 +261,10 @@ def train_dpo(
     adapters = lora_config(config.lora)
     if adapters is not None:
         policy = add_adapters(policy, adapters)  # only the adapters train
+    train_rows = tokenize_pairs(tokenizer, train_pairs, model_config)  # 2N rows
+    checkpoints = Checkpoints(accelerator, checkpoint_dir, "dpo", config, model_config, train_rows, policy)
     optimizer = make_optimizer(policy, config)
     policy, optimizer = accelerator.prepare(policy, optimizer)  # forward under the run's precision
-    train_rows = tokenize_pairs(tokenizer, train_pairs, model_config)  # 2N rows
     with _as_reference(accelerator.unwrap_model(policy)):
         ref_train = reference_logprobs(policy, train_rows, 2 * config.ref_batch_size, average, accelerator.device)
     train_batches = pair_batches(train_rows, config.batch_size, config.seed)  # reshuffled every epoch
@@ -289,7 +291,7 @@ def train_dpo(
         throughput=("pairs", lambda batch: batch["ref_logps"].shape[0] // 2),
         postfix={"loss": "loss/dpo", "acc": "rewards/accuracies"},
         evaluate=None if eval_loader is None else lambda: evaluate_dpo(policy, eval_loader, config, accelerator),
-        checkpoint_dir=checkpoint_dir,
+        checkpoints=checkpoints,
         extra_metrics=lambda: {"dpo/elapsed_s": time.perf_counter() - started},
     )
     adapter_dir = Path(checkpoint_dir) / ADAPTER_FOLDER if checkpoint_dir and adapters is not None else None

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from alignops.core.losses import DPO_LOSSES
+from alignops.training.checkpoints import check_resume_setting
 from alignops.training.common import check_epoch_loop_settings, check_mixed_precision
 from alignops.training.launch import check_launch_settings
 from alignops.training.lora import lora_config
@@ -77,6 +78,12 @@ class DPOConfig:
     catalog's ``dpo_checkpoints`` says where."""
     keep_checkpoints: int = 2
     """How many of the newest checkpoints to keep on disk."""
+    resume: str = "auto"
+    """Where a rerun starts: ``auto`` continues from the newest checkpoint this
+    configuration wrote (a killed run picks up where it stopped, and says so), ``never``
+    starts afresh, a checkpoint folder's path continues from that one. Checkpoints of
+    another configuration, data or starting model are never resumed
+    (``alignops.training.checkpoints``)."""
     seed: int = 0
     """Seeds the order of the pairs (and anything random in the model): same seed, same
     weights on CPU."""
@@ -120,6 +127,7 @@ class DPOConfig:
             raise ValueError("batch sizes, grad_accum, eval_every and log_every must be >= 1")
         check_mixed_precision(self)
         check_launch_settings(self)
+        check_resume_setting(self)
         lora_config(self.lora)  # a misspelt or impossible adapter setting fails here
 
     @property

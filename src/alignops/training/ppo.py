@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -36,6 +36,7 @@ from alignops.models.config import ModelConfig
 from alignops.models.generation import GenerationConfig, sample_responses
 from alignops.models.loading import place
 from alignops.models.value_head import PolicyWithValueHead, response_forward
+from alignops.training.checkpoints import Checkpoints, Recorder, restore_history
 from alignops.training.common import (
     LogFn,
     check_finite,
@@ -44,7 +45,6 @@ from alignops.training.common import (
     make_accelerator,
     make_scheduler,
     progress_bar,
-    save_checkpoint,
 )
 from alignops.training.ppo_config import PPOConfig
 
@@ -86,14 +86,23 @@ class PPOResult:
     """Rollout episodes kept every ``sample_every`` iterations: step, prompt, response, score."""
 
 
-def prompt_batches(n_prompts: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
-    """Index batches (batch_size,) walking seeded permutations of the prompts, for ever."""
-    order = torch.empty(0, dtype=torch.long)
-    while True:
-        while len(order) < batch_size:
-            order = torch.cat([order, torch.randperm(n_prompts, generator=generator)])
-        yield order[:batch_size]
-        order = order[batch_size:]
+class PromptBatches:
+    """Index batches (batch_size,) walking seeded permutations of the prompts, for ever: every
+    prompt is visited once before any is repeated. ``state`` (the rest of the current
+    permutation) with the generator's own state places a resumed run at the same prompts."""
+
+    def __init__(self, n_prompts: int, batch_size: int, generator: torch.Generator) -> None:
+        self.n_prompts, self.batch_size, self.generator = n_prompts, batch_size, generator
+        self.order = torch.empty(0, dtype=torch.long)  # (n,) what is left of the permutations drawn
+
+    def __iter__(self) -> PromptBatches:
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        while len(self.order) < self.batch_size:
+            self.order = torch.cat([self.order, torch.randperm(self.n_prompts, generator=self.generator)])
+        batch, self.order = self.order[: self.batch_size], self.order[self.batch_size :]
+        return batch
 
 
 def _trim(
@@ -151,6 +160,15 @@ def _rollout_forward(
     return tuple(outputs)
 
 
+def _scorer_state(reward_model: Scorer) -> tuple[Any, ...]:
+    """What decides a reward model's scores, for the checkpoint's fingerprint: its weights and
+    normalisation (``RewardModel``), or the scorer itself (a test's plain module)."""
+    model = getattr(reward_model, "model", None)
+    if model is None:
+        return (reward_model,) if isinstance(reward_model, torch.nn.Module) else ()
+    return model, getattr(reward_model, "mean", 0.0), getattr(reward_model, "std", 1.0)
+
+
 @gc_frozen
 def train_ppo(
     sft_model: PreTrainedModel,
@@ -173,6 +191,10 @@ def train_ppo(
         raise ValueError("ppo: no prompts to roll out on")
     accelerator = make_accelerator(config.mixed_precision, 1, config.seed)
     device = accelerator.device
+    checkpoints = Checkpoints(  # what a resumable checkpoint must have started from
+        accelerator, checkpoint_dir, "ppo", config, model_config, generation, list(prompts), sft_model,
+        *_scorer_state(reward_model),
+    )
     policy = PolicyWithValueHead(copy.deepcopy(sft_model))  # value head created after seeding
     reference = copy.deepcopy(sft_model).requires_grad_(False).eval().to(device)
     place([reward_model], device)  # score on the accelerator: RewardModel.score follows its model
@@ -195,15 +217,25 @@ def train_ppo(
     prompts = list(prompts)
     seeds = torch.Generator().manual_seed(config.seed)
     global_batch = config.rollout_batch_size * accelerator.num_processes
-    batches = prompt_batches(len(prompts), global_batch, seeds)
+    batches = PromptBatches(len(prompts), global_batch, seeds)
     rollout_seeds = torch.randint(2**31 - 1, (config.steps,), generator=seeds).tolist()
+    samples: list[dict[str, Any]] = []
+    recorded, start, elapsed = Recorder(log), 0, 0.0
+    resumed = checkpoints.resume()
+    if resumed is not None:  # the same prompts, minibatches, β and history as an uninterrupted run
+        start, state = resumed.step, resumed.state
+        seeds.set_state(state["generator"])
+        batches.order = state["prompt_order"]
+        kl_controller.value = state["kl_coef"]
+        samples, elapsed = state["samples"], state["elapsed_s"]
+        recorded.rows = restore_history(log, state["history"])
+    log = recorded
     # Dropout stays off throughout (Huang et al. 2024): with it, the log-probs of an
     # unchanged policy would differ between rollout and update, and so would the ratio.
     policy.eval()
-    samples: list[dict[str, Any]] = []
-    bar = progress_bar(accelerator, config.steps, "ppo")
-    loop_start = time.perf_counter()
-    for step in range(1, config.steps + 1):
+    bar = progress_bar(accelerator, config.steps, "ppo", initial=start)
+    loop_start = time.perf_counter() - elapsed
+    for step in range(start + 1, config.steps + 1):
         # 1. Rollout: sample responses, then score them.
         step_start = time.perf_counter()
         index = next(batches)[accelerator.process_index :: accelerator.num_processes].tolist()
@@ -302,9 +334,15 @@ def train_ppo(
                 {"step": step, "prompt": p, "response": r, "score": s}
                 for p, r, s in zip(batch_prompts, out.texts, kept, strict=False)  # the first num_samples
             ]
-        if checkpoint_dir and config.checkpoint_every and step % config.checkpoint_every == 0:
-            extra = {"stage": "ppo", "kl_coef": kl_controller.value}
-            save_checkpoint(accelerator, checkpoint_dir, step, extra, config.keep_checkpoints)
+        if checkpoints.due(step):
+            checkpoints.save(step, {
+                "generator": seeds.get_state(),
+                "prompt_order": batches.order,
+                "kl_coef": kl_controller.value,
+                "samples": samples,
+                "elapsed_s": time.perf_counter() - loop_start,
+                "history": recorded.rows,
+            })
     bar.close()
     accelerator.wait_for_everyone()
     trained = accelerator.unwrap_model(policy).policy

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from alignops.core import KL_ESTIMATORS
+from alignops.training.checkpoints import check_resume_setting
 from alignops.training.common import SCHEDULES, check_mixed_precision
 from alignops.training.launch import check_launch_settings
 
@@ -109,6 +110,12 @@ class PPOConfig:
     RNG); 0 saves none. The catalog's ``ppo_checkpoints`` says where."""
     keep_checkpoints: int = 2
     """How many of the newest checkpoints to keep."""
+    resume: str = "auto"
+    """Where a rerun starts: ``auto`` continues from the newest checkpoint this
+    configuration wrote (a killed run picks up where it stopped, and says so), ``never``
+    starts afresh, a checkpoint folder's path continues from that one. Checkpoints of
+    another configuration, data or starting model are never resumed
+    (``alignops.training.checkpoints``)."""
     seed: int = 0
     """Seeds the value head, prompt order, sampling and minibatch order: same seed, same
     weights on CPU."""
@@ -158,3 +165,4 @@ class PPOConfig:
             raise ValueError("sample_every must be >= 1 and num_samples >= 0")
         check_mixed_precision(self)
         check_launch_settings(self)
+        check_resume_setting(self)

@@ -31,6 +31,7 @@ from alignops.models.loading import load_model
 from alignops.models.reward import RewardModel, build_reward_backbone, sequence_rewards
 from alignops.models.tokenizer import ensure_pad_token, load_tokenizer, resize_for_tokenizer
 from alignops.training.batching import GroupedBatches
+from alignops.training.checkpoints import Checkpoints
 from alignops.training.common import (
     LogFn,
     Stats,
@@ -181,6 +182,7 @@ def train_reward_model(
         )
 
     enable_gradient_checkpointing(model, config.gradient_checkpointing)
+    checkpoints = Checkpoints(accelerator, checkpoint_dir, "reward", config, model_config, train_pairs, model)
     optimizer = make_optimizer(model, config)
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
 
@@ -202,7 +204,7 @@ def train_reward_model(
         throughput=("pairs", lambda batch: len(batch["margin"])),
         postfix={"loss": "loss/reward", "acc": "reward/accuracy"},
         evaluate=None if eval_loader is None else lambda: evaluate_reward(model, eval_loader, accelerator),
-        checkpoint_dir=checkpoint_dir,
+        checkpoints=checkpoints,
     )
     return dataclasses.replace(reward_model, model=trained)
 

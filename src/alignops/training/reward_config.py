@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from alignops.training.checkpoints import check_resume_setting
 from alignops.training.common import check_epoch_loop_settings, check_mixed_precision
 from alignops.training.launch import check_launch_settings
 
@@ -74,6 +75,12 @@ class RewardConfig:
     ``reward_checkpoints`` says where."""
     keep_checkpoints: int = 2
     """How many of the newest checkpoints to keep on disk."""
+    resume: str = "auto"
+    """Where a rerun starts: ``auto`` continues from the newest checkpoint this
+    configuration wrote (a killed run picks up where it stopped, and says so), ``never``
+    starts afresh, a checkpoint folder's path continues from that one. Checkpoints of
+    another configuration, data or starting model are never resumed
+    (``alignops.training.checkpoints``)."""
     seed: int = 0
     """Seeds the new head and the batch order: same seed, same reward model on CPU."""
     mixed_precision: str | None = None
@@ -118,6 +125,7 @@ class RewardConfig:
             raise ValueError(f"margin_scale must be >= 0, got {self.margin_scale}")
         check_mixed_precision(self)
         check_launch_settings(self)
+        check_resume_setting(self)
         if not self.train and (self.num_processes > 1 or self.accelerate_config):
             raise ValueError("reward.train is false: a trained reward model is only normalised, in one process; "
                              "set num_processes: 1 and accelerate_config: null")

@@ -23,6 +23,7 @@ from alignops.models.collate import Batch, select_rows
 from alignops.models.config import ModelConfig
 from alignops.models.loading import build_causal_lm
 from alignops.models.packing import pack_sequences
+from alignops.training.checkpoints import Checkpoints
 from alignops.training.common import (
     LogFn,
     Stats,
@@ -107,6 +108,8 @@ def train_sft(
     train_loader = _loader(train_rows, config.batch_size, shuffle=True, seed=config.seed)
     eval_loader = _loader(eval_rows, config.eval_batch_size, shuffle=False, seed=config.seed)
 
+    # what a resumable checkpoint must have started from: these settings, data and weights
+    checkpoints = Checkpoints(accelerator, checkpoint_dir, "sft", config, model_config, data, model)
     optimizer = make_optimizer(model, config)
     # the held-out loader stays unprepared: evaluate_sft shards it without repeating rows
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
@@ -130,7 +133,7 @@ def train_sft(
         throughput=("tokens", lambda batch: (batch["input_ids"] != tokenizer.pad_token_id).sum()),
         postfix={"loss": "loss/sft"},
         evaluate=(lambda: evaluate_sft(model, eval_loader, accelerator)) if n_eval else None,
-        checkpoint_dir=checkpoint_dir,
+        checkpoints=checkpoints,
     )
     adapter_dir = Path(checkpoint_dir) / ADAPTER_FOLDER if checkpoint_dir and adapters is not None else None
     return merged(trained, adapter_dir, accelerator.is_main_process)

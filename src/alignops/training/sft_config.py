@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from alignops.training.checkpoints import check_resume_setting
 from alignops.training.common import check_epoch_loop_settings, check_mixed_precision
 from alignops.training.launch import check_launch_settings
 from alignops.training.lora import lora_config
@@ -66,6 +67,12 @@ class SFTConfig:
     scheduler, RNG); 0 saves none. The catalog's ``sft_checkpoints`` says where."""
     keep_checkpoints: int = 2
     """How many of the newest checkpoints to keep on disk."""
+    resume: str = "auto"
+    """Where a rerun starts: ``auto`` continues from the newest checkpoint this
+    configuration wrote (a killed run picks up where it stopped, and says so), ``never``
+    starts afresh, a checkpoint folder's path continues from that one. Checkpoints of
+    another configuration, data or starting model are never resumed
+    (``alignops.training.checkpoints``)."""
     seed: int = 0
     """Seeds weight initialisation, the held-out split and batch order: same seed, same
     weights on CPU."""
@@ -100,4 +107,5 @@ class SFTConfig:
             raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
         check_mixed_precision(self)
         check_launch_settings(self)
+        check_resume_setting(self)
         lora_config(self.lora)  # a misspelt or impossible adapter setting fails here
