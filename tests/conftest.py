@@ -28,6 +28,7 @@ import pytest
 import torch
 from filelock import FileLock
 
+from tests import processes
 from tests.helpers import (
     REPO_ROOT,
     TRACKED_FIRST_RUN_DATA,
@@ -49,6 +50,45 @@ UPSTREAM = {
 }
 """What a ``test`` env run does before PPO, in order: each key names the data/ snapshot
 ``upstream_data`` keeps after it, each value the pipelines that lead there from the one before."""
+
+
+# --- no process outlives the session ------------------------------------------------------------------
+
+LEFTOVER_GRACE_S = 10
+"""How long the processes still alive when the last test is torn down have to exit on their own
+(a server that is finishing a request, a browser's helpers) before they count as left behind."""
+
+
+def _runs_tests(config: pytest.Config) -> bool:
+    """A pytest-xdist worker, or a session without workers; not the xdist controller."""
+    return bool(os.environ.get("PYTEST_XDIST_WORKER")) or not getattr(config.option, "numprocesses", None)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Every process that runs tests adopts the orphans of what its tests start
+    (``tests.processes``): a process that outlived its parent is then still found below it."""
+    if _runs_tests(config):
+        processes.adopt_orphans()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """After this process's last test, every fixture torn down (session-scoped servers and
+    builds included), no process it started, or that one of those started, may be alive: the
+    leftovers are named in an error on that test, then killed. Each pytest-xdist worker checks
+    its own; the controller runs no test and starts no process but the workers and the tracked
+    project's early build, which it waits for (``pytest_sessionfinish``)."""
+    try:
+        return (yield)
+    finally:
+        if nextitem is None and _runs_tests(item.config):
+            left = processes.wait_until_gone(processes.descendants(), LEFTOVER_GRACE_S)
+            described = processes.describe(left)
+            processes.kill(left)
+            processes.reap_zombies()
+            if left:
+                pytest.fail(f"{len(left)} process(es) outlived the tests that started them:\n{described}",
+                            pytrace=False)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import KEDRO, REPO_ROOT
+from tests.processes import stop_process_group
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -56,7 +57,9 @@ def free_port() -> int:
 def serve(command: list[str], cwd: Path, port: int, ready_path: str = "/", timeout: float = 180) -> Iterator[str]:
     """Start a server, wait until ``ready_path`` answers on 127.0.0.1:port, stop it afterwards."""
     log = open(cwd / f"server-{port}.log", "w")  # noqa: SIM115 (closed below)
-    process = subprocess.Popen(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+    # a session of its own: the server's processes are stopped as one group (kedro-viz serves
+    # from a process it spawns, which outlived `kedro viz run` when only that was stopped)
+    process = subprocess.Popen(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "true",
                                     "MLFLOW_DISABLE_TELEMETRY": "true"})
     url = f"http://127.0.0.1:{port}"
@@ -76,11 +79,7 @@ def serve(command: list[str], cwd: Path, port: int, ready_path: str = "/", timeo
             time.sleep(0.5)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_process_group(process)
         log.close()
 
 

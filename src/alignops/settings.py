@@ -6,6 +6,13 @@ import os
 # forked ParallelRunner worker is not safe to use (sqlite forbids it), a fresh one is.
 os.environ.setdefault("MLFLOW_SQLALCHEMYSTORE_POOLCLASS", "NullPool")
 
+# ParallelRunner's workers and its manager, forked when the runner is built (Kedro read this
+# file before, bootstrapping the project), die with `kedro run` even when it is killed
+# (alignops.processes).
+from alignops.processes import children_die_with_this_process
+
+children_die_with_this_process()
+
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
     "default_run_env": "local",
