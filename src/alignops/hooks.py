@@ -18,7 +18,10 @@ flattened (``sft.learning_rate``). On top of that this hook:
   under one parent run per reproduction and tags it with the DVC stage, the experiment
   and the ``dvc.lock`` digests of its inputs (``alignops.tracking.repro``);
 - keeps tokens and secrets out of logged parameters;
-- logs only on the main process of a distributed launch.
+- logs only on the main process of a distributed launch;
+- ends a killed run KILLED (SIGTERM, SIGHUP, Ctrl-C now; a SIGKILLed one when the next run
+  starts), and continues it when the same command runs again, so a resumed training stage
+  adds to the run it started in (``alignops.tracking.interruptions``).
 
 It replaces kedro-mlflow's own hook (``DISABLE_HOOKS_FOR_PLUGINS`` in settings.py).
 """
@@ -29,6 +32,7 @@ import atexit
 import gc
 import os
 import re
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +43,7 @@ from kedro.io import DataCatalog
 from kedro.pipeline import Pipeline
 from kedro.pipeline.node import Node
 from kedro_mlflow.framework.hooks.mlflow_hook import MlflowHook
-from kedro_mlflow.framework.hooks.utils import _flatten_dict
+from kedro_mlflow.framework.hooks.utils import _flatten_dict, _generate_kedro_command
 from kedro_mlflow.io.catalog.switch_catalog_logging import switch_catalog_logging
 from mlflow.tracking import MlflowClient
 
@@ -47,7 +51,7 @@ from alignops.parameters import check_parameters, parameter_blocks
 from alignops.pipeline_registry import use_sources  # imports no stage: each is built when a run asks for it
 from alignops.pipelines.threads import THREADS_ENV, planned_threads, thread_plan
 from alignops.pipelines.threads import encode as encode_threads
-from alignops.tracking import lineage, repro
+from alignops.tracking import interruptions, lineage, repro
 from alignops.tracking.logger import RUN_ID_ENV, is_main_process
 from alignops.tracking.registry import DATA_TAG_PREFIX
 from alignops.tracking.run_info import (
@@ -60,11 +64,16 @@ from alignops.tracking.run_info import (
     project_sqlite_uri,
     run_name,
 )
+from alignops.tracking.store import store_lock
 
 # Python's last garbage collection at exit walks every object torch, transformers and MLflow
 # made: ~1.5 s of a `kedro run` process on 2 cores (measured 1.6 s -> 0.25 s), paid once per
 # stage under `dvc repro`. Frozen objects are skipped; the OS reclaims the memory anyway.
 atexit.register(gc.freeze)
+# Registered after MLflow's own exit handler (imported above), so it runs first: a run that a
+# Ctrl-C or an interrupted launch leaves open ends KILLED, not FINISHED.
+kill_recorder = interruptions.KillRecorder()
+atexit.register(kill_recorder.end_killed)
 
 
 def _anchor_sqlite_uris(context) -> None:
@@ -81,6 +90,16 @@ def _anchor_sqlite_uris(context) -> None:
     for key in ("mlflow_tracking_uri", "mlflow_registry_uri"):
         server[key] = project_sqlite_uri(server.get(key), lineage.mlflow_root(Path(context.project_path)))
     loader["mlflow"] = {**conf, "server": server}
+
+
+def _store_setup_lock(context) -> AbstractContextManager:
+    """kedro-mlflow opens the tracking store (creating and migrating a new one) and creates the
+    experiment if it finds none: one process at a time (``alignops.tracking.store``)."""
+    try:
+        server = context.config_loader["mlflow"].get("server") or {}
+    except MissingConfigException:
+        server = {}
+    return store_lock(server.get("mlflow_tracking_uri"))
 
 
 def _check_parameters(pipeline: Pipeline, catalog: DataCatalog) -> None:
@@ -108,6 +127,7 @@ class AlignopsMlflowHook(MlflowHook):
         self._hashed: dict[tuple[str, int, int], str] = {}
         self._configured_run_name: str | None = None
         self._parent_id: str | None = None
+        self._continued: str | None = None
 
     @hook_impl
     def after_context_created(self, context) -> None:
@@ -122,7 +142,8 @@ class AlignopsMlflowHook(MlflowHook):
         check_parameters(params, ["sources"])
         use_sources(params.get("sources"))
         _anchor_sqlite_uris(context)
-        super().after_context_created(context)
+        with _store_setup_lock(context):
+            super().after_context_created(context)
         self._configured_run_name = self.mlflow_config.tracking.run.name
         self._env = context.env or "local"
         self._project_path = Path(context.project_path)
@@ -166,13 +187,26 @@ class AlignopsMlflowHook(MlflowHook):
         # kedro-mlflow names the run tracking.run.name, or else after the pipelines alone
         self.mlflow_config.tracking.run.name = self._configured_run_name or run_name(names, self._env, git)
         dvc = lineage.current()
-        if dvc is not None and dvc.repro is not None and not self._already_active_mlflow:
+        repro_stage = dvc is not None and dvc.repro is not None and not self._already_active_mlflow
+        if self._is_tracked(names):
+            experiment_id = self.mlflow_config.tracking.experiment._experiment.experiment_id
+            interruptions.close_abandoned(MlflowClient(), experiment_id)
+            if not repro_stage:  # a reproduction's stage runs are its parent's, never continued
+                self._continue_killed_run(run_params, pipeline, catalog, git)
+        if repro_stage:
             self._open_repro_parent(dvc, git, catalog)
         super().before_pipeline_run(run_params, pipeline, catalog)
         if self.run_id is None:
             return
+        continued = {}
+        if self._continued is not None:
+            times = MlflowClient().get_run(self.run_id).data.tags.get(interruptions.CONTINUED_TAG, "0")
+            continued = {interruptions.CONTINUED_TAG: str(int(times) + 1)}
+            self._export({interruptions.CONTINUED_ENV: "1"})
         mlflow.set_tags(
             {
+                **continued,
+                interruptions.PROCESS_TAG: interruptions.this_process(),
                 "runner": runner,  # kedro-mlflow tags the object's repr, with its address
                 "kedro_command": self._kedro_command(run_params),
                 "kedro.env": self._env,
@@ -183,6 +217,7 @@ class AlignopsMlflowHook(MlflowHook):
             }
         )
         self._catalog = catalog
+        kill_recorder.install(self.run_id)
         self._export({
             RUN_ID_ENV: self.run_id,
             "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(),
@@ -258,7 +293,16 @@ class AlignopsMlflowHook(MlflowHook):
     def _kedro_command(self, run_params: dict[str, Any]) -> str:
         """kedro-mlflow's command (which writes the deprecated ``--pipeline``) with the
         environment and the runtime ``--params`` added, so the tag reruns the same run."""
-        command = MlflowClient().get_run(self.run_id).data.tags.get("kedro_command", "kedro run")
+        names = run_params.get("pipeline_name") or run_params.get("pipeline_names") or ["__default__"]
+        command = _generate_kedro_command(  # what kedro-mlflow tags, from the same arguments
+            tags=run_params.get("tags"),
+            node_names=run_params.get("node_names"),
+            from_nodes=run_params.get("from_nodes"),
+            to_nodes=run_params.get("to_nodes"),
+            from_inputs=run_params.get("from_inputs"),
+            load_versions=run_params.get("load_versions"),
+            pipeline_names=[names] if isinstance(names, str) else list(names),
+        )
         command = command.replace("--pipeline=", "--pipelines=")
         if self._env != "local":
             command += f" --env={self._env}"
@@ -269,6 +313,35 @@ class AlignopsMlflowHook(MlflowHook):
                 f"{k}={REDACTED if is_secret(k) else v}" for k, v in runtime.items()
             )
         return command
+
+    def _is_tracked(self, names: list[str]) -> bool:
+        disabled = set(self.mlflow_config.tracking.disable_tracking.pipelines or [])
+        return not self._already_active_mlflow and not disabled.intersection(names)
+
+    def _continue_killed_run(
+        self, run_params: dict[str, Any], pipeline: Pipeline, catalog: DataCatalog, git: dict[str, str]
+    ) -> None:
+        """If this command's newest run was killed (same commit, same parameter values), have
+        kedro-mlflow open it again."""
+        if self.mlflow_config.tracking.run.id is not None:  # mlflow.yml names a run: that one
+            return
+        client = MlflowClient()
+        experiment_id = self.mlflow_config.tracking.experiment._experiment.experiment_id
+        command = self._kedro_command(run_params)
+        params = self._params_logged(pipeline, catalog)
+        run_id = interruptions.run_to_continue(client, experiment_id, command, git, params)
+        if run_id is not None:
+            self._logger.warning(f"continuing MLflow run {run_id}: the last `{command}` was killed")
+            self.mlflow_config.tracking.run.id = self._continued = run_id
+
+    def _params_logged(self, pipeline: Pipeline, catalog: DataCatalog) -> dict[str, str]:
+        """The parameters kedro-mlflow will log for ``pipeline``, as it logs them (flattened, redacted)."""
+        blocks = {name.removeprefix("params:"): catalog.load(name)
+                  for name in pipeline.inputs() | pipeline.datasets() if name.startswith("params:")}
+        dict_params = self.mlflow_config.tracking.params.dict_params
+        if dict_params.flatten:
+            blocks = _flatten_dict(blocks, recursive=dict_params.recursive, sep=dict_params.sep)
+        return {name: REDACTED if is_secret(name) else str(value) for name, value in blocks.items()}
 
     def _log_param(self, name: str, value: Any) -> None:
         if is_secret(name):
@@ -282,6 +355,9 @@ class AlignopsMlflowHook(MlflowHook):
 
     def _restore(self) -> None:
         """Put back the environment as it was, so the next session in this process opens its own run."""
+        kill_recorder.uninstall()
+        if self._continued is not None:
+            self.mlflow_config.tracking.run.id = self._continued = None
         # kedro-mlflow re-enters the run before each node; with `nested: true` MLflow stacks it
         # once per node and a single end_run leaves it active for the next session.
         while (active := mlflow.active_run()) is not None and active.info.run_id == self.run_id:

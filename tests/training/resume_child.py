@@ -25,6 +25,8 @@ from alignops.models import build_causal_lm
 from alignops.models.generation import GenerationConfig
 from alignops.training.common import MetricHistory
 from tests.helpers import TINY_LLAMA, CountingScorer, make_tiny_tokenizer
+from tests.training.test_sft import PROMPTS as SFT_PROMPTS  # the SFT tests' demonstrations
+from tests.training.test_sft import RESPONSES as SFT_RESPONSES
 
 WALL_CLOCK = ("_per_s", "elapsed_s", "reference_s")
 """Metric names ending so measure time, which a resumed run cannot repeat."""
@@ -47,14 +49,12 @@ def _stall_at(step: int, out: Path) -> None:
 def sft(folder: str, history: MetricHistory):
     from alignops.training.sft import train_sft
     from alignops.training.sft_config import SFTConfig
-    from tests.training.test_sft import PROMPTS, RESPONSES
-
     # 6 rows in 3 micro-batches of 2, 2 per step: 2 steps per epoch, the second one short;
     # the checkpoint at step 3 is in the middle of the second epoch
     config = SFTConfig(learning_rate=3e-3, batch_size=2, grad_accum=2, max_steps=STEPS, warmup_steps=1, log_every=1,
                        eval_every=2, eval_fraction=0.25, eval_batch_size=4, packing=False, checkpoint_every=EVERY)
-    tokenizer = make_tiny_tokenizer(PROMPTS + RESPONSES)
-    return train_sft(tokenizer, PROMPTS, RESPONSES, TINY_LLAMA, config, history, folder)
+    tokenizer = make_tiny_tokenizer(SFT_PROMPTS + SFT_RESPONSES)
+    return train_sft(tokenizer, SFT_PROMPTS, SFT_RESPONSES, TINY_LLAMA, config, history, folder)
 
 
 def reward(folder: str, history: MetricHistory):

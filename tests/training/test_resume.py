@@ -28,8 +28,9 @@ from alignops.training.common import MetricHistory, make_accelerator
 from alignops.training.sft import train_sft
 from alignops.training.sft_config import SFTConfig
 from tests.helpers import REPO_ROOT, TINY_LLAMA, make_tiny_tokenizer
+from tests.training.resume_child import SFT_PROMPTS as PROMPTS
+from tests.training.resume_child import SFT_RESPONSES as RESPONSES
 from tests.training.resume_child import WALL_CLOCK
-from tests.training.test_sft import PROMPTS, RESPONSES
 
 
 def _child(stage: str, checkpoints: Path, out: Path, stall_at: int | None = None) -> subprocess.Popen:
@@ -72,8 +73,8 @@ def test_a_stage_killed_while_saving_resumes_to_the_same_weights_and_history(sta
     assert all(torch.equal(weights[name], expected_weights[name]) for name in weights), "weights differ"
     assert history == expected_history  # every metric at every step, the steps before the kill included
     assert [row["step"] for row in history if any(k.startswith("loss/") for k in row)][-1] == 8
-    # the partial save was cleared away when the resumed run wrote its own step 6 (keep_checkpoints: 2)
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_00000003", "step_00000006"]
+    # the partial save was cleared when the resumed run wrote its own step 6; the last step is always kept
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_00000006", "step_00000008"]
     if stage == "ppo":
         samples = json.loads((tmp_path / "resumed" / "samples.json").read_text())
         assert samples == json.loads((tmp_path / "reference" / "samples.json").read_text())

@@ -22,7 +22,7 @@ from typing import Any
 from kedro.io import AbstractDataset, DatasetError
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from alignops.io_errors import write_failure
+from alignops.models.io_errors import write_failure
 from alignops.models.loading import MODEL_CLASSES, load_model, save_model
 from alignops.models.tokenizer import load_tokenizer
 

@@ -20,6 +20,8 @@ import mlflow
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
+from alignops.tracking.interruptions import CONTINUED_ENV
+
 LogFn = Callable[[dict[str, float], int], None]
 
 RUN_ID_ENV = "MLFLOW_RUN_ID"
@@ -60,10 +62,22 @@ class MlflowMetricLogger:
         self._flush_every_s = flush_every_s
         self._pending: list[Metric] = []
         self._last_flush = time.monotonic()
+        # a run continued after a kill has the steps its killed process sent: not twice
+        self._logged_until: dict[str, int] | None = {} if os.environ.get(CONTINUED_ENV) else None
+
+    def _new(self, name: str, step: int) -> bool:
+        if self._logged_until is None:
+            return True
+        if name not in self._logged_until:
+            history = self._client.get_metric_history(self.run_id, name)
+            self._logged_until[name] = max((m.step for m in history), default=-1)
+        return step > self._logged_until[name]
 
     def __call__(self, metrics: dict[str, Any], step: int) -> None:
         timestamp = int(time.time() * 1000)
-        self._pending.extend(Metric(name, float(value), timestamp, int(step)) for name, value in metrics.items())
+        self._pending.extend(
+            Metric(name, float(value), timestamp, int(step)) for name, value in metrics.items() if self._new(name, step)
+        )
         if time.monotonic() - self._last_flush >= self._flush_every_s:
             self.flush()
 

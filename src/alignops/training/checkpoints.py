@@ -32,7 +32,7 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 
-from alignops.io_errors import write_failure
+from alignops.models.io_errors import write_failure
 
 logger = logging.getLogger(__name__)
 
@@ -123,8 +123,11 @@ class Checkpoints:
         active = self.directory is not None and (self.every > 0 or self.setting != "never")
         self.fingerprint = fingerprint(config, *inputs) if active else ""
 
-    def due(self, step: int) -> bool:
-        return self.directory is not None and self.every > 0 and step % self.every == 0
+    def due(self, step: int, last: int) -> bool:
+        """A checkpoint after step ``step`` of ``last``: every ``checkpoint_every`` steps and
+        after the last (a rerun of a finished stage, as in a killed DAG run again, then costs a
+        load, not the training)."""
+        return self.directory is not None and self.every > 0 and (step % self.every == 0 or step == last)
 
     def save(self, step: int, state: Mapping[str, Any]) -> Path:
         """Write checkpoint ``step`` with the loop's ``state`` (plain values and tensors), on every rank.
@@ -308,9 +311,8 @@ class Recorder:
 
 
 def restore_history(log: Callable[[dict[str, float], int], None], rows: list[dict[str, float]]) -> list[dict]:
-    """Give ``log`` back the rows a checkpoint kept: through its ``restore`` (``MetricHistory``:
-    into the history without reaching the tracking server, which has them from the killed
-    run), else by logging them again. Returns the rows, for the loop's ``Recorder``."""
+    """Give ``log`` back the rows a checkpoint kept: through its ``restore`` where it has one
+    (``MetricHistory``), else by logging them again. Returns the rows, for the loop's ``Recorder``."""
     restore = getattr(log, "restore", None)
     if restore is not None:
         restore(rows)

@@ -260,7 +260,7 @@ def train_epochs(
     batches in the same order as an uninterrupted one (the loader's generators as they were
     when the checkpoint's epoch began, then the batches it had taken skipped without being
     loaded) and returns the same model; the history before the checkpoint goes back into
-    ``log`` (``restore_history``) without being logged again.
+    ``log`` (``restore_history``).
     """
     steps_per_epoch = math.ceil(len(train_loader) / config.grad_accum)
     total_steps = config.max_steps or max(1, round(steps_per_epoch * config.epochs))
@@ -328,7 +328,7 @@ def train_epochs(
             started = time.perf_counter()
             if evaluate is not None and (step % config.eval_every == 0 or step == total_steps):
                 log({f"eval/{stage}/{name}": value for name, value in evaluate().items()}, step)
-            if checkpoints is not None and checkpoints.due(step):
+            if checkpoints is not None and checkpoints.due(step, total_steps):
                 epoch_done = taken == len(train_loader)  # the next epoch starts from the generators as they are now
                 checkpoints.save(step, {
                     **(generator_states(generators) if epoch_done else epoch_start),
@@ -352,6 +352,10 @@ def progress_bar(accelerator: Accelerator, total: int, desc: str, initial: int =
         total=total, initial=initial, desc=desc, disable=not accelerator.is_local_main_process,
         leave=False, dynamic_ncols=True,
     )
+
+
+def _without_step(row: dict[str, float]) -> tuple[dict[str, float], int]:
+    return {name: value for name, value in row.items() if name != "step"}, int(row["step"])
 
 
 class MetricHistory:
@@ -382,10 +386,11 @@ class MetricHistory:
             self._sink(values, step)
 
     def restore(self, rows: list[dict[str, float]]) -> None:
-        """Rows a resumed loop logged before its checkpoint: into ``rows``, renamed as
-        ``__call__`` would, but not to the sink (the killed run's tracking has them)."""
+        """Rows a resumed loop logged before its checkpoint: into ``rows`` and on to the sink,
+        as ``__call__`` would. A run continued after a kill already has some of them (those
+        the killed process sent); the MLflow logger leaves those out (``tracking.logger``)."""
         for row in rows:
-            self.rows.append({"step": int(row["step"]), **{self._name(k): v for k, v in row.items() if k != "step"}})
+            self(*_without_step(row))
 
     def __enter__(self) -> MetricHistory:
         return self

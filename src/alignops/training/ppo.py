@@ -334,7 +334,7 @@ def train_ppo(
                 {"step": step, "prompt": p, "response": r, "score": s}
                 for p, r, s in zip(batch_prompts, out.texts, kept, strict=False)  # the first num_samples
             ]
-        if checkpoints.due(step):
+        if checkpoints.due(step, config.steps):
             checkpoints.save(step, {
                 "generator": seeds.get_state(),
                 "prompt_order": batches.order,
