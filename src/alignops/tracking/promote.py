@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from alignops.tracking.registry import CHAMPION, alias_version, tag_version
 from alignops.tracking.run_info import find_project_root, project_mlflow_uris
+from alignops.tracking.store import sqlite_file, store_lock
 
 
 def promote(client: MlflowClient, name: str, version: str, reason: str, by: str | None = None) -> str | None:
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
         tracking, registry = store_uris(args.tracking_uri, args.registry_uri, Path.cwd())
     except LookupError as error:
         parser.error(str(error))
-    store = _sqlite_file(registry)
+    store = sqlite_file(registry)
     if store is not None and not store.is_file():
         # MLflow would create an empty store there and then find no such model
         parser.error(f"no MLflow store at {store}: has a run been tracked in this project yet?")
@@ -108,22 +109,16 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{args.model} in {registry}")
         print("\n".join(version_lines(client, args.model)) or "(no versions)")
         return
-    previous = promote(client, args.model, args.version, args.reason)
-    print(f"{args.model}: champion v{previous or '-'} -> v{args.version} ({args.reason})")
-    # a policy's reward model (the one it was trained and judged with) becomes champion with it
-    reward_version = (client.get_model_version(args.model, args.version).tags or {}).get("reward_model_version")
-    if reward_version and not args.policy_only:
-        reason = f"with {args.model} v{args.version}: {args.reason}"
-        held = promote(client, args.reward_model, reward_version, reason)
-        print(f"{args.reward_model}: champion v{held or '-'} -> v{reward_version} ({reason})")
-
-
-def _sqlite_file(uri: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URI (None for other stores and in-memory sqlite)."""
-    prefix = "sqlite:///"
-    if not uri.startswith(prefix) or uri == prefix + ":memory:":
-        return None
-    return Path(uri[len(prefix) :])
+    # a gate acting meanwhile reads the champion and moves it under the same lock: never half of each
+    with store_lock(registry):
+        previous = promote(client, args.model, args.version, args.reason)
+        print(f"{args.model}: champion v{previous or '-'} -> v{args.version} ({args.reason})")
+        # a policy's reward model (the one it was trained and judged with) becomes champion with it
+        reward_version = (client.get_model_version(args.model, args.version).tags or {}).get("reward_model_version")
+        if reward_version and not args.policy_only:
+            reason = f"with {args.model} v{args.version}: {args.reason}"
+            held = promote(client, args.reward_model, reward_version, reason)
+            print(f"{args.reward_model}: champion v{held or '-'} -> v{reward_version} ({reason})")
 
 
 if __name__ == "__main__":

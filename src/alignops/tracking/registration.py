@@ -36,6 +36,7 @@ from alignops.tracking.registry import (
     policy_figures,
     tag_version,
 )
+from alignops.tracking.store import store_lock
 
 logger = logging.getLogger(__name__)
 
@@ -124,10 +125,13 @@ def register_run(
         decision = decide(evidence, config.margin, baseline)
     except NoEvidence as missing:
         decision = held_without_evidence(missing, config.margin, baseline)
-    decision = apply_gate(client, config.policy_model, version, decision, champion_version)
-    if decision.promote:
-        # the run's reward model goes with its champion policy (a PPO policy was trained against it)
-        client.set_registered_model_alias(config.reward_model, CHAMPION, rm_version)
+    # Another run's gate may act at the same time: reading the champion again and moving it,
+    # the policy's and then its reward model's, is one step (alignops.tracking.store)
+    with store_lock(mlflow.get_registry_uri()):
+        decision = apply_gate(client, config.policy_model, version, decision, champion_version)
+        if decision.promote:
+            # the run's reward model goes with its champion policy (a PPO policy was trained against it)
+            client.set_registered_model_alias(config.reward_model, CHAMPION, rm_version)
     client.set_tag(run_id, "registry.policy_version", version)
     client.set_tag(run_id, "registry.decision", "promoted" if decision.promote else "held")
     logger.info(
