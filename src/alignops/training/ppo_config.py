@@ -105,9 +105,12 @@ class PPOConfig:
     """Iterations between saved sample generations (and always the last one)."""
     num_samples: int = 4
     """Rollout episodes saved as samples each time (step, prompt, response, score)."""
-    checkpoint_every: int = 0
+    checkpoint_every: int = 5
     """Iterations between checkpoints (policy, value head, optimizer, scheduler,
-    RNG); 0 saves none. The catalog's ``ppo_checkpoints`` says where."""
+    RNG); 0 saves none. A kill costs at most this many iterations of work, and a rerun
+    resumes (``resume``); the stage also saves after its last step, so a killed DAG run again
+    loads the finished stages instead of training them. The default model saves in tens of
+    milliseconds (docs/tuning.md). The catalog's ``ppo_checkpoints`` says where."""
     keep_checkpoints: int = 2
     """How many of the newest checkpoints to keep."""
     resume: str = "auto"

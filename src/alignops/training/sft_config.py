@@ -62,9 +62,12 @@ class SFTConfig:
     """Rows per held-out batch (no gradients, so larger than ``batch_size``)."""
     log_every: int = 10
     """Optimiser steps between training-metric rows (loss averaged over the interval)."""
-    checkpoint_every: int = 0
+    checkpoint_every: int = 100
     """Optimiser steps between checkpoints (accelerate state: weights, optimizer,
-    scheduler, RNG); 0 saves none. The catalog's ``sft_checkpoints`` says where."""
+    scheduler, RNG); 0 saves none. A kill costs at most this many steps of work, and a rerun
+    resumes (``resume``); the stage also saves after its last step, so a killed DAG run again
+    loads the finished stages instead of training them. The default model saves in tens of
+    milliseconds (docs/tuning.md). The catalog's ``sft_checkpoints`` says where."""
     keep_checkpoints: int = 2
     """How many of the newest checkpoints to keep on disk."""
     resume: str = "auto"
