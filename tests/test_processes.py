@@ -109,7 +109,8 @@ def test_a_parallel_run_that_fails_in_its_workers_leaves_no_process(project_copy
         run.watch(until=lambda: False)
         assert run.process.wait(timeout=120) != 0
         assert "sft_model" in run.log.read_text(), run.log.read_text()[-3000:]
-        assert len(run.seen) >= 2, processes.describe(run.seen.values())  # the manager and a worker at least
+        # the manager at least: workers that fail at once can come and go between two looks (a busy machine)
+        assert run.seen, run.log.read_text()[-3000:]
         left = run.left_behind()
         assert not left, processes.describe(left)
     finally:

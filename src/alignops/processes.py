@@ -22,37 +22,14 @@ and are not covered.
 
 from __future__ import annotations
 
-import ctypes
 import os
-import signal
 import threading
 
-PR_SET_PDEATHSIG = 1
-"""prctl option: the signal this process gets when its parent thread ends (linux/prctl.h)."""
+from alignops.training.deathsig import die_with_parent, prctl_available
 
-
-def _load_prctl():
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl  # resolved now: no dlopen in a fresh fork
-    except (OSError, AttributeError):  # not Linux
-        return None
-
-
-_prctl = _load_prctl()
 _forker: tuple[int, bool] = (0, False)
 """(pid, forking on its main thread) of the process forking now, as the child finds it."""
 _registered = False
-
-
-def die_with_parent(parent: int, sig: int = signal.SIGKILL) -> bool:
-    """Have the kernel send ``sig`` to this process when the thread that forked it ends, and
-    send it now if its parent, pid ``parent``, is already gone. False where there is no prctl."""
-    if _prctl is None:
-        return False
-    _prctl(PR_SET_PDEATHSIG, int(sig))
-    if os.getppid() != parent:  # it died before the request was in place: adopted already
-        os.kill(os.getpid(), sig)
-    return True
 
 
 def _before_fork() -> None:
@@ -71,7 +48,7 @@ def children_die_with_this_process() -> bool:
     inherited, every child those children fork) dies by SIGKILL when its parent dies. Once per
     process however often it is called; False where there is no prctl (not Linux)."""
     global _registered
-    if _prctl is None:
+    if not prctl_available():
         return False
     if not _registered:
         os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)

@@ -109,6 +109,8 @@ def main(stage: str, folder: str, out: str) -> None:
         _stall_at(int(os.environ["ALIGNOPS_TEST_STALL_AT_SAVE"]), out_dir)
     history = MetricHistory()
     result = STAGES[stage](folder, history)
+    if int(os.environ.get("RANK", "0")):  # under torchrun: rank 0 writes what the test compares
+        return
     if stage == "ppo":
         (out_dir / "samples.json").write_text(json.dumps(result.samples))
         result = result.policy

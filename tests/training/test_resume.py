@@ -9,12 +9,12 @@ import errno
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from kedro.io import DatasetError
@@ -33,16 +33,22 @@ from tests.training.resume_child import SFT_RESPONSES as RESPONSES
 from tests.training.resume_child import WALL_CLOCK
 
 
-def _child(stage: str, checkpoints: Path, out: Path, stall_at: int | None = None) -> subprocess.Popen:
+def _child(stage: str, checkpoints: Path, out: Path, stall_at: int | None = None, processes: int = 1,
+           ) -> subprocess.Popen:
+    """The stage in a process of its own (a process group: torchrun and its ranks with ``processes`` > 1)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
     env.pop("ALIGNOPS_TEST_STALL_AT_SAVE", None)
     if stall_at is not None:
         env["ALIGNOPS_TEST_STALL_AT_SAVE"] = str(stall_at)
+    launcher = [sys.executable]
+    if processes > 1:  # CPU ranks join accelerate's process group (gloo)
+        env["ACCELERATE_USE_CPU"] = "1"
+        launcher = [str(Path(sys.executable).parent / "torchrun"), "--standalone", f"--nproc_per_node={processes}"]
     out.mkdir(parents=True, exist_ok=True)
     log = (out / "log.txt").open("w")
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.training.resume_child", stage, str(checkpoints), str(out)],
-        cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        [*launcher, "-m", "tests.training.resume_child", stage, str(checkpoints), str(out)],
+        cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
 
 
@@ -51,24 +57,29 @@ def _finish(process: subprocess.Popen, out: Path) -> tuple[dict[str, torch.Tenso
     return load_file(str(out / "weights.safetensors")), json.loads((out / "history.json").read_text())
 
 
-@pytest.mark.parametrize("stage", ["sft", "reward", "dpo", "ppo"])
-def test_a_stage_killed_while_saving_resumes_to_the_same_weights_and_history(stage, tmp_path):
-    uninterrupted = _child(stage, tmp_path / "reference_checkpoints", tmp_path / "reference")
-    killed = _child(stage, tmp_path / "checkpoints", tmp_path / "killed", stall_at=6)
+@pytest.mark.parametrize(("stage", "processes"), [("sft", 1), ("reward", 1), ("dpo", 1), ("ppo", 1), ("reward", 2)])
+def test_a_stage_killed_while_saving_resumes_to_the_same_weights_and_history(stage, processes, tmp_path):
+    """Two CPU ranks (gloo) resume bit for bit too: every rank restores its own RNG states and
+    the sampler's shards replay the same order (the reward model's grouped batches)."""
+    uninterrupted = _child(stage, tmp_path / "reference_checkpoints", tmp_path / "reference", processes=processes)
+    killed = _child(stage, tmp_path / "checkpoints", tmp_path / "killed", stall_at=6, processes=processes)
     deadline = time.monotonic() + 300
     while not (tmp_path / "killed" / "stalled").exists():  # checkpoint 3 complete, 6 half-written
         assert killed.poll() is None and time.monotonic() < deadline, (tmp_path / "killed" / "log.txt").read_text()
         time.sleep(0.1)
-    killed.send_signal(signal.SIGKILL)
+    ranks = psutil.Process(killed.pid).children(recursive=True)  # torchrun's ranks have sessions of their own
+    for process in [psutil.Process(killed.pid), *ranks]:
+        process.kill()
     killed.wait(timeout=60)
+    psutil.wait_procs(ranks, timeout=60)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_00000003", "step_00000006.partial"]
 
-    resumed = _child(stage, tmp_path / "checkpoints", tmp_path / "resumed")
+    resumed = _child(stage, tmp_path / "checkpoints", tmp_path / "resumed", processes=processes)
     weights, history = _finish(resumed, tmp_path / "resumed")
     expected_weights, expected_history = _finish(uninterrupted, tmp_path / "reference")
 
     log = (tmp_path / "resumed" / "log.txt").read_text()
-    assert f"{stage}: resuming from {tmp_path / 'checkpoints' / 'step_00000003'} (step 3)" in log
+    assert log.count(f"{stage}: resuming from {tmp_path / 'checkpoints' / 'step_00000003'} (step 3)") == processes
     assert weights.keys() == expected_weights.keys()
     assert all(torch.equal(weights[name], expected_weights[name]) for name in weights), "weights differ"
     assert history == expected_history  # every metric at every step, the steps before the kill included

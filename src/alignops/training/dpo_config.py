@@ -74,10 +74,11 @@ class DPOConfig:
     """Optimiser steps between metric rows (means over the interval). Every step: a run is a
     few hundred steps and the host sync per row costs nothing next to the forward."""
     checkpoint_every: int = 50
-    """Optimiser steps between checkpoints (accelerate state); 0 saves none. A kill costs at most this many steps of work, and a rerun
-    resumes (``resume``); the stage also saves after its last step, so a killed DAG run again
-    loads the finished stages instead of training them. The default model saves in tens of
-    milliseconds (docs/tuning.md). The catalog's ``dpo_checkpoints`` says where."""
+    """Optimiser steps between checkpoints (accelerate state); 0 saves none. A kill costs at
+    most this many steps of work, and a rerun resumes (``resume``); the stage also saves after
+    its last step, so a killed DAG run again loads the finished stages instead of training
+    them. The default model saves in tens of milliseconds (docs/tuning.md). The catalog's
+    ``dpo_checkpoints`` says where."""
     keep_checkpoints: int = 2
     """How many of the newest checkpoints to keep on disk."""
     resume: str = "auto"

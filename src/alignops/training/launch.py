@@ -40,6 +40,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
+from alignops.training.deathsig import die_with_parent
 from alignops.training.handoff import model_digest, read_value, write_value
 
 LAUNCHED_ENV = "ALIGNOPS_LAUNCHED"
@@ -327,4 +328,7 @@ def run_rank(folder: Path) -> None:
 if __name__ == "__main__":
     if not os.environ.get(LAUNCHED_ENV):
         sys.exit(f"{__name__} runs a node's ranks for alignops' launcher; run `kedro run` instead")
+    # torchrun starts each rank in a session of its own: a rank dies with its launcher (a
+    # SIGKILLed one included) instead of training on for no one
+    die_with_parent(os.getppid())
     run_rank(Path(sys.argv[1]))
