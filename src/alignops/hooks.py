@@ -5,6 +5,7 @@ flattened (``sft.learning_rate``). On top of that this hook:
 
 - builds the config of every parameter block the run's nodes read before the first
   node runs (``alignops.parameters``), so a misspelt key fails in seconds, not hours;
+  likewise an output folder the run could not write (read-only, no permission);
 - names the run for a person: pipelines, environment and short commit
   (``sft+reward test 64b122e``), unless ``mlflow.yml`` sets ``tracking.run.name``;
 - tags the run with the git commit and whether the tree was dirty, the Kedro
@@ -63,6 +64,7 @@ from alignops.tracking.run_info import (
     is_secret,
     project_sqlite_uri,
     run_name,
+    unwritable,
 )
 from alignops.tracking.store import store_lock
 
@@ -108,6 +110,30 @@ def _check_parameters(pipeline: Pipeline, catalog: DataCatalog) -> None:
     before an MLflow run is opened) instead of when its stage starts. Only those blocks:
     ``--pipelines data`` must not fail on a training block it never reads."""
     check_parameters(catalog.load("parameters"), parameter_blocks(pipeline.datasets()))
+
+
+def _check_outputs_writable(pipeline: Pipeline, catalog: DataCatalog, project_path: Path) -> None:
+    """Every local file or folder this run's nodes write must be writable, checked before the
+    first node (and before an MLflow run is opened): a read-only or unwritable data folder
+    otherwise surfaces when a stage saves its model, after it trained."""
+    resolver = getattr(catalog, "config_resolver", None)
+    if resolver is None:
+        return
+    problems = []
+    for name in sorted(pipeline.all_outputs()):
+        config = resolver.resolve_pattern(name)
+        configs = [config, config.get("dataset") if isinstance(config.get("dataset"), dict) else {}]
+        for entry in configs:
+            for key in ("filepath", "path"):
+                value = str(entry.get(key) or "")
+                if not value or "://" in value and not value.startswith("file://"):
+                    continue  # nothing local to write (an in-memory dataset, a remote store)
+                path = Path(value.removeprefix("file://"))
+                cause = unwritable(path if path.is_absolute() else project_path / path)
+                if cause:
+                    problems.append(f"{name} ({value}): {cause}")
+    if problems:
+        raise PermissionError("this run cannot write its outputs; nothing was run:\n  " + "\n  ".join(problems))
 
 
 def _tag_safe(name: str) -> str:
@@ -171,6 +197,7 @@ class AlignopsMlflowHook(MlflowHook):
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Pipeline, catalog: DataCatalog) -> None:
         _check_parameters(pipeline, catalog)
+        _check_outputs_writable(pipeline, catalog, self._project_path)
         runner = re.sub(r"^<([\w.]+) object at 0x[0-9a-f]+>$", r"\1", str(run_params.get("runner") or ""))
         if runner.endswith("ParallelRunner") and "OMP_NUM_THREADS" not in os.environ:
             # each worker's torch threads follow the DAG (alignops.pipelines.threads)

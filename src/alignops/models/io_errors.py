@@ -30,3 +30,4 @@ def write_failure(error: BaseException | None, path: Path) -> str:
     if (isinstance(error, OSError) and error.errno == errno.ENOSPC) or (free is not None and free < FULL_DISK_BYTES):
         text += f"; the disk is full ({free if free is not None else 0:,} bytes free): free space or write elsewhere"
     return text
+

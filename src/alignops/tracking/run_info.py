@@ -6,6 +6,7 @@ Used by the Kedro hook (``alignops.hooks``) and the promotion CLI; nothing here 
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import tomllib
 from pathlib import Path
@@ -135,3 +136,22 @@ def project_mlflow_uris(root: Path, env: str = "local") -> tuple[str | None, str
         if path.is_file():
             server = (yaml.safe_load(path.read_text()) or {}).get("server", server) or {}
     return tuple(project_sqlite_uri(server.get(key), root) for key in ("mlflow_tracking_uri", "mlflow_registry_uri"))
+
+
+def unwritable(path: Path) -> str | None:
+    """Why ``path`` (a file or folder to be written, which may not exist yet) cannot be
+    written, or None when it can: checked on the nearest folder that exists, the one that
+    would get the new entry. A read-only filesystem stops root too; permissions do not."""
+    folder = next((p for p in (path.parent, *path.parents) if p.exists()), None)
+    if folder is None:
+        return None
+    if path.exists() and path.is_dir():
+        folder = path  # a model folder is replaced beside itself, but its checkpoints go inside
+    try:
+        if os.statvfs(folder).f_flag & os.ST_RDONLY:
+            return f"{folder} is on a read-only file system"
+    except OSError as error:
+        return f"{folder}: {error.strerror}"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"{folder} is not writable by this user (permission denied)"
+    return None
