@@ -67,7 +67,7 @@ def _run(project: Path, command: list[str], stage: str, kill_at: float | None = 
 def _saves(folder: Path) -> list[tuple[float, float]]:
     """(seconds, MB) of each checkpoint in ``folder``: first to last modification of its files."""
     found = []
-    for checkpoint in sorted(folder.glob("step_*")):
+    for checkpoint in sorted(folder.glob("step_????????")):  # complete ones
         files = [p for p in checkpoint.rglob("*") if p.is_file()]
         times = [p.stat().st_mtime for p in files]
         found.append((max(times) - min(times), sum(p.stat().st_size for p in files) / 1e6))
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     if every is None:
         conf = yaml.safe_load((project / "conf" / "base" / f"parameters_{stage}.yml").read_text())
         every = conf[stage]["checkpoint_every"]
-    total_steps = max(int(p.name.removeprefix("step_")) for p in checkpoints.glob("step_*"))  # the last is saved
+    total_steps = max(int(p.name.removeprefix("step_")) for p in checkpoints.glob("step_????????"))  # the last
 
     shutil.rmtree(checkpoints, ignore_errors=True)
     killed_s, _, killed_at = _run(project, command, stage, kill_at=args.kill_at)

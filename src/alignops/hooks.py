@@ -196,6 +196,11 @@ class AlignopsMlflowHook(MlflowHook):
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Pipeline, catalog: DataCatalog) -> None:
+        if kill_recorder.run_id is not None:  # an earlier session in this process was interrupted
+            kill_recorder.end_killed()  # (no hook runs for a KeyboardInterrupt): its run, its exports
+            self._restore_environment()
+            if self._continued is not None:
+                self.mlflow_config.tracking.run.id = self._continued = None
         _check_parameters(pipeline, catalog)
         _check_outputs_writable(pipeline, catalog, self._project_path)
         runner = re.sub(r"^<([\w.]+) object at 0x[0-9a-f]+>$", r"\1", str(run_params.get("runner") or ""))
@@ -356,7 +361,8 @@ class AlignopsMlflowHook(MlflowHook):
         experiment_id = self.mlflow_config.tracking.experiment._experiment.experiment_id
         command = self._kedro_command(run_params)
         params = self._params_logged(pipeline, catalog)
-        run_id = interruptions.run_to_continue(client, experiment_id, command, git, params)
+        project = str(run_params.get("project_path") or self._project_path)  # as kedro-mlflow tags it
+        run_id = interruptions.run_to_continue(client, experiment_id, command, project, git, params)
         if run_id is not None:
             self._logger.warning(f"continuing MLflow run {run_id}: the last `{command}` was killed")
             self.mlflow_config.tracking.run.id = self._continued = run_id
@@ -395,15 +401,18 @@ class AlignopsMlflowHook(MlflowHook):
                 mlflow.end_run()
             self.mlflow_config.tracking.run.nested = False
             self._parent_id = None
+        self._restore_environment()
+        self._catalog = None
+        self.run_id = None
+        use_sources(None)  # the next session in this process wires its own sources, or the default
+
+    def _restore_environment(self) -> None:
         for name, value in self._exported.items():
             if value is None:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
         self._exported = {}
-        self._catalog = None
-        self.run_id = None
-        use_sources(None)  # the next session in this process wires its own sources, or the default
 
 
 mlflow_hook = AlignopsMlflowHook()

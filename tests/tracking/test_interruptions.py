@@ -10,7 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
-import mlflow
+import pytest
 from mlflow.tracking import MlflowClient
 
 from alignops.tracking.interruptions import CONTINUED_TAG, PROCESS_TAG, process_alive, this_process
@@ -89,22 +89,35 @@ def test_a_process_tag_tells_a_live_process_from_a_dead_one_and_a_recycled_pid()
     assert process_alive(f"elsewhere.example:{os.getpid()}:") is None
 
 
-def test_a_signal_ends_the_run_killed_in_the_process_that_opened_it(tmp_path):
-    script = f"""
-import os, signal, time, mlflow
+SIGNALLED = """
+import os, signal, sys, time, mlflow
 from alignops.tracking.interruptions import KillRecorder
-mlflow.set_tracking_uri("sqlite:///{tmp_path / 'mlflow.db'}")
+signal.signal(signal.SIGHUP, signal.SIG_IGN if sys.argv[2] == "nohup" else signal.SIG_DFL)  # as a shell leaves it
+mlflow.set_tracking_uri(sys.argv[1])
 run = mlflow.start_run()
 recorder = KillRecorder()
 recorder.install(run.info.run_id)
+recorder.install(run.info.run_id)  # a second session in the process: no handler may chain to itself
 print(run.info.run_id, flush=True)
 time.sleep(120)
 """
-    env = environment_without_mlflow_run()
-    process = subprocess.Popen([str(Path(KEDRO).parent / "python"), "-c", script], env=env, stdout=subprocess.PIPE,
-                               text=True)
-    run_id = process.stdout.readline().strip()
-    process.send_signal(signal.SIGHUP)
-    assert process.wait(timeout=60) == -signal.SIGHUP  # the signal's own outcome, after recording
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    assert MlflowClient().get_run(run_id).info.status == "KILLED"
+
+
+@pytest.mark.parametrize("shell", ["terminal", "nohup"])
+def test_sighup_ends_the_run_killed_unless_the_process_ignores_it(shell, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    process = subprocess.Popen([str(Path(KEDRO).parent / "python"), "-c", SIGNALLED, uri, shell],
+                               env=environment_without_mlflow_run(), stdout=subprocess.PIPE, text=True)
+    try:
+        run_id = process.stdout.readline().strip()
+        process.send_signal(signal.SIGHUP)
+        if shell == "terminal":
+            assert process.wait(timeout=60) == -signal.SIGHUP  # the signal's own outcome, after recording
+            assert MlflowClient(uri).get_run(run_id).info.status == "KILLED"
+        else:
+            time.sleep(2)
+            assert process.poll() is None  # nohup: the run goes on, still RUNNING
+            assert MlflowClient(uri).get_run(run_id).info.status == "RUNNING"
+    finally:
+        process.kill()
+        process.wait()

@@ -65,6 +65,7 @@ def reward(folder: str, history: MetricHistory):
     tokenizer = make_tiny_tokenizer(PROMPTS + GOOD + BAD)
     torch.manual_seed(0)
     sft_model = build_causal_lm(MODEL, tokenizer)
+    sft_model.config.attention_dropout = 0.2  # dropout draws from the global generator, which a resume must restore
     trained = train_reward_model(sft_model, tokenizer, separable_pairs(6), separable_pairs(2, seed=1), MODEL, config,
                                  history, folder)
     return trained.model

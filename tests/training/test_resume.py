@@ -225,6 +225,9 @@ def test_a_read_only_folder_names_the_folder_and_keeps_the_last_checkpoint_and_m
         with pytest.raises(CheckpointError, match=r"could not write checkpoint .*step_00000004\.partial: "
                                                    r"(Read-only file system|Permission denied)"):
             checkpoints.save(4, {})
+        with pytest.raises(CheckpointError, match=r"sft: cannot write checkpoints to .*checkpoints: "
+                                                   r"(Read-only file system|Permission denied)"):
+            _trained_state(root / "checkpoints")  # a stage that would checkpoint there fails before training
         with pytest.raises(DatasetError, match=r"could not write .*sft: (Read-only file system|Permission denied)"
                                                r".*the previous one is untouched"):
             dataset.save(model)
@@ -251,3 +254,17 @@ def small_disk_or_none(tmp_path):
         pytest.skip("running as root, whom permissions do not stop, and no filesystem can be mounted read-only")
     yield mount
     subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_model_save_killed_between_its_renames_is_recovered_and_its_leftovers_cleared(tmp_path):
+    checkpoints, model = _trained_state(tmp_path / "checkpoints")
+    dataset = HFModelDataset(filepath=str(tmp_path / "sft"))
+    dataset.save(model)
+    (tmp_path / "sft").rename(tmp_path / ".sft.previous")  # killed after moving the old one aside
+    (tmp_path / ".sft.k1ll3d").mkdir()  # and a staging folder an earlier kill left
+    (tmp_path / ".sft.k1ll3d" / "model.safetensors").write_bytes(b"half")
+    dataset.save(model)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", "sft"]
+    reloaded = dataset.load()
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reloaded.state_dict().values(),
+                                                  strict=True))

@@ -34,12 +34,16 @@ def _replace_folder(target: Path, write: Callable[[Path], None]) -> None:
     place instead of half of a new one; the error names the folder and the cause.
     """
     staging = None
+    previous = target.with_name(f".{target.name}.previous")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
+        if previous.exists() and not target.exists():  # a save killed between its two renames
+            previous.rename(target)
+        for leftover in target.parent.glob(f".{target.name}.*"):  # staging folders of killed saves
+            shutil.rmtree(leftover, ignore_errors=True)
         staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
         write(staging)
         staging.chmod(0o755)  # mkdtemp makes 0700; give the folder a plain mkdir's mode
-        previous = target.with_name(f".{target.name}.previous")
         if target.exists():  # moved aside, not deleted, until the new one is in place
             shutil.rmtree(previous, ignore_errors=True)
             target.rename(previous)

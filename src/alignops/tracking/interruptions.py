@@ -79,15 +79,19 @@ def close_abandoned(client: MlflowClient, experiment_id: str) -> list[str]:
 
 
 def run_to_continue(
-    client: MlflowClient, experiment_id: str, command: str, git: Mapping[str, str], params: Mapping[str, str]
+    client: MlflowClient, experiment_id: str, command: str, project: str, git: Mapping[str, str],
+    params: Mapping[str, str],
 ) -> str | None:
-    """The id of the KILLED run this ``kedro run`` continues, or None for a new run: the
-    newest run of ``command`` if it was killed, on the same commit (``git``), and every
-    parameter it logged has the value it has now (MLflow refuses to change one)."""
+    """The id of the KILLED run this ``kedro run`` continues, or None for a new run: the newest
+    run of ``command`` in this ``project`` folder on this host, if it was killed, on the same
+    commit (``git``), and every parameter it logged has the value it has now (MLflow refuses to
+    change one). Another machine's or another checkout's run sharing the store is never taken."""
     for run in client.search_runs([experiment_id], order_by=["attributes.start_time DESC"],
                                   max_results=SEARCH_DEPTH):
         tags = run.data.tags
         if tags.get("kedro_command") != command or tags.get("mlflow.parentRunId"):
+            continue
+        if tags.get("project_path") != project or tags.get(PROCESS_TAG, "").split(":")[0] != socket.gethostname():
             continue
         if run.info.status != RunStatus.to_string(RunStatus.KILLED):
             return None  # the newest run of this command ended otherwise: nothing to continue
@@ -115,9 +119,17 @@ class KillRecorder:
         self._previous: dict[int, Any] = {}
 
     def install(self, run_id: str) -> None:
+        """Handle the signals for ``run_id``. A run an earlier session of this process left open
+        (a Ctrl-C'd in-process ``session.run``: Kedro calls no hook for a KeyboardInterrupt) is
+        ended KILLED first, and the handlers it installed are put back, never chained to."""
+        if self.run_id != run_id:
+            self.end_killed()
+        self.uninstall()
         self.run_id, self._owner = run_id, os.getpid()
         try:
-            self._previous = {sig: signal.signal(sig, self._on_signal) for sig in self.SIGNALS}
+            # an ignored signal (SIGHUP under nohup) stays ignored: the run goes on, and so does its status
+            ignored = {sig for sig in self.SIGNALS if signal.getsignal(sig) == signal.SIG_IGN}
+            self._previous = {sig: signal.signal(sig, self._on_signal) for sig in self.SIGNALS if sig not in ignored}
         except ValueError:  # not the main thread (a notebook's worker thread): exit handling only
             self._previous = {}
 
@@ -134,23 +146,21 @@ class KillRecorder:
 
         run_id, self.run_id = self.run_id, None
         killed = RunStatus.to_string(RunStatus.KILLED)
-        while (active := mlflow.active_run()) is not None and active.info.run_id == run_id:
-            mlflow.end_run(killed)
         try:
+            while (active := mlflow.active_run()) is not None and active.info.run_id == run_id:
+                mlflow.end_run(killed)
             client = MlflowClient()
             if client.get_run(run_id).info.status == RunStatus.to_string(RunStatus.RUNNING):
                 client.set_terminated(run_id, killed)
-        except Exception:  # noqa: BLE001 - dying anyway; the next run closes it (close_abandoned)
+        except Exception:  # noqa: BLE001 - a locked or unreachable store: the next run closes it (close_abandoned)
             pass
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if os.getpid() == self._owner:
-            self.end_killed()
+            self.end_killed()  # never raises: the signal goes on to do what it did before
         previous = self._previous.get(signum, signal.SIG_DFL)
-        if callable(previous):
+        if callable(previous) and previous != self._on_signal:
             previous(signum, frame)
-            return
-        if previous == signal.SIG_IGN:
             return
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)

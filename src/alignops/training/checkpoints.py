@@ -18,7 +18,10 @@ writes its first, then removed with the other stale ones.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
+import importlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -42,6 +45,11 @@ STATE_FILE = "step.json"
 TENSOR_FILE = "loop_state.safetensors"
 RESUME_MODES = ("auto", "never")
 """``resume``'s keywords; any other value is the path of one checkpoint folder."""
+CODE_PACKAGES = ("alignops.core", "alignops.models", "alignops.training")
+"""The packages whose source decides what a stage computes: a fix there (a loss, a model, a
+loop) makes an earlier run's checkpoints another run's. Tracking, the hooks and the
+pipelines' wiring are not in it: changing them still resumes."""
+LIBRARIES = ("torch", "transformers", "accelerate", "peft")
 NOT_FINGERPRINTED = frozenset({"resume", "checkpoint_every", "keep_checkpoints"})
 """Config fields that say how a stage checkpoints, not what it computes: changing one
 between a kill and the rerun still resumes."""
@@ -57,11 +65,29 @@ def check_resume_setting(config: Any) -> None:
         raise ValueError(f"resume must be 'auto', 'never' or a checkpoint folder, got {config.resume!r}")
 
 
+@functools.cache
+def code_digest() -> str:
+    """sha256 of the ``CODE_PACKAGES``' source files and the ``LIBRARIES``' versions."""
+    digest = hashlib.sha256()
+    for package in CODE_PACKAGES:
+        folder = Path(importlib.import_module(package).__file__).parent
+        for path in sorted(folder.rglob("*.py")):
+            digest.update(f"{package}/{path.relative_to(folder).as_posix()}".encode())
+            digest.update(path.read_bytes())
+    for library in LIBRARIES:
+        try:
+            digest.update(f"{library}=={importlib.metadata.version(library)}".encode())
+        except importlib.metadata.PackageNotFoundError:
+            digest.update(f"{library} absent".encode())
+    return digest.hexdigest()
+
+
 def fingerprint(config: Any, *inputs: Any) -> str:
     """sha256 of what a stage computes from: ``config``'s fields (``NOT_FINGERPRINTED``
-    aside) and ``inputs``: tensors, dicts of tensors, models (their state dicts) or JSON-able
-    values (prompt lists). Equal fingerprints, equal results, so a checkpoint may be resumed."""
-    digest = hashlib.sha256()
+    aside), ``inputs`` (tensors, dicts of tensors, models by their state dicts, dataclasses,
+    data frames, JSON-able values such as prompt lists) and the code (``code_digest``).
+    Equal fingerprints, equal results, so a checkpoint may be resumed."""
+    digest = hashlib.sha256(code_digest().encode())
     names = [f.name for f in fields(config)] if dataclasses.is_dataclass(config) else sorted(vars(config))
     settings = {name: getattr(config, name) for name in names if name not in NOT_FINGERPRINTED}
     digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
@@ -121,7 +147,24 @@ class Checkpoints:
         self.keep = config.keep_checkpoints
         self.setting = config.resume
         active = self.directory is not None and (self.every > 0 or self.setting != "never")
-        self.fingerprint = fingerprint(config, *inputs) if active else ""
+        # how many processes and which precision: another launch would not continue this one
+        launch = {"processes": accelerator.num_processes, "precision": str(accelerator.mixed_precision),
+                  "device": accelerator.device.type}
+        self.fingerprint = fingerprint(config, launch, *inputs) if active else ""
+        if self.directory is not None and self.every > 0:
+            self._probe()
+
+    def _probe(self) -> None:
+        """Fail now, not at the first save hours later, when the folder cannot be written."""
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            probe = self.directory / f".probe.{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as error:
+            raise CheckpointError(
+                f"{self.stage}: cannot write checkpoints to {self.directory}: {write_failure(error, self.directory)}"
+            ) from error
 
     def due(self, step: int, last: int) -> bool:
         """A checkpoint after step ``step`` of ``last``: every ``checkpoint_every`` steps and
@@ -171,6 +214,9 @@ class Checkpoints:
                 f"the previous checkpoint in {self.directory} is intact"
             ) from error
         if accelerator.is_main_process:
+            for written in partial.rglob("*"):  # on disk before the rename says the checkpoint is complete
+                if written.is_file():
+                    _sync_file(written)
             shutil.rmtree(folder, ignore_errors=True)  # the same step from an earlier run
             partial.rename(folder)
             _sync_directory(self.directory)
@@ -236,8 +282,12 @@ class Checkpoints:
         try:
             self.accelerator.load_state(str(folder))
             tensors = load_file(str(folder / TENSOR_FILE)) if (folder / TENSOR_FILE).exists() else {}
-        except (OSError, RuntimeError, ValueError) as error:
-            raise CheckpointError(f"{self.stage}: could not read checkpoint {folder}: {error}") from error
+        except Exception as error:  # torch, safetensors and pickle each raise their own
+            older = [p.name for p in sorted(folder.parent.glob(f"{CHECKPOINT_PREFIX}????????")) if p < folder]
+            raise CheckpointError(
+                f"{self.stage}: could not read checkpoint {folder} ({type(error).__name__}: {error}); "
+                f"rerun with {self.stage}.resume=never, or resume from an older one ({', '.join(older) or 'none'})"
+            ) from error
         state = {name: value for name, value in record.items() if name not in ("stage", "step", "fingerprint")}
         logger.warning("%s: resuming from %s (step %d)", self.stage, folder, record["step"])
         return Resumed(step=int(record["step"]), state={**state, **tensors}, folder=folder)
@@ -252,11 +302,17 @@ def _record(folder: Path) -> dict[str, Any]:
 
 
 def _write_synced(path: Path, text: str) -> None:
-    """Write and fsync: the rename that completes a checkpoint must not outrun its contents."""
-    with path.open("w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
+    path.write_text(text)
+    _sync_file(path)
+
+
+def _sync_file(path: Path) -> None:
+    """fsync: after a power cut, a renamed (complete) checkpoint must not hold empty files."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def _sync_directory(directory: Path) -> None:
