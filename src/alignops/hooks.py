@@ -58,13 +58,13 @@ from alignops.tracking.registry import DATA_TAG_PREFIX
 from alignops.tracking.run_info import (
     DEFAULT_HASH_DATASETS,
     REDACTED,
+    check_outputs_writable,
     dataset_files,
     file_md5,
     git_state,
     is_secret,
     project_sqlite_uri,
     run_name,
-    unwritable,
 )
 from alignops.tracking.store import store_lock
 
@@ -110,30 +110,6 @@ def _check_parameters(pipeline: Pipeline, catalog: DataCatalog) -> None:
     before an MLflow run is opened) instead of when its stage starts. Only those blocks:
     ``--pipelines data`` must not fail on a training block it never reads."""
     check_parameters(catalog.load("parameters"), parameter_blocks(pipeline.datasets()))
-
-
-def _check_outputs_writable(pipeline: Pipeline, catalog: DataCatalog, project_path: Path) -> None:
-    """Every local file or folder this run's nodes write must be writable, checked before the
-    first node (and before an MLflow run is opened): a read-only or unwritable data folder
-    otherwise surfaces when a stage saves its model, after it trained."""
-    resolver = getattr(catalog, "config_resolver", None)
-    if resolver is None:
-        return
-    problems = []
-    for name in sorted(pipeline.all_outputs()):
-        config = resolver.resolve_pattern(name)
-        configs = [config, config.get("dataset") if isinstance(config.get("dataset"), dict) else {}]
-        for entry in configs:
-            for key in ("filepath", "path"):
-                value = str(entry.get(key) or "")
-                if not value or "://" in value and not value.startswith("file://"):
-                    continue  # nothing local to write (an in-memory dataset, a remote store)
-                path = Path(value.removeprefix("file://"))
-                cause = unwritable(path if path.is_absolute() else project_path / path)
-                if cause:
-                    problems.append(f"{name} ({value}): {cause}")
-    if problems:
-        raise PermissionError("this run cannot write its outputs; nothing was run:\n  " + "\n  ".join(problems))
 
 
 def _tag_safe(name: str) -> str:
@@ -202,7 +178,7 @@ class AlignopsMlflowHook(MlflowHook):
             if self._continued is not None:
                 self.mlflow_config.tracking.run.id = self._continued = None
         _check_parameters(pipeline, catalog)
-        _check_outputs_writable(pipeline, catalog, self._project_path)
+        check_outputs_writable(pipeline, catalog, self._project_path)
         runner = re.sub(r"^<([\w.]+) object at 0x[0-9a-f]+>$", r"\1", str(run_params.get("runner") or ""))
         if runner.endswith("ParallelRunner") and "OMP_NUM_THREADS" not in os.environ:
             # each worker's torch threads follow the DAG (alignops.pipelines.threads)
@@ -360,21 +336,18 @@ class AlignopsMlflowHook(MlflowHook):
         client = MlflowClient()
         experiment_id = self.mlflow_config.tracking.experiment._experiment.experiment_id
         command = self._kedro_command(run_params)
-        params = self._params_logged(pipeline, catalog)
+        # the parameters kedro-mlflow will log, as it logs them (flattened, redacted)
+        params = {name.removeprefix("params:"): catalog.load(name)
+                  for name in pipeline.inputs() | pipeline.datasets() if name.startswith("params:")}
+        dict_params = self.mlflow_config.tracking.params.dict_params
+        if dict_params.flatten:
+            params = _flatten_dict(params, recursive=dict_params.recursive, sep=dict_params.sep)
+        params = {name: REDACTED if is_secret(name) else str(value) for name, value in params.items()}
         project = str(run_params.get("project_path") or self._project_path)  # as kedro-mlflow tags it
         run_id = interruptions.run_to_continue(client, experiment_id, command, project, git, params)
         if run_id is not None:
             self._logger.warning(f"continuing MLflow run {run_id}: the last `{command}` was killed")
             self.mlflow_config.tracking.run.id = self._continued = run_id
-
-    def _params_logged(self, pipeline: Pipeline, catalog: DataCatalog) -> dict[str, str]:
-        """The parameters kedro-mlflow will log for ``pipeline``, as it logs them (flattened, redacted)."""
-        blocks = {name.removeprefix("params:"): catalog.load(name)
-                  for name in pipeline.inputs() | pipeline.datasets() if name.startswith("params:")}
-        dict_params = self.mlflow_config.tracking.params.dict_params
-        if dict_params.flatten:
-            blocks = _flatten_dict(blocks, recursive=dict_params.recursive, sep=dict_params.sep)
-        return {name: REDACTED if is_secret(name) else str(value) for name, value in blocks.items()}
 
     def _log_param(self, name: str, value: Any) -> None:
         if is_secret(name):

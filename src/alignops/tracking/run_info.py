@@ -155,3 +155,27 @@ def unwritable(path: Path) -> str | None:
     if not os.access(folder, os.W_OK | os.X_OK):
         return f"{folder} is not writable by this user (permission denied)"
     return None
+
+
+def check_outputs_writable(pipeline: Any, catalog: Any, project_path: Path) -> None:
+    """Every local file or folder this run's nodes write must be writable, checked before the
+    first node (and before an MLflow run is opened): a read-only or unwritable data folder
+    otherwise surfaces when a stage saves its model, after it trained."""
+    resolver = getattr(catalog, "config_resolver", None)
+    if resolver is None:
+        return
+    problems = []
+    for name in sorted(pipeline.all_outputs()):
+        config = resolver.resolve_pattern(name)
+        configs = [config, config.get("dataset") if isinstance(config.get("dataset"), dict) else {}]
+        for entry in configs:
+            for key in ("filepath", "path"):
+                value = str(entry.get(key) or "")
+                if not value or "://" in value and not value.startswith("file://"):
+                    continue  # nothing local to write (an in-memory dataset, a remote store)
+                path = Path(value.removeprefix("file://"))
+                cause = unwritable(path if path.is_absolute() else project_path / path)
+                if cause:
+                    problems.append(f"{name} ({value}): {cause}")
+    if problems:
+        raise PermissionError("this run cannot write its outputs; nothing was run:\n  " + "\n  ".join(problems))

@@ -276,7 +276,8 @@ def train_epochs(
     if resumed is not None:
         step, skip = resumed.step, int(resumed.state["batches_into_epoch"])
         recorded.rows = restore_history(log, resumed.state["history"])
-        interval.copy_(resumed.state["interval"])
+        if accelerator.is_main_process:  # the sums of every rank come back once, on rank 0
+            interval.copy_(resumed.state["interval"])
         set_generator_states(generators, resumed.state)
     log = recorded
     interval_start = time.perf_counter()
@@ -333,7 +334,7 @@ def train_epochs(
                 checkpoints.save(step, {
                     **(generator_states(generators) if epoch_done else epoch_start),
                     "batches_into_epoch": 0 if epoch_done else taken,
-                    "interval": interval,
+                    "interval": accelerator.reduce(interval.clone(), reduction="sum"),  # every rank's, summed
                     "history": recorded.rows,
                 })
             interval_start += time.perf_counter() - started
