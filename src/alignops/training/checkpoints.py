@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
 from safetensors.torch import load_file, save_file
 
 from alignops.models.io_errors import write_failure
@@ -254,43 +255,66 @@ class Checkpoints:
         and return the loop's state; None to start from step 0.
 
         ``auto``: the newest checkpoint of this configuration, if any; ``never``: none; a path:
-        that checkpoint, which must exist and have been written by this configuration.
+        that checkpoint, which must exist and have been written by this configuration. The main
+        process chooses and the others follow, so that every rank loads the same one (or none);
+        a rank that cannot read it fails every rank, with the checkpoint named.
         """
+        accelerator = self.accelerator
+        choice: list[str | None] = [None, None]  # the folder, or the reason none can be resumed
+        if accelerator.is_main_process:
+            try:
+                folder = self._choose()
+                choice[0] = None if folder is None else str(folder)
+            except CheckpointError as error:
+                choice[1] = str(error)
+        if accelerator.num_processes > 1:
+            choice = broadcast_object_list(choice, from_process=0)
+        if choice[1] is not None:
+            raise CheckpointError(choice[1])
+        if choice[0] is None:
+            return None
+        folder = Path(choice[0])
+        record = _record(folder)
+        failed, error = torch.zeros(1, device=accelerator.device), None
+        try:
+            accelerator.load_state(str(folder))
+            tensors = load_file(str(folder / TENSOR_FILE)) if (folder / TENSOR_FILE).exists() else {}
+        except Exception as caught:  # noqa: BLE001 - torch, safetensors and pickle each raise their own; re-raised below
+            failed[0], error = 1.0, caught
+        if accelerator.num_processes > 1:
+            failed = accelerator.reduce(failed, reduction="sum")
+        if failed.item():
+            older = [p.name for p in sorted(folder.parent.glob(f"{CHECKPOINT_PREFIX}????????")) if p < folder]
+            cause = f"{type(error).__name__}: {error}" if error is not None else "another rank could not"
+            raise CheckpointError(
+                f"{self.stage}: could not read checkpoint {folder} ({cause}); rerun with "
+                f"{self.stage}.resume=never, or resume from an older one ({', '.join(older) or 'none'})"
+            ) from error
+        state = {name: value for name, value in record.items() if name not in ("stage", "step", "fingerprint")}
+        logger.warning("%s: resuming from %s (step %d)", self.stage, folder, record["step"])
+        return Resumed(step=int(record["step"]), state={**state, **tensors}, folder=folder)
+
+    def _choose(self) -> Path | None:
+        """The checkpoint ``resume`` names (the main process decides)."""
         setting = self.setting
         if setting == "never" or self.directory is None and setting == "auto":
             return None
         if setting == "auto":
             folder = self.latest()
-            if folder is None:
-                if self.directory is not None and any(self.directory.glob(f"{CHECKPOINT_PREFIX}*")):
-                    logger.info("%s: the checkpoints in %s are another configuration's; starting afresh",
-                                self.stage, self.directory)
-                return None
-        else:
-            folder = Path(setting)
-            record = _record(folder)
-            if not record:
-                raise CheckpointError(
-                    f"{self.stage}: resume: {folder} is not a complete checkpoint ({STATE_FILE} missing)"
-                )
-            if record.get("fingerprint") != self.fingerprint:
-                raise CheckpointError(
-                    f"{self.stage}: resume: {folder} was written with another configuration, data or "
-                    "starting model; its state would not continue this run"
-                )
+            if folder is None and self.directory is not None and any(self.directory.glob(f"{CHECKPOINT_PREFIX}*")):
+                logger.info("%s: the checkpoints in %s are another configuration's; starting afresh",
+                            self.stage, self.directory)
+            return folder
+        folder = Path(setting)
         record = _record(folder)
-        try:
-            self.accelerator.load_state(str(folder))
-            tensors = load_file(str(folder / TENSOR_FILE)) if (folder / TENSOR_FILE).exists() else {}
-        except Exception as error:  # torch, safetensors and pickle each raise their own
-            older = [p.name for p in sorted(folder.parent.glob(f"{CHECKPOINT_PREFIX}????????")) if p < folder]
+        if not record:
+            raise CheckpointError(f"{self.stage}: resume: {folder} is not a complete checkpoint ({STATE_FILE} missing)")
+        if record.get("fingerprint") != self.fingerprint:
             raise CheckpointError(
-                f"{self.stage}: could not read checkpoint {folder} ({type(error).__name__}: {error}); "
-                f"rerun with {self.stage}.resume=never, or resume from an older one ({', '.join(older) or 'none'})"
-            ) from error
-        state = {name: value for name, value in record.items() if name not in ("stage", "step", "fingerprint")}
-        logger.warning("%s: resuming from %s (step %d)", self.stage, folder, record["step"])
-        return Resumed(step=int(record["step"]), state={**state, **tensors}, folder=folder)
+                f"{self.stage}: resume: {folder} was written with another configuration, data or "
+                "starting model; its state would not continue this run"
+            )
+        return folder
 
 
 def _record(folder: Path) -> dict[str, Any]:
