@@ -25,7 +25,13 @@ from alignops.catalog.reward_model import RewardModelDataset
 from alignops.core.masked import masked_whiten
 from alignops.training.common import global_mean, shard_batches
 from alignops.training.handoff import model_digest, read_value, write_value
-from alignops.training.launch import LAUNCHED_ENV, check_ranks_agree, launch_command, wants_launch
+from alignops.training.launch import (
+    LAUNCHED_ENV,
+    check_ranks_agree,
+    clear_abandoned_handoffs,
+    launch_command,
+    wants_launch,
+)
 from tests.helpers import KEDRO, run_kedro
 
 # stage: (the data/ snapshot it starts from, the model it saves, a metric it logs every logged step)
@@ -126,7 +132,10 @@ def test_two_ranks_reach_the_loss_of_one_process_at_the_same_global_batch(projec
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
 def test_a_kedro_run_stopped_mid_launch_leaves_no_rank_behind(sig, project_after, tmp_path):
     project = project_after("data_validation")
-    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "GX_ANALYTICS_ENABLED": "false", "OMP_NUM_THREADS": "1"}
+    temp = tmp_path / "temp"  # where the launch puts its hand-off folder
+    temp.mkdir()
+    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "GX_ANALYTICS_ENABLED": "false", "OMP_NUM_THREADS": "1",
+           "TMPDIR": str(temp)}
     with open(tmp_path / "run.log", "w") as log:
         run = subprocess.Popen(
             [str(KEDRO), "run", "--env", "test", "--pipelines", "sft",
@@ -145,6 +154,12 @@ def test_a_kedro_run_stopped_mid_launch_leaves_no_rank_behind(sig, project_after
         run.wait(timeout=60)
         gone, alive = psutil.wait_procs(family, timeout=60)
         assert not alive, [p.cmdline() for p in alive]
+        left = sorted(temp.glob("alignops-launch-*"))
+        if sig == signal.SIGTERM:
+            assert not left  # the launch cleaned up after itself
+        else:  # nothing runs on SIGKILL: the next launch clears the dead run's folder
+            assert [folder.name.split("-")[2] for folder in left] == [str(run.pid)]
+            assert clear_abandoned_handoffs(temp) == left and not list(temp.glob("alignops-launch-*"))
     finally:
         if run.poll() is None:
             run.kill()

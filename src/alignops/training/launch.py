@@ -178,12 +178,17 @@ def launch_environment(num_processes: int, accelerate_config: str | None = None)
     return env
 
 
+HANDOFF_PREFIX = "alignops-launch-"
+"""Hand-off folders are ``<temp>/alignops-launch-<pid of the kedro run>-<stage>-<random>``."""
+
+
 def launch(node: Callable[..., R], arguments: dict[str, Any], params: Mapping[str, Any]) -> R:
     """Run ``node(**arguments)`` in the processes ``params`` asks for; rank 0's result."""
     accelerate_config = params.get("accelerate_config")
     num_processes = launch_processes(int(params.get("num_processes") or 1), accelerate_config)
     stage = node.__module__.split(".")[-2] if node.__module__.count(".") >= 2 else node.__name__
-    folder = Path(tempfile.mkdtemp(prefix=f"alignops-{stage}-launch-"))
+    clear_abandoned_handoffs(Path(tempfile.gettempdir()))
+    folder = Path(tempfile.mkdtemp(prefix=f"{HANDOFF_PREFIX}{os.getpid()}-{stage}-"))
     try:
         spec = {
             "function": f"{node.__module__}:{node.__qualname__}",
@@ -204,6 +209,25 @@ def launch(node: Callable[..., R], arguments: dict[str, Any], params: Mapping[st
         return outputs if ranks["tuple"] else outputs[0]
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def clear_abandoned_handoffs(temp: Path) -> list[Path]:
+    """Remove the hand-off folders (inputs and outputs, models among them) that a ``kedro run``
+    killed by SIGKILL left in ``temp``: those whose owner, the pid in their name, is gone.
+    The folders removed."""
+    removed = []
+    for folder in temp.glob(f"{HANDOFF_PREFIX}*"):
+        pid = folder.name.removeprefix(HANDOFF_PREFIX).split("-", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+        except PermissionError:
+            pass  # alive, another user's
+    return removed
 
 
 class LaunchInterrupted(KeyboardInterrupt):
