@@ -129,6 +129,18 @@ def test_reference_logprobs_match_one_row_at_a_time(sft_model, tokenizer):
     torch.testing.assert_close(batched, naive, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("processes", [2, 3])
+def test_a_reference_pass_shared_out_between_ranks_sums_to_the_whole_one(sft_model, tokenizer, processes):
+    rows = tokenize_pairs(tokenizer, TRAIN, MODEL)
+    cpu = torch.device("cpu")
+    whole = reference_logprobs(sft_model, rows, batch_size=2, average=False, device=cpu)
+    shares = [reference_logprobs(sft_model, rows, 2, False, cpu, shard=(rank, processes)) for rank in range(processes)]
+    assert sum(bool((share != 0).any()) for share in shares) == processes  # every rank scored something
+    everyone = torch.stack(shares).sum(0)  # what all_reduce_sum gives each rank
+    assert torch.equal(reference_logprobs(sft_model, rows, 2, False, cpu, (0, processes), lambda t: everyone), whole)
+    assert torch.equal(everyone, whole)  # each row scored by exactly one rank, so the sum is exact
+
+
 def test_shared_responses_are_scored_once_with_the_same_loss(sft_model, tokenizer):
     rows = tokenize_pairs(tokenizer, TRAIN, MODEL)
     ref = torch.zeros(rows["input_ids"].shape[0])
@@ -195,9 +207,9 @@ def test_loss_type_picks_the_objective_and_the_log_prob_reduction(
     seen = []
     real_reference = dpo_module.reference_logprobs
 
-    def recording_reference(model, rows, batch_size, average, device):
+    def recording_reference(model, rows, batch_size, average, device, *args):
         seen.append(average)
-        return real_reference(model, rows, batch_size, average, device)
+        return real_reference(model, rows, batch_size, average, device, *args)
 
     monkeypatch.setattr(dpo_module, "reference_logprobs", recording_reference)
     config = dataclasses.replace(TINY, loss_type=loss_type, beta=0.5, max_steps=1)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -107,23 +107,36 @@ def distinct_rows(rows: Batch) -> tuple[torch.Tensor, torch.Tensor]:
 
 @torch.no_grad()
 def reference_logprobs(
-    reference: PreTrainedModel, rows: Batch, batch_size: int, average: bool, device: torch.device
+    reference: PreTrainedModel,
+    rows: Batch,
+    batch_size: int,
+    average: bool,
+    device: torch.device,
+    shard: tuple[int, int] = (0, 1),
+    all_reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """The reference's completion log-probs of every row, (R,) on the CPU, one no-grad pass.
 
     Each distinct row is scored once, shortest first and ``batch_size`` at a time, so
-    each batch is cut to its own longest row.
+    each batch is cut to its own longest row. With ``shard = (rank, processes)`` a rank
+    scores every processes-th batch and ``all_reduce_sum`` (over the ranks) gives each
+    rank every row: a row is scored by one rank and is 0 on the others, so the sum is
+    exact. ``reference`` must then be the bare model (no DDP: ranks make different
+    numbers of forward passes).
     """
+    rank, processes = shard
     was_training = reference.training
     reference.eval()
     first, inverse = distinct_rows(rows)
     order = first[rows["attention_mask"][first].sum(1).argsort()]  # (U,) shortest first
-    logps = torch.empty(len(inverse))
-    for chunk in order.split(batch_size):
+    logps = torch.zeros(len(inverse))
+    for chunk in order.split(batch_size)[rank::processes]:
         batch = {name: tensor.to(device) for name, tensor in select_rows(rows, chunk).items()}
         summed, per_token = completion_logprobs(reference, batch)
         logps[chunk] = (per_token if average else summed).float().cpu()
     reference.train(was_training)
+    if all_reduce_sum is not None:
+        logps = all_reduce_sum(logps)
     return logps[first][inverse]
 
 
@@ -265,15 +278,23 @@ def train_dpo(
     checkpoints = Checkpoints(accelerator, checkpoint_dir, "dpo", config, model_config, train_rows, policy)
     optimizer = make_optimizer(policy, config)
     policy, optimizer = accelerator.prepare(policy, optimizer)  # forward under the run's precision
-    with _as_reference(accelerator.unwrap_model(policy)):
-        ref_train = reference_logprobs(policy, train_rows, 2 * config.ref_batch_size, average, accelerator.device)
+    # the reference pass is shared out between the ranks, on the bare model (under the run's precision)
+    shard = (accelerator.process_index, accelerator.num_processes)
+    gather = None
+    if accelerator.num_processes > 1:
+        gather = lambda t: accelerator.reduce(t.to(accelerator.device), reduction="sum").cpu()  # noqa: E731
+    reference = accelerator.unwrap_model(policy)  # keeps the precision's autocast, drops DDP
+    with _as_reference(reference):
+        ref_train = reference_logprobs(reference, train_rows, 2 * config.ref_batch_size, average, accelerator.device,
+                                       shard, gather)
     train_batches = pair_batches(train_rows, config.batch_size, config.seed)  # reshuffled every epoch
     train_loader = accelerator.prepare(_pair_loader(train_rows, ref_train, train_batches))
     eval_loader = None
     if heldout_pairs is not None and len(heldout_pairs.prompts):
         eval_rows = tokenize_pairs(tokenizer, heldout_pairs, model_config)
-        with _as_reference(accelerator.unwrap_model(policy)):
-            ref_eval = reference_logprobs(policy, eval_rows, 2 * config.ref_batch_size, average, accelerator.device)
+        with _as_reference(reference):
+            ref_eval = reference_logprobs(reference, eval_rows, 2 * config.ref_batch_size, average,
+                                          accelerator.device, shard, gather)
         eval_batches = list(pair_batches(eval_rows, config.eval_batch_size, config.seed))  # fixed
         eval_loader = _pair_loader(eval_rows, ref_eval, eval_batches)  # sharded by evaluate_dpo
     log({"dpo/reference_s": time.perf_counter() - started}, 0)
