@@ -274,3 +274,14 @@ PPO_LOGGED_EVERY_STEP = {
     "ppo/generation_tokens_per_s",
 }
 """What the PPO loop writes to its history (and MLflow) at every step."""
+
+
+def mount_tmpfs(folder: Path, options: str) -> bool:
+    """Mount a tmpfs with ``options`` (``size=600k``, ``ro,size=1m``) on ``folder``; False where
+    this machine does not let the tests mount one (it takes root with CAP_SYS_ADMIN)."""
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
+                          capture_output=True).returncode == 0
+
+
+def unmount(folder: Path) -> None:
+    subprocess.run(["umount", "-l", str(folder)], capture_output=True)

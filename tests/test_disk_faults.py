@@ -4,13 +4,12 @@ cause, instead of failing when a stage saves its model after training (a real ``
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import kedro_cli
+from tests.helpers import kedro_cli, mount_tmpfs, unmount
 
 
 @pytest.fixture
@@ -21,11 +20,10 @@ def read_only_models(project_after) -> Path:
     project = project_after("data_validation")
     models = project / "data" / "06_models"
     if os.geteuid() == 0:
-        if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(models)],
-                          capture_output=True).returncode:
+        if not mount_tmpfs(models, "ro,size=1m"):
             pytest.skip("running as root, whom permissions do not stop, and nothing can be mounted read-only")
         yield project
-        subprocess.run(["umount", "-l", str(models)], capture_output=True)
+        unmount(models)
     else:
         models.chmod(0o555)
         yield project

@@ -27,7 +27,7 @@ from alignops.training.checkpoints import CheckpointError, Checkpoints, fingerpr
 from alignops.training.common import MetricHistory, make_accelerator
 from alignops.training.sft import train_sft
 from alignops.training.sft_config import SFTConfig
-from tests.helpers import REPO_ROOT, TINY_LLAMA, make_tiny_tokenizer
+from tests.helpers import REPO_ROOT, TINY_LLAMA, make_tiny_tokenizer, mount_tmpfs, unmount
 from tests.training.resume_child import SFT_PROMPTS as PROMPTS
 from tests.training.resume_child import SFT_RESPONSES as RESPONSES
 from tests.training.resume_child import WALL_CLOCK
@@ -159,10 +159,10 @@ def small_disk(tmp_path) -> Path:
     machine lets the tests mount one (root with CAP_SYS_ADMIN); skipped elsewhere."""
     mount = tmp_path / "disk"
     mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mount)], capture_output=True).returncode:
+    if not mount_tmpfs(mount, "size=600k"):
         pytest.skip("cannot mount a small filesystem here (needs root with CAP_SYS_ADMIN)")
     yield mount
-    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+    unmount(mount)
 
 
 def _trained_state(folder: Path, keep: int = 1) -> tuple[Checkpoints, torch.nn.Module]:
@@ -250,10 +250,10 @@ def small_disk_or_none(tmp_path):
         return
     mount = tmp_path / "ro_disk"
     mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True).returncode:
+    if not mount_tmpfs(mount, "size=4m"):
         pytest.skip("running as root, whom permissions do not stop, and no filesystem can be mounted read-only")
     yield mount
-    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+    unmount(mount)
 
 
 def test_a_model_save_killed_between_its_renames_is_recovered_and_its_leftovers_cleared(tmp_path):

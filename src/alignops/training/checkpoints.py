@@ -217,10 +217,10 @@ class Checkpoints:
         if accelerator.is_main_process:
             for written in partial.rglob("*"):  # on disk before the rename says the checkpoint is complete
                 if written.is_file():
-                    _sync_file(written)
+                    _fsync(written)
             shutil.rmtree(folder, ignore_errors=True)  # the same step from an earlier run
             partial.rename(folder)
-            _sync_directory(self.directory)
+            _fsync(self.directory)
             self._prune(folder)
         accelerator.wait_for_everyone()
         return folder
@@ -327,20 +327,13 @@ def _record(folder: Path) -> dict[str, Any]:
 
 def _write_synced(path: Path, text: str) -> None:
     path.write_text(text)
-    _sync_file(path)
+    _fsync(path)
 
 
-def _sync_file(path: Path) -> None:
-    """fsync: after a power cut, a renamed (complete) checkpoint must not hold empty files."""
+def _fsync(path: Path) -> None:
+    """fsync a file or a folder: after a power cut, a renamed (complete) checkpoint must not
+    hold empty files, nor the rename be lost."""
     descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def _sync_directory(directory: Path) -> None:
-    descriptor = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(descriptor)
     finally:
@@ -398,5 +391,10 @@ def restore_history(log: Callable[[dict[str, float], int], None], rows: list[dic
         restore(rows)
     else:
         for row in rows:
-            log({name: value for name, value in row.items() if name != "step"}, int(row["step"]))
+            log(*metrics_and_step(row))
     return list(rows)
+
+
+def metrics_and_step(row: Mapping[str, float]) -> tuple[dict[str, float], int]:
+    """A history row as the ``log(metrics, step)`` call that made it."""
+    return {name: value for name, value in row.items() if name != "step"}, int(row["step"])

@@ -26,6 +26,7 @@ from alignops.training.checkpoints import (
     Recorder,
     generator_states,
     generators_of,
+    metrics_and_step,
     restore_history,
     set_generator_states,
 )
@@ -369,10 +370,6 @@ def progress_bar(accelerator: Accelerator, total: int, desc: str, initial: int =
     )
 
 
-def _without_step(row: dict[str, float]) -> tuple[dict[str, float], int]:
-    return {name: value for name, value in row.items() if name != "step"}, int(row["step"])
-
-
 class MetricHistory:
     """A ``log(metrics, step)`` callable that keeps every call as a row, and passes it on.
 
@@ -405,7 +402,7 @@ class MetricHistory:
         as ``__call__`` would. A run continued after a kill already has some of them (those
         the killed process sent); the MLflow logger leaves those out (``tracking.logger``)."""
         for row in rows:
-            self(*_without_step(row))
+            self(*metrics_and_step(row))
 
     def __enter__(self) -> MetricHistory:
         return self

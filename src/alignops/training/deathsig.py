@@ -1,9 +1,10 @@
 """A process that dies with its parent (Linux ``PR_SET_PDEATHSIG``): the kernel signals it when
 the thread that started it ends, however that ends, SIGKILL included.
 
-Used by ParallelRunner's forked workers (``alignops.processes``) and by a launched stage's
-ranks, which torchrun starts each in a session of its own: without it, a SIGKILLed launcher
-left its ranks training for no one. Standard library only.
+Used by ParallelRunner's forked workers (``alignops.processes``), by the launcher of a
+launched stage (``training.launch``'s shim) and by its ranks, which torchrun starts each in a
+session of its own: without it, a SIGKILLed launcher left its ranks training for no one.
+Standard library only.
 """
 
 from __future__ import annotations

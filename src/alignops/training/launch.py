@@ -239,13 +239,9 @@ def _raise_interrupted(signum: int, frame: Any) -> None:
 
 
 DIE_WITH_PARENT = (
-    "import ctypes, os, signal, sys\n"
-    "try:\n"
-    "    ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG\n"
-    "except (OSError, AttributeError):\n"
-    "    pass\n"
-    "if os.getppid() != int(sys.argv[1]):\n"
-    "    sys.exit('the kedro run that launched this stage is gone')\n"
+    "import os, signal, sys\n"
+    "from alignops.training.deathsig import die_with_parent\n"
+    "die_with_parent(int(sys.argv[1]), signal.SIGTERM)  # SIGTERM now if the kedro run is already gone\n"
     "os.execv(sys.argv[2], sys.argv[2:])\n"
 )
 """Run before the launcher, in its own process: SIGTERM when the ``kedro run`` dies, even by
