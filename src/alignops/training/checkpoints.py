@@ -26,7 +26,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -338,63 +338,3 @@ def _fsync(path: Path) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
-
-
-def generators_of(loader: Any) -> list[torch.Generator]:
-    """Every ``torch.Generator`` that decides a (prepared) data loader's batch order, in a
-    fixed order: the loader's own, its sampler's and its batch sampler's, through
-    accelerate's wrappers. Their states at an epoch's start, and the batches taken since,
-    place a resumed loop at the same batch."""
-    found: list[torch.Generator] = []
-    seen: set[int] = set()
-    queue: list[Any] = [loader]
-    while queue:
-        item = queue.pop(0)
-        if item is None or id(item) in seen:
-            continue
-        seen.add(id(item))
-        if isinstance(item, torch.Generator):
-            found.append(item)
-            continue
-        for attribute in ("generator", "synchronized_generator", "sampler", "batch_sampler"):
-            queue.append(getattr(item, attribute, None))
-    return found
-
-
-def generator_states(generators: Iterable[torch.Generator]) -> dict[str, torch.Tensor]:
-    return {f"generator_{index}": generator.get_state() for index, generator in enumerate(generators)}
-
-
-def set_generator_states(generators: Iterable[torch.Generator], states: Mapping[str, torch.Tensor]) -> None:
-    for index, generator in enumerate(generators):
-        generator.set_state(states[f"generator_{index}"])
-
-
-class Recorder:
-    """A ``log(metrics, step)`` callable that passes every row on to ``log`` and keeps it, so
-    that a checkpoint holds the history a resumed stage must return."""
-
-    def __init__(self, log: Callable[[dict[str, float], int], None]) -> None:
-        self.log = log
-        self.rows: list[dict[str, float]] = []
-
-    def __call__(self, metrics: dict[str, float], step: int) -> None:
-        self.rows.append({"step": int(step), **{name: float(value) for name, value in metrics.items()}})
-        self.log(metrics, step)
-
-
-def restore_history(log: Callable[[dict[str, float], int], None], rows: list[dict[str, float]]) -> list[dict]:
-    """Give ``log`` back the rows a checkpoint kept: through its ``restore`` where it has one
-    (``MetricHistory``), else by logging them again. Returns the rows, for the loop's ``Recorder``."""
-    restore = getattr(log, "restore", None)
-    if restore is not None:
-        restore(rows)
-    else:
-        for row in rows:
-            log(*metrics_and_step(row))
-    return list(rows)
-
-
-def metrics_and_step(row: Mapping[str, float]) -> tuple[dict[str, float], int]:
-    """A history row as the ``log(metrics, step)`` call that made it."""
-    return {name: value for name, value in row.items() if name != "step"}, int(row["step"])

@@ -21,11 +21,12 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from alignops.models.collate import Batch
-from alignops.training.checkpoints import (
-    Checkpoints,
+from alignops.training.checkpoints import Checkpoints
+from alignops.training.loop_state import (
     Recorder,
     generator_states,
     generators_of,
+    keeping_global_rng,
     metrics_and_step,
     restore_history,
     set_generator_states,
@@ -287,7 +288,7 @@ def train_epochs(
     while step < total_steps:
         epoch_start = generator_states(generators)
         # resumed mid-epoch: the batch sampler replays the epoch's order, skipping what was taken
-        loader = _keeping_global_rng(accelerator.skip_first_batches(train_loader, skip)) if skip else train_loader
+        loader = keeping_global_rng(accelerator.skip_first_batches(train_loader, skip)) if skip else train_loader
         taken, skip = skip, 0
         for batch in loader:
             taken += 1
@@ -346,20 +347,6 @@ def train_epochs(
     trained = accelerator.unwrap_model(model)
     accelerator.free_memory()
     return trained
-
-
-def _keeping_global_rng(loader: DataLoader) -> Iterator[Batch]:
-    """``loader``'s batches, with torch's global generator as it was before they started: a
-    loader without a generator of its own draws its base seed from the global one when it
-    starts, which the interrupted run did at the epoch's start, before the checkpoint that
-    holds the global state; drawing again would put dropout one draw ahead."""
-    state = torch.get_rng_state()
-    iterator = iter(loader)
-    first = next(iterator, None)  # the draw happens here
-    torch.set_rng_state(state)
-    if first is not None:
-        yield first
-        yield from iterator
 
 
 def progress_bar(accelerator: Accelerator, total: int, desc: str, initial: int = 0) -> tqdm:

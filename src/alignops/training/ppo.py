@@ -36,7 +36,7 @@ from alignops.models.config import ModelConfig
 from alignops.models.generation import GenerationConfig, sample_responses
 from alignops.models.loading import place
 from alignops.models.value_head import PolicyWithValueHead, response_forward
-from alignops.training.checkpoints import Checkpoints, Recorder, restore_history
+from alignops.training.checkpoints import Checkpoints
 from alignops.training.common import (
     LogFn,
     check_finite,
@@ -46,6 +46,7 @@ from alignops.training.common import (
     make_scheduler,
     progress_bar,
 )
+from alignops.training.loop_state import Recorder, restore_history
 from alignops.training.ppo_config import PPOConfig
 
 KL_CONTROLLERS: dict[str, Callable[[PPOConfig], FixedKLController | AdaptiveKLController]] = {
