@@ -237,3 +237,39 @@ def test_trimmed_rollout_forward_equals_the_full_width_pass(sft_model, tokenizer
     )
     for got, want in zip(trimmed[:3], full, strict=False):
         torch.testing.assert_close(got[mask], want[mask].float(), atol=1e-5, rtol=1e-5)
+
+
+def test_snapshots_are_the_policy_along_the_run_and_only_this_runs(sft_model, tokenizer, tmp_path):
+    from alignops.catalog.models import HFModelSnapshots
+
+    checkpoints = tmp_path / "checkpoints"
+    config = dataclasses.replace(TINY, steps=5, snapshot_every=2, checkpoint_every=0, resume="never")
+    result = train_ppo(
+        sft_model, tokenizer, CountingScorer(), PROMPTS, TINY_LLAMA, config, GenerationConfig(), MetricHistory(),
+        checkpoint_dir=str(checkpoints),
+    )
+    assert sorted(result.snapshots) == [2, 4]  # never the last step: that one is the stage's model
+
+    catalog = HFModelSnapshots(path=str(tmp_path / "ppo_snapshots"))
+    catalog.save({f"step_{step:06d}": str(folder) for step, folder in result.snapshots.items()})
+    loaded = catalog.load()
+    assert list(loaded) == ["step_000002", "step_000004"]
+    first, second = (loaded[name]() for name in loaded)
+    sft, final = _state(sft_model), result.policy.state_dict()
+    for snapshot in (first, second):  # weights between the SFT model's and the final policy's
+        state = snapshot.state_dict()
+        assert any(not torch.equal(state[name], sft[name]) for name in sft)
+        assert any(not torch.equal(state[name], final[name]) for name in final)
+
+    # Another configuration's run removes these when it writes its first, and lists only its own.
+    other = dataclasses.replace(config, steps=3, seed=1)
+    rerun = train_ppo(
+        sft_model, tokenizer, CountingScorer(), PROMPTS, TINY_LLAMA, other, GenerationConfig(), MetricHistory(),
+        checkpoint_dir=str(checkpoints),
+    )
+    assert sorted(rerun.snapshots) == [2]
+    assert sorted(p.name for p in (checkpoints / "snapshots").iterdir()) == ["step_00000002"]
+    catalog.save({"step_000002": str(rerun.snapshots[2])})
+    assert list(catalog.load()) == ["step_000002"]  # the earlier run's step 4 is gone
+    with pytest.raises(ValueError, match="snapshot_every"):
+        dataclasses.replace(TINY, snapshot_every=-1)

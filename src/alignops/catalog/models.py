@@ -13,6 +13,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -106,6 +107,54 @@ class HFModelDataset(AbstractDataset[PreTrainedModel, PreTrainedModel]):
             "trust_remote_code": self._trust_remote_code,
             "dtype": self._dtype,
         }
+
+
+class HFModelSnapshots(AbstractDataset[dict[str, Any], dict[str, Callable[[], PreTrainedModel]]]):
+    """Several model folders under ``path`` by name (a policy's snapshots along training).
+
+    Saved whole: each value is a model, or the folder a training loop already wrote one to
+    (copied, so a large model is never held in memory for this); names not given are
+    removed. Loaded lazily, as Kedro's ``PartitionedDataset`` does: ``{name: load}``, each
+    ``load()`` reading its model, so a reader holds one snapshot at a time.
+    """
+
+    def __init__(
+        self, *, path: str, model_class: str = "causal_lm", dtype: str = "float32", metadata: dict | None = None
+    ) -> None:
+        if model_class not in MODEL_CLASSES:
+            raise DatasetError(f"unknown model_class {model_class!r}; expected one of {sorted(MODEL_CLASSES)}")
+        self._path, self._model_class, self._dtype = Path(path), model_class, dtype
+        self.metadata = metadata
+
+    def load(self) -> dict[str, Callable[[], PreTrainedModel]]:
+        folders = sorted(p for p in self._path.glob("*") if (p / "config.json").is_file())
+        return {
+            folder.name: functools.partial(load_model, folder, self._model_class, False, self._dtype)
+            for folder in folders
+        }
+
+    def save(self, data: dict[str, Any]) -> None:
+        for name, value in data.items():
+            if isinstance(value, (str, Path)):
+                source = Path(value)
+                write = functools.partial(_copy_folder, source)
+            else:
+                write = functools.partial(save_model, value)
+            _replace_folder(self._path / name, write)
+        for stale in self._path.glob("*"):  # snapshots of an earlier run that this one did not take
+            if stale.is_dir() and stale.name not in data and not stale.name.startswith("."):
+                shutil.rmtree(stale, ignore_errors=True)
+        self._path.mkdir(parents=True, exist_ok=True)  # an empty run still leaves the folder DVC tracks
+
+    def _exists(self) -> bool:
+        return self._path.is_dir()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"path": str(self._path), "model_class": self._model_class, "dtype": self._dtype}
+
+
+def _copy_folder(source: Path, target: Path) -> None:
+    shutil.copytree(source, target, dirs_exist_ok=True)
 
 
 class HFTokenizerDataset(AbstractDataset[PreTrainedTokenizerBase, PreTrainedTokenizerBase]):

@@ -147,7 +147,9 @@ class Checkpoints:
         self.every = config.checkpoint_every
         self.keep = config.keep_checkpoints
         self.setting = config.resume
-        active = self.directory is not None and (self.every > 0 or self.setting != "never")
+        # snapshots (``alignops.training.snapshots``) carry the fingerprint too
+        wanted = self.every > 0 or self.setting != "never" or getattr(config, "snapshot_every", 0) > 0
+        active = self.directory is not None and wanted
         # how many processes and which precision: another launch would not continue this one
         launch = {"processes": accelerator.num_processes, "precision": str(accelerator.mixed_precision),
                   "device": accelerator.device.type}

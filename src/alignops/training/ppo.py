@@ -14,6 +14,7 @@ import copy
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -48,6 +49,7 @@ from alignops.training.common import (
 )
 from alignops.training.loop_state import Recorder, restore_history
 from alignops.training.ppo_config import PPOConfig
+from alignops.training.snapshots import Snapshots
 
 KL_CONTROLLERS: dict[str, Callable[[PPOConfig], FixedKLController | AdaptiveKLController]] = {
     "fixed": lambda c: FixedKLController(c.kl_coef),
@@ -85,6 +87,9 @@ class PPOResult:
     """The trained policy: a plain causal LM (the value head stays behind)."""
     samples: list[dict[str, Any]]
     """Rollout episodes kept every ``sample_every`` iterations: step, prompt, response, score."""
+    snapshots: dict[int, Path]
+    """The policy's snapshot folder by iteration, every ``snapshot_every`` before the last
+    (``alignops.training.snapshots``; none without a checkpoint folder)."""
 
 
 class PromptBatches:
@@ -196,6 +201,7 @@ def train_ppo(
         accelerator, checkpoint_dir, "ppo", config, model_config, generation, list(prompts), sft_model,
         *_scorer_state(reward_model),
     )
+    snapshots = Snapshots(accelerator, checkpoint_dir, "ppo", config.snapshot_every, checkpoints.fingerprint)
     policy = PolicyWithValueHead(copy.deepcopy(sft_model))  # value head created after seeding
     reference = copy.deepcopy(sft_model).requires_grad_(False).eval().to(device)
     place([reward_model], device)  # score on the accelerator: RewardModel.score follows its model
@@ -335,6 +341,8 @@ def train_ppo(
                 {"step": step, "prompt": p, "response": r, "score": s}
                 for p, r, s in zip(batch_prompts, out.texts, kept, strict=False)  # the first num_samples
             ]
+        if snapshots.due(step, config.steps):
+            snapshots.save(step, accelerator.unwrap_model(policy).policy)
         if checkpoints.due(step, config.steps):
             checkpoints.save(step, {
                 "generator": seeds.get_state(),
@@ -348,4 +356,4 @@ def train_ppo(
     accelerator.wait_for_everyone()
     trained = accelerator.unwrap_model(policy).policy
     accelerator.free_memory()
-    return PPOResult(policy=trained, samples=samples)
+    return PPOResult(policy=trained, samples=samples, snapshots=snapshots.written(config.steps))

@@ -113,6 +113,12 @@ class PPOConfig:
     milliseconds (docs/tuning.md). The catalog's ``ppo_checkpoints`` says where."""
     keep_checkpoints: int = 2
     """How many of the newest checkpoints to keep."""
+    snapshot_every: int = 10
+    """Iterations between snapshots of the policy alone (safetensors, kept for the run; never
+    the last iteration, which is ``ppo_model``): the report stage evaluates each on the
+    held-out prompts for the reward–KL frontier and the over-optimisation alarm, and the
+    registry is offered the judge's peak when the alarm fires. Each costs the report a
+    sampling of the evaluation prompts; 0 keeps none (and draws no PPO frontier)."""
     resume: str = "auto"
     """Where a rerun starts: ``auto`` continues from the newest checkpoint this
     configuration wrote (a killed run picks up where it stopped, and says so), ``never``
@@ -150,8 +156,8 @@ class PPOConfig:
             raise ValueError("learning rates, adam_eps and max_grad_norm must be positive, weight_decay >= 0")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {sorted(SCHEDULES)}, got {self.schedule!r}")
-        if self.warmup_steps < 0 or self.checkpoint_every < 0 or self.keep_checkpoints < 1:
-            raise ValueError("warmup_steps and checkpoint_every must be >= 0, keep_checkpoints >= 1")
+        if min(self.warmup_steps, self.checkpoint_every, self.snapshot_every) < 0 or self.keep_checkpoints < 1:
+            raise ValueError("warmup_steps, checkpoint_every and snapshot_every must be >= 0, keep_checkpoints >= 1")
         if self.cliprange <= 0 or self.cliprange_value <= 0 or self.vf_coef < 0:
             raise ValueError("cliprange and cliprange_value must be positive, vf_coef >= 0")
         if not (0.0 <= self.gamma <= 1.0 and 0.0 <= self.lam <= 1.0):

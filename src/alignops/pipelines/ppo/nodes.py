@@ -34,8 +34,9 @@ def train(
     model_params: dict,
     generation: dict,
     params: dict,
-) -> tuple[PreTrainedModel, list[dict], pd.DataFrame]:
-    """The PPO policy, every iteration's metrics, and the sampled generations."""
+) -> tuple[PreTrainedModel, list[dict], pd.DataFrame, dict[str, str]]:
+    """The PPO policy, every iteration's metrics, the sampled generations, and the policy's
+    snapshots by name (``step_<n>``: the folder the loop wrote it to, which the catalog copies)."""
     with MetricHistory(sink=metric_logger()) as history:
         result = train_ppo(
             sft_model,
@@ -48,4 +49,10 @@ def train(
             history,
             checkpoint_dir=checkpoint_dir,
         )
-    return result.policy, history.rows, pd.DataFrame(result.samples, columns=SAMPLE_COLUMNS)
+    snapshots = {snapshot_name(step): str(folder) for step, folder in result.snapshots.items()}
+    return result.policy, history.rows, pd.DataFrame(result.samples, columns=SAMPLE_COLUMNS), snapshots
+
+
+def snapshot_name(step: int) -> str:
+    """``step_000010``: zero-padded, so names sort as steps do."""
+    return f"step_{step:06d}"

@@ -29,7 +29,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "params:generation",
                     "params:ppo",
                 ],
-                outputs=["ppo_model", "ppo_history", "ppo_samples"],
+                outputs=["ppo_model", "ppo_history", "ppo_samples", "ppo_snapshots"],
                 name="train_ppo",
                 tags=[COMPUTE_TAG],
             ),
