@@ -6,6 +6,7 @@ No test module imports another (``tests/test_layout.py`` checks it).
 
 from __future__ import annotations
 
+import ast
 import atexit
 import os
 import shutil
@@ -285,3 +286,25 @@ def mount_tmpfs(folder: Path, options: str) -> bool:
 
 def unmount(folder: Path) -> None:
     subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+"""Debian's Chromium, which Playwright drives headless where a person would look at a page."""
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+SCREENSHOTS = Path(os.environ.get("ALIGNOPS_TEST_ARTIFACTS", REPO_ROOT / "test-artifacts")) / "screenshots"
+
+
+def imported_modules(path: Path, package: str) -> list[str]:
+    """Every module a file imports, anywhere in it (function-level imports included)."""
+    modules = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            modules.extend(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # a relative import stays inside the package
+                modules.append(f"alignops.{package}")
+            elif node.module == "alignops":  # `from alignops import training` imports alignops.training
+                modules.extend(f"alignops.{alias.name}" for alias in node.names)
+            else:
+                modules.append(node.module or "")
+    return modules

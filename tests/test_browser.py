@@ -25,12 +25,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import KEDRO, REPO_ROOT
+from tests.helpers import CHROMIUM, CHROMIUM_FLAGS, KEDRO, SCREENSHOTS
 from tests.processes import stop_process_group
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-SCREENSHOTS = Path(os.environ.get("ALIGNOPS_TEST_ARTIFACTS", REPO_ROOT / "test-artifacts")) / "screenshots"
 MLFLOW = Path(sys.executable).parent / "mlflow"
 
 pytestmark = [

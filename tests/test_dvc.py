@@ -30,8 +30,8 @@ from tests.helpers import (
 
 BIN = Path(sys.executable).parent
 WORLD_STAGES = ["data_generation", "ingestion", "data_validation", "data_report", "sft", "reward",
-                "audit_judge", "ppo", "dpo", "evaluation", "registry"]
-AFTER_PPO = ["ppo", "evaluation", "registry"]
+                "audit_judge", "ppo", "dpo", "evaluation", "report", "registry"]
+AFTER_PPO = ["ppo", "evaluation", "report", "registry"]
 
 
 def _env() -> dict[str, str]:

@@ -3,12 +3,12 @@ layer (``pipelines/``, ``catalog/`` and the project's root modules) imports Kedr
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pytest
 
 import alignops
+from tests.helpers import imported_modules
 
 PACKAGE = Path(alignops.__file__).parent
 TESTS = Path(__file__).parent
@@ -32,20 +32,6 @@ CORE_ROOTS = {"__future__", "collections", "math", "typing", "torch"}
 """What ``core/`` may import: torch and the standard library modules its math needs."""
 
 
-def imported_modules(path: Path, package: str) -> list[str]:
-    """Every module a file imports, anywhere in it (function-level imports included)."""
-    modules = []
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        if isinstance(node, ast.Import):
-            modules.extend(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:  # a relative import stays inside the package
-                modules.append(f"alignops.{package}")
-            elif node.module == "alignops":  # `from alignops import training` imports alignops.training
-                modules.extend(f"alignops.{alias.name}" for alias in node.names)
-            else:
-                modules.append(node.module or "")
-    return modules
 
 
 def package_files(package: str) -> list[Path]:

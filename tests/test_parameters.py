@@ -20,7 +20,7 @@ from alignops.parameters import (
 from alignops.pipeline_registry import register_pipelines
 from tests.helpers import REPO_ROOT, run_kedro
 
-TRAINING_BLOCKS = {"model", "generation", "sft", "reward", "ppo", "dpo", "evaluation", "registry"}
+TRAINING_BLOCKS = {"model", "generation", "sft", "reward", "ppo", "dpo", "evaluation", "report", "registry"}
 
 
 def base_parameters() -> dict:

@@ -14,7 +14,7 @@ from alignops.preferences.validation import DataValidationError
 from tests.helpers import REPO_ROOT, TRACKED_FIRST_RUN_DATA, run_kedro
 
 STAGES = {"data_generation", "ingestion", "data_validation", "data_report",
-          "sft", "reward", "audit_judge", "ppo", "dpo", "evaluation", "registry"}
+          "sft", "reward", "audit_judge", "ppo", "dpo", "evaluation", "report", "registry"}
 DATA_STAGES = {"ingestion", "data_validation", "data_report"}
 FILES_STAGES = STAGES - {"data_generation"} | {"sources"}
 
@@ -80,6 +80,18 @@ def test_kedro_run_cli_runs_the_default_dag_end_to_end(tracked_project):
         assert json.loads((data / "08_reporting" / f"{stage}_history.json").read_text()), stage
     evaluated = json.loads((data / "08_reporting" / "evaluation_summary.json").read_text())["policies"]
     assert {"sft", "ppo", "dpo"} <= set(evaluated)
+    # the report: PPO from SFT through its snapshot (test env: step 1) to the end, best-of-1 and 2, DPO
+    frontier = json.loads((data / "08_reporting" / "frontier.json").read_text())
+    assert [(p["policy"], p["step"], p["n"]) for p in frontier["points"]] == [
+        ("ppo", 0, None), ("ppo", 1, None), ("ppo", 2, None), ("best_of_n", None, 1), ("best_of_n", None, 2),
+        ("dpo", None, None)]
+    assert frontier["points"][0]["kl"] == 0 and frontier["points"][0]["win_rate_vs_sft"]["value"] == 0.5
+    alarm = json.loads((data / "08_reporting" / "overoptimisation.json").read_text())
+    assert alarm["offered_step"] in (0, 1, 2) and alarm["last_step"] == 2
+    diagnostics = json.loads((data / "08_reporting" / "policy_diagnostics.json").read_text())
+    assert diagnostics["labelled"] and set(diagnostics["policies"]) == set(evaluated)
+    page = (data / "08_reporting" / "report.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and "data:image/png;base64," in page
 
 
 @pytest.mark.slow

@@ -36,6 +36,7 @@ PARAMETER_CONFIGS: dict[str, tuple[str, str]] = {
     "ppo": ("ppo", "alignops.training.ppo_config:PPOConfig"),
     "dpo": ("dpo", "alignops.training.dpo_config:DPOConfig"),
     "evaluation": ("evaluation", "alignops.evaluation:EvaluationConfig"),
+    "report": ("report", "alignops.evaluation.frontier:ReportConfig"),
     "registry": ("registry", "alignops.tracking.registry:RegistryConfig"),
 }
 """Parameter block -> (the ``parameters_<file>.yml`` it lives in, ``module:Class`` of the

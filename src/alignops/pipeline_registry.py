@@ -27,6 +27,7 @@ STAGES = (
     "ppo",
     "dpo",
     "evaluation",
+    "report",
     "registry",
 )
 DATA_STAGES = ("ingestion", "data_validation", "data_report")
@@ -55,7 +56,7 @@ def use_sources(params: dict | None) -> None:
 def journey() -> list[str]:
     """The stages of ``__default__`` for the run's ``sources``, in the order they run."""
     start = "data_generation" if _sources.uses_world else "sources"
-    return [start, *DATA_STAGES, *TRAINING_STAGES, "evaluation", "registry"]
+    return [start, *DATA_STAGES, *TRAINING_STAGES, "evaluation", "report", "registry"]
 
 
 def create_stage(name: str, **options) -> Pipeline:
@@ -99,6 +100,7 @@ def register_pipelines() -> Mapping[str, Pipeline]:
     options = {
         "sources": {"sft": config.sft, "eval_prompts": config.eval_prompts},
         "evaluation": {"gold_judge": gold},
+        "report": {"gold_judge": gold},
         "registry": {"gold_judge": gold},
     }
     result: LazyPipelines

@@ -28,7 +28,7 @@ from alignops.world.config import BODIES, TONES
 from alignops.world.intents import CATALOGUE, realise
 from alignops.world.prompts import sample_slots
 from alignops.world.responses import compose
-from tests.test_layout import imported_modules
+from tests.helpers import imported_modules
 
 ANSWERABLE = tuple(i for i in CATALOGUE if not i.refuse)
 TO_REFUSE = tuple(i for i in CATALOGUE if i.refuse)

@@ -16,7 +16,7 @@ import pytest
 
 from alignops.evaluation.frontier_plots import KL_AXIS, figure_png, plot_distributions, plot_frontier
 from alignops.evaluation.html_report import render_report
-from tests.test_browser import CHROMIUM, CHROMIUM_FLAGS, SCREENSHOTS
+from tests.helpers import CHROMIUM, CHROMIUM_FLAGS, SCREENSHOTS
 
 POLICIES = ("sft", "ppo", "dpo", "best_of_n")
 STEPS = range(0, 101, 10)

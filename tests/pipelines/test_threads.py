@@ -19,13 +19,13 @@ def default_dag():
 def test_the_training_and_sampling_nodes_are_tagged_compute(default_dag):
     tagged = {node.name for node in default_dag.nodes if COMPUTE_TAG in node.tags}
     assert tagged == {"train_sft", "train_reward", "train_audit_judge", "train_ppo", "train_dpo",
-                      "evaluate_policies", "register_models"}
+                      "evaluate_policies", "measure_frontier", "register_models"}
 
 
 @pytest.mark.parametrize("cores", [2, 8, 16])
 def test_a_node_alone_gets_every_core_and_the_parallel_branch_shares_them(default_dag, cores):
     plan = thread_plan(default_dag, cores)
-    for alone in ("train_sft", "evaluate_policies", "register_models"):
+    for alone in ("train_sft", "evaluate_policies", "measure_frontier", "register_models"):
         assert plan[alone] == cores, alone
     # DPO, the audit judge and reward -> PPO may all run at once: three share the cores
     for branch in ("train_dpo", "train_audit_judge", "train_reward", "train_ppo"):

@@ -14,6 +14,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from alignops.evaluation.judges import GOLD_DESCRIPTION, Judge
 from alignops.models.generation import GenerationConfig, sample_responses
@@ -37,6 +38,10 @@ PARAMETERS = {
     "params": {"margin": 0.02},
 }
 POLICY, REWARD = "alignops-policy", "alignops-reward-model"
+QUIET = {"fired": False, "judge": "gold", "peak_step": 4, "last_step": 4, "offered_step": 4, "consecutive": 2,
+         "message": "no over-optimisation", "checkpoints": []}
+NO_ALARM = ({"judge": "gold", "points": []}, QUIET, {})
+"""The report's frontier, alarm and PPO snapshots for a run whose alarm stayed quiet."""
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +109,8 @@ def test_a_better_first_run_becomes_champion_and_the_same_model_again_is_held(
     # the same policy again, through the gold node: identical replies, an interval of exactly [0, 0]
     with mlflow.start_run():
         second = register_models(
-            sft_model, other_policy, sft_model, tokenizer, reward_model, summary("ppo"), EVAL_PROMPTS,
-            world_spec(), **PARAMETERS,
+            sft_model, other_policy, sft_model, tokenizer, reward_model, summary("ppo"), *NO_ALARM,
+            EVAL_PROMPTS, world_spec(), **PARAMETERS,
         )
     assert not second["promoted"] and second["decision"] == "held"
     assert (second["value"], second["ci_low"], second["ci_high"]) == (0.0, 0.0, 0.0)
@@ -165,7 +170,7 @@ def test_the_audit_judge_decides_on_user_data_and_sft_never_beats_itself(
 ):
     with mlflow.start_run():
         decision = register_models_with_audit_judge(
-            sft_model, sft_model, sft_model, tokenizer, reward_model, summary("ppo"), EVAL_PROMPTS,
+            sft_model, sft_model, sft_model, tokenizer, reward_model, summary("ppo"), *NO_ALARM, EVAL_PROMPTS,
             reward_model, **{**PARAMETERS, "params": {"policy": "sft", "metric": "score", "margin": 0.0}},
         )
     assert decision["method"] == "sft" and decision["judge"] == "audit" and decision["metric"] == "score"
@@ -179,6 +184,7 @@ def test_the_pipeline_gives_the_node_its_judge_and_the_evaluation_prompts(gold_j
     pipeline = create_pipeline(gold_judge=gold_judge)
     assert sorted(n.name for n in pipeline.nodes) == ["log_evaluation", "register_models"]
     assert {judge, "eval_prompts", "params:evaluation", "params:registry"} <= pipeline.inputs()
+    assert {"frontier", "overoptimisation", "ppo_snapshots"} <= pipeline.inputs()
     assert not_judge not in pipeline.inputs()
     assert pipeline.outputs() == {"tracked_samples", "registry_decision"}
 
@@ -213,8 +219,34 @@ def test_a_run_judged_by_a_chance_level_audit_judge_is_held_without_a_comparison
 ):
     with mlflow.start_run():
         decision = register_models_with_audit_judge(
-            sft_model, sft_model, sft_model, tokenizer, reward_model, _audit_summary(0.46, 0.57), EVAL_PROMPTS,
-            reward_model, **PARAMETERS,
+            sft_model, sft_model, sft_model, tokenizer, reward_model, _audit_summary(0.46, 0.57), *NO_ALARM,
+            EVAL_PROMPTS, reward_model, **PARAMETERS,
         )
     assert not decision["promoted"] and decision["decision"] == "held" and decision["value"] is None
     assert "0.515 [0.460, 0.570] does not clear 0.5" in decision["reason"] and "a person decides" in decision["reason"]
+
+
+def test_when_the_alarm_fired_the_registry_is_offered_the_peak_checkpoint(
+    client, sft_model, other_policy, tokenizer, reward_model
+):
+    from alignops.tracking.models import load_policy
+
+    peak = {"policy": "ppo", "step": 2, "judge": {"value": 1.4, "ci_low": 1.2, "ci_high": 1.6},
+            "win_rate_vs_sft": {"value": 0.8, "ci_low": 0.7, "ci_high": 0.9},
+            "proxy": {"value": 0.6, "ci_low": 0.5, "ci_high": 0.7}, "kl": 0.9, "kl_kind": "estimate",
+            "mean_length": 7.0}
+    alarm = {**QUIET, "fired": True, "peak_step": 2, "offered_step": 2, "message": "over-optimisation: ..."}
+    with mlflow.start_run():
+        # the last PPO policy is the SFT model; the peak snapshot is the other policy
+        decision = register_models(
+            sft_model, sft_model, sft_model, tokenizer, reward_model, summary("ppo"),
+            {"judge": "gold", "points": [peak]}, alarm, {"step_000002": lambda: other_policy},
+            EVAL_PROMPTS, world_spec(), **PARAMETERS,
+        )
+    assert decision["method"] == "ppo"
+    version = decision["policy_version"]
+    tags = client.get_model_version(POLICY, version).tags
+    assert tags["ppo_step"] == "2" and tags["overoptimisation.alarm"] == "fired"
+    assert tags["eval.gold_win_rate_vs_sft"] == "0.8000" and tags["eval.kl_to_sft"] == "0.9000"
+    registered = load_policy(f"models:/{POLICY}/{version}")[0].state_dict()
+    assert all(torch.equal(registered[name], tensor) for name, tensor in other_policy.state_dict().items())

@@ -8,6 +8,8 @@ import pandas as pd
 from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 
+from alignops.tracking.logger import current_run_id
+
 PREFIX = "evaluation"
 INTERVAL = ("value", "ci_low", "ci_high")
 """An interval of the summary; its ends are metrics beside the figure, ``<figure>.ci_low`` and
@@ -81,3 +83,42 @@ def _leaves(node: object, name: str) -> Iterator[tuple[str, object]]:
         else:
             child = f"{name}/{key}"
         yield from _leaves(value, child)
+
+
+ALARM_TAG = "overoptimisation.alarm"
+"""``fired`` or ``quiet``: the report's over-optimisation verdict, one tag to filter runs by."""
+
+
+def frontier_metrics(frontier: dict) -> list[Metric]:
+    """PPO's frontier points as metrics at their training step, so the MLflow UI draws the
+    judge's and the proxy's scores and √KL against the step: ``frontier/ppo/<judge>``,
+    ``frontier/ppo/proxy``, ``frontier/ppo/sqrt_kl`` (each interval's ends beside it); best-of-N's
+    at step N as ``frontier/best_of_n/...``."""
+    metrics = []
+    for point in frontier["points"]:
+        step = point["step"] if point["policy"] == "ppo" else point["n"]
+        if step is None:  # DPO: one point, its figures are the evaluation's
+            continue
+        prefix = f"frontier/{point['policy']}"
+        metrics.append(Metric(f"{prefix}/sqrt_kl", float(point["sqrt_kl"]), 0, int(step)))
+        for key, name in (("judge", frontier["judge"]), ("proxy", "proxy")):
+            for end in INTERVAL:
+                suffix = "" if end == "value" else f".{end}"
+                metrics.append(Metric(f"{prefix}/{name}{suffix}", float(point[key][end]), 0, int(step)))
+    return metrics
+
+
+def log_frontier(frontier: dict, alarm: dict, client: MlflowClient | None = None) -> None:
+    """The frontier's metrics and the alarm's tags into the current run (nothing without one)."""
+    run_id = current_run_id()
+    if run_id is None:
+        return
+    tags = {
+        ALARM_TAG: "fired" if alarm["fired"] else "quiet",
+        "overoptimisation.peak_step": str(alarm["peak_step"]),
+        "overoptimisation.offered_step": str(alarm["offered_step"]),
+        "overoptimisation.message": alarm["message"][:5000],
+    }
+    (client or MlflowClient()).log_batch(
+        run_id, metrics=frontier_metrics(frontier), tags=[RunTag(k, v) for k, v in tags.items()]
+    )

@@ -58,10 +58,12 @@ def register_run(
     generation: GenerationConfig,
     config: RegistryConfig,
     head_to_head: HeadToHead,
+    method_tags: dict[str, dict[str, str]] | None = None,
 ) -> dict:
     """Log and register the run's reward model and its chosen policy (``policies`` by method),
     tag both versions with their evaluation figures and data hash, make the policy the
-    ``candidate``, judge it with ``head_to_head`` and run the gate.
+    ``candidate``, judge it with ``head_to_head`` and run the gate. ``method_tags``: more tags
+    for the policy version by method (PPO's: the checkpoint offered, the alarm's verdict).
     Returns the decision as the registry pipeline saves it (``registry_decision``)."""
     run_tags = client.get_run(run_id).data.tags
     digest = data_hash(run_tags)
@@ -101,6 +103,7 @@ def register_run(
             **lineage,
             "reward_model_version": rm_version,
             **{f"eval.{k}": _tag_value(v) for k, v in figures.items()},
+            **(method_tags or {}).get(method, {}),
         },
     )
     client.update_model_version(

@@ -80,6 +80,17 @@ class Snapshots:
         return found
 
 
+def snapshot_name(step: int) -> str:
+    """The catalog's name of snapshot ``step`` (``ppo_snapshots``): ``step_000010``, zero-padded
+    so that names sort as steps do."""
+    return f"step_{step:06d}"
+
+
+def snapshot_step(name: str) -> int:
+    """The step of a snapshot named by ``snapshot_name``."""
+    return int(name.removeprefix("step_"))
+
+
 def _record(folder: Path) -> dict:
     try:
         return json.loads((folder / RECORD).read_text())

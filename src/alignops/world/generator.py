@@ -126,6 +126,8 @@ def generate_world(config: WorldConfig, intents: tuple[Intent, ...] = CATALOGUE)
         rankings=rankings,
         candidates=candidates,
         sft_demonstrations=demos.drop(columns=["position"]),
-        eval_prompts=eval_prompts[["prompt_id", "intent", "prompt"]].copy(),
+        eval_prompts=eval_prompts[["prompt_id", "intent", "prompt"]].assign(
+            should_refuse=eval_prompts["intent"].map(lambda name: by_name[name].refuse).astype(bool)
+        ),
         judge_spec=world_spec(intents=intents),
     )

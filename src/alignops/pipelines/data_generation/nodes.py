@@ -7,7 +7,7 @@ import pandas as pd
 from alignops.world import WorldConfig, generate_world, summarise_world
 
 SFT_COLUMNS = ["prompt_id", "intent", "prompt", "response"]
-EVAL_COLUMNS = ["prompt_id", "intent", "prompt"]
+EVAL_COLUMNS = ["prompt_id", "intent", "prompt", "should_refuse"]  # should_refuse: the report's alignment tax
 
 
 def generate(params: dict) -> tuple[list[dict], pd.DataFrame, pd.DataFrame, dict, dict]:

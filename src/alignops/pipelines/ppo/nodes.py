@@ -12,6 +12,7 @@ from alignops.training.common import MetricHistory
 from alignops.training.launch import distributable
 from alignops.training.ppo import train_ppo
 from alignops.training.ppo_config import PPOConfig
+from alignops.training.snapshots import snapshot_name
 
 SAMPLE_COLUMNS = ["step", "prompt", "response", "score"]
 
@@ -52,7 +53,3 @@ def train(
     snapshots = {snapshot_name(step): str(folder) for step, folder in result.snapshots.items()}
     return result.policy, history.rows, pd.DataFrame(result.samples, columns=SAMPLE_COLUMNS), snapshots
 
-
-def snapshot_name(step: int) -> str:
-    """``step_000010``: zero-padded, so names sort as steps do."""
-    return f"step_{step:06d}"

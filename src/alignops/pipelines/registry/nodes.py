@@ -8,6 +8,9 @@ judge. On the embedded world the judge is gold; on a user's data, the audit rewa
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+
 import pandas as pd
 from mlflow.tracking import MlflowClient
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -23,7 +26,10 @@ from alignops.tracking.logger import require_run
 from alignops.tracking.models import load_policy
 from alignops.tracking.registration import register_run
 from alignops.tracking.registry import Evidence, NoEvidence, RegistryConfig
+from alignops.training.snapshots import snapshot_name
 from alignops.world import GoldJudge
+
+logger = logging.getLogger(__name__)
 
 
 def log_evaluation(
@@ -48,6 +54,9 @@ def register_models(
     tokenizer: PreTrainedTokenizerBase,
     reward_model: RewardModel,
     evaluation_summary: dict,
+    frontier: dict,
+    overoptimisation: dict,
+    ppo_snapshots: dict[str, Callable[[], PreTrainedModel]],
     eval_prompts: pd.DataFrame,
     gold_judge_spec: dict,
     model_params: dict,
@@ -57,18 +66,22 @@ def register_models(
 ) -> dict:
     """Register the run's models; the gold judge decides the promotion (the embedded world)."""
     judge = Judge(GOLD, GOLD_DESCRIPTION, GoldJudge.from_spec(gold_judge_spec).score)
-    policies = {"sft": sft_model, "ppo": ppo_model, "dpo": dpo_model}
+    policies, summary, tags = offer_peak(
+        {"sft": sft_model, "ppo": ppo_model, "dpo": dpo_model}, evaluation_summary, frontier, overoptimisation,
+        ppo_snapshots,
+    )
     return register_judged(
         policies,
         tokenizer,
         reward_model,
-        evaluation_summary,
+        summary,
         eval_prompts,
         judge,
         model_params,
         generation,
         evaluation,
         params,
+        tags,
     )
 
 
@@ -79,6 +92,9 @@ def register_models_with_audit_judge(
     tokenizer: PreTrainedTokenizerBase,
     reward_model: RewardModel,
     evaluation_summary: dict,
+    frontier: dict,
+    overoptimisation: dict,
+    ppo_snapshots: dict[str, Callable[[], PreTrainedModel]],
     eval_prompts: pd.DataFrame,
     audit_judge: RewardModel,
     model_params: dict,
@@ -88,19 +104,55 @@ def register_models_with_audit_judge(
 ) -> dict:
     """Register the run's models; the audit reward model decides the promotion (a user's data)."""
     judge = reward_model_judge(audit_judge, AUDIT_DESCRIPTION, EvaluationConfig(**evaluation).batch_size, AUDIT)
-    policies = {"sft": sft_model, "ppo": ppo_model, "dpo": dpo_model}
+    policies, summary, tags = offer_peak(
+        {"sft": sft_model, "ppo": ppo_model, "dpo": dpo_model}, evaluation_summary, frontier, overoptimisation,
+        ppo_snapshots,
+    )
     return register_judged(
         policies,
         tokenizer,
         reward_model,
-        evaluation_summary,
+        summary,
         eval_prompts,
         judge,
         model_params,
         generation,
         evaluation,
         params,
+        tags,
     )
+
+
+def offer_peak(
+    policies: dict[str, PreTrainedModel],
+    summary: dict,
+    frontier: dict,
+    alarm: dict,
+    snapshots: dict[str, Callable[[], PreTrainedModel]],
+) -> tuple[dict[str, PreTrainedModel], dict, dict[str, str]]:
+    """(policies, summary, PPO's version tags) as the registry is offered them: when the
+    over-optimisation alarm fired, PPO is its checkpoint where the judge peaked (a snapshot,
+    or SFT itself at step 0), with that checkpoint's frontier figures (same prompts, seed and
+    judge as the evaluation's) in place of the last one's."""
+    step = alarm["offered_step"]
+    tags = {"overoptimisation.alarm": "fired" if alarm["fired"] else "quiet", "ppo_step": str(step)}
+    if step == alarm["last_step"]:
+        return policies, summary, tags
+    point = next(p for p in frontier["points"] if p["policy"] == "ppo" and p["step"] == step)
+    model = policies["sft"] if step == 0 else snapshots[snapshot_name(step)]()
+    judge = summary["judge"]
+    figures = {
+        f"{judge}_mean": point["judge"],
+        f"{judge}_win_rate_vs_sft": point["win_rate_vs_sft"],
+        "rm_mean": point["proxy"]["value"],
+        "kl_to_sft": point["kl"],
+        "kl_to_sft_kind": point["kl_kind"],
+        "mean_length": point["mean_length"],
+        "step": step,
+    }
+    logger.warning("registry: PPO is offered its step %d, where the %s judge peaked (%s)", step, judge,
+                   alarm["message"])
+    return {**policies, "ppo": model}, {**summary, "policies": {**summary["policies"], "ppo": figures}}, tags
 
 
 def register_judged(
@@ -114,6 +166,7 @@ def register_judged(
     generation: dict,
     evaluation: dict,
     params: dict,
+    ppo_tags: dict[str, str] | None = None,
 ) -> dict:
     """Log and register the run's reward model and its chosen policy, then run the gate on
     ``judge``'s head-to-head; the sampling seed, batch size and samples per prompt are
@@ -156,6 +209,7 @@ def register_judged(
         settings,
         config,
         head_to_head,
+        {"ppo": ppo_tags or {}},
     )
 
 

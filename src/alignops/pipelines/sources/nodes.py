@@ -45,11 +45,16 @@ def heldout_eval_prompts(preferences_heldout: pd.DataFrame, params: dict) -> pd.
 def file_eval_prompts(
     raw_eval_prompts: pd.DataFrame, preferences_train: pd.DataFrame, preferences_audit: pd.DataFrame, params: dict
 ) -> pd.DataFrame:
-    """The user's evaluation prompts file (a ``prompt`` column), less the prompts the policies or
-    the audit judge trained on."""
+    """The user's evaluation prompts file (a ``prompt`` column, and optionally ``should_refuse``:
+    true for the prompts a good policy declines, which the report's alignment tax reads), less
+    the prompts the policies or the audit judge trained on."""
     if "prompt" not in raw_eval_prompts.columns:
         raise ValueError(f"raw_eval_prompts needs a 'prompt' column; got {list(raw_eval_prompts.columns)}")
     prompts, dropped = without_prompts(raw_eval_prompts[["prompt"]], preferences_train, preferences_audit)
     if dropped:
         logger.warning("sources: %d evaluation prompts are training or audit prompts and were left out", dropped)
-    return select_eval_prompts(prompts["prompt"], SourcesConfig(**params))
+    selected = select_eval_prompts(prompts["prompt"], SourcesConfig(**params))
+    if "should_refuse" in raw_eval_prompts.columns:
+        labels = raw_eval_prompts.drop_duplicates("prompt").set_index("prompt")["should_refuse"]
+        selected["should_refuse"] = selected["prompt"].map(labels).eq(True).to_numpy()  # unlabelled: answerable
+    return selected
