@@ -166,8 +166,14 @@ def point(curve: Curve, sft: Curve, indices: np.ndarray) -> dict:
     }
 
 
-def frontier(curves: list[Curve], judge: Judge, seed: int) -> dict:
-    """``frontier.json``: ``curves`` (SFT's first) as points with paired intervals."""
+PPO_SETTINGS = ("kl_coef", "kl_controller", "steps", "snapshot_every", "learning_rate")
+"""What a frontier records of the PPO run that drew it: the settings that move a run along its
+frontier (the KL penalty above all), so a sweep's curves label themselves."""
+
+
+def frontier(curves: list[Curve], judge: Judge, seed: int, ppo: dict | None = None) -> dict:
+    """``frontier.json``: ``curves`` (SFT's first) as points with paired intervals, and
+    ``PPO_SETTINGS`` of the ``ppo`` parameters that drew them."""
     sft = curves[0]
     if sft.step != 0 or sft.policy != "ppo":
         raise ValueError("the first curve must be PPO's step 0, the SFT policy")
@@ -178,6 +184,7 @@ def frontier(curves: list[Curve], judge: Judge, seed: int) -> dict:
         "proxy": PROXY,
         "interval": interval_settings(),
         "n_prompts": len(sft.judge),
+        "ppo": {key: (ppo or {})[key] for key in PPO_SETTINGS if key in (ppo or {})},
         "points": [point(curve, sft, indices) for curve in curves],
     }
 

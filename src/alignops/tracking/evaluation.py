@@ -87,6 +87,8 @@ def _leaves(node: object, name: str) -> Iterator[tuple[str, object]]:
 
 ALARM_TAG = "overoptimisation.alarm"
 """``fired`` or ``quiet``: the report's over-optimisation verdict, one tag to filter runs by."""
+PEAK_STEP_TAG = "overoptimisation.peak_step"
+"""The PPO step at which the judge's score peaked."""
 
 
 def frontier_metrics(frontier: dict) -> list[Metric]:
@@ -115,7 +117,7 @@ def log_frontier(frontier: dict, alarm: dict, client: MlflowClient | None = None
         return
     tags = {
         ALARM_TAG: "fired" if alarm["fired"] else "quiet",
-        "overoptimisation.peak_step": str(alarm["peak_step"]),
+        PEAK_STEP_TAG: str(alarm["peak_step"]),
         "overoptimisation.offered_step": str(alarm["offered_step"]),
         "overoptimisation.message": alarm["message"][:5000],
     }

@@ -21,6 +21,7 @@ import pandas as pd
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
+from alignops.tracking.evaluation import ALARM_TAG, PEAK_STEP_TAG
 from alignops.tracking.promote import store_uris
 from alignops.tracking.store import sqlite_file
 
@@ -28,9 +29,6 @@ FRONTIER_ARTIFACT = "reports/frontier.json"
 PARAMS = ("ppo.kl_coef", "ppo.steps", "ppo.kl_controller", "ppo.kl_target", "ppo.learning_rate")
 """The parameters (as kedro-mlflow flattens them) that move a run along its frontier, or move
 the frontier itself: the KL penalty above all."""
-ALARM_TAG = "overoptimisation.alarm"
-"""``fired`` or ``quiet``: did the judge fall, beyond its interval, after its peak while PPO went on."""
-PEAK_STEP_TAG = "overoptimisation.peak_step"
 SEARCH_PAGE = 100
 """Runs fetched per search request while looking for those with a frontier."""
 

@@ -21,7 +21,7 @@ from alignops.evaluation.judges import AUDIT, AUDIT_DESCRIPTION, GOLD, GOLD_DESC
 from alignops.models.config import ModelConfig
 from alignops.models.generation import GenerationConfig
 from alignops.models.reward import RewardModel
-from alignops.tracking.evaluation import final_steps, log_evaluation_to_run, samples_table
+from alignops.tracking.evaluation import ALARM_TAG, final_steps, log_evaluation_to_run, samples_table
 from alignops.tracking.logger import require_run
 from alignops.tracking.models import load_policy
 from alignops.tracking.registration import register_run
@@ -135,7 +135,7 @@ def offer_peak(
     or SFT itself at step 0), with that checkpoint's frontier figures (same prompts, seed and
     judge as the evaluation's) in place of the last one's."""
     step = alarm["offered_step"]
-    tags = {"overoptimisation.alarm": "fired" if alarm["fired"] else "quiet", "ppo_step": str(step)}
+    tags = {ALARM_TAG: "fired" if alarm["fired"] else "quiet", "ppo_step": str(step)}
     if step == alarm["last_step"]:
         return policies, summary, tags
     point = next(p for p in frontier["points"] if p["policy"] == "ppo" and p["step"] == step)
