@@ -17,7 +17,7 @@ export DVC_NO_ANALYTICS := 1
 # threads fight each other and training runs several times slower.
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: setup run repro dvc-yaml test lint ui viz viz-build lock clean-data bench bench-trl
+.PHONY: setup run repro sweep dvc-yaml test lint ui viz viz-build lock clean-data bench bench-trl
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,18 @@ run: setup
 ## Stages run one at a time, each with every core (`make run` overlaps DPO with reward -> PPO).
 repro: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro $(DVC_ARGS)
+
+## A kl_coef sweep in one command: one queued `dvc exp run` per value of KL_COEFS, all of them
+## run, then alignops-report overlays their reward-KL frontiers on one page
+## (data/08_reporting/sweep_report.html), a row and an alarm verdict per run.
+KL_COEFS ?= 0 0.02 0.05 0.1
+comma := ,
+empty :=
+space := $(empty) $(empty)
+sweep: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc exp run --queue -S 'conf/base/parameters_ppo.yml:ppo.kl_coef=$(subst $(space),$(comma),$(strip $(KL_COEFS)))'
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc exp run --run-all
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/alignops-report --last $(words $(KL_COEFS))
 
 ## Rewrite dvc.yaml from the Kedro pipelines and catalog (after adding a stage or moving a path;
 ## DVC_ENV=<env> for an environment of your own, e.g. one pointing ingestion at your file).

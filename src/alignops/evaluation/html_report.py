@@ -30,6 +30,7 @@ table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.92em; }
 th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; vertical-align: top; }
 th { background: #f4f4f4; } td:first-child, th:first-child { text-align: left; }
 tr.peak td { background: #fff3cd; font-weight: 600; }
+tr.fired td { background: #fde8e8; }
 .na { color: #888; font-style: italic; }
 img { max-width: 100%; height: auto; display: block; margin: 0.6em 0; }
 table.side td, table.side th { text-align: left; width: 20em; }
@@ -234,6 +235,88 @@ def render_report(
                  _image(plot_distributions(samples, judge), "score and length distributions per policy")),
         _section("Side by side", f"The first {n_side_by_side} prompts, each policy's (first) response, "
                  f"with its {judge} score.", _side_by_side(samples, judge, n_side_by_side)),
+    ]
+    body = "\n".join(parts)
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{CSS}</style></head><body>\n{body}\n</body></html>\n")
+
+
+def _sweep_header(runs: list[tuple[str, dict, dict]], title: str, source: str | None) -> str:
+    first = runs[0][1]
+    interval = first["interval"]
+    origin = f"<p>Runs from {html.escape(source)}.</p>" if source else ""
+    return (
+        f"<h1>{html.escape(title)}</h1>{origin}"
+        f"<p>{len(runs)} runs overlaid. Deciding judge: <strong>{html.escape(first['judge'])}</strong> — "
+        f"{html.escape(first['judge_description'])}; proxy: the training reward model "
+        f"(<code>{html.escape(first['proxy'])}</code>).</p>"
+        f"<p>Every interval: {round(100 * interval['level'])}% {html.escape(interval['method'])} "
+        f"({interval['resamples']} resamples, {first['n_prompts']} prompts), shown as value [low, high].</p>"
+    )
+
+
+def _alarm_state(info: dict) -> str | None:
+    """``fired``/``quiet`` from the run's ``overoptimisation.json``, else from its tag."""
+    alarm = info.get("overoptimisation")
+    return ("fired" if alarm["fired"] else "quiet") if alarm is not None else info.get("alarm")
+
+
+def _sweep_table(runs: list[tuple[str, dict, dict]]) -> str:
+    """One row per run: its setting, the alarm, and where PPO ended (its last checkpoint)."""
+    judge = runs[0][1]["judge"]
+    header = ["run", "kl_coef", "PPO steps", "alarm", "peak step", f"PPO final {judge} score", "PPO final √KL"]
+    rows, classes = [], []
+    for label, frontier, info in runs:
+        ppo = [p for p in frontier["points"] if p["policy"] == "ppo"]
+        last = max(ppo, key=lambda p: p["step"]) if ppo else None
+        alarm = info.get("overoptimisation")
+        peak = alarm["peak_step"] if alarm is not None else info.get("peak_step")
+        state = _alarm_state(info)
+        rows.append([label, MISSING if info.get("kl_coef") is None else str(info["kl_coef"]),
+                     MISSING if info.get("steps") is None else str(info["steps"]), state or MISSING,
+                     MISSING if peak is None else str(peak), _interval(last["judge"] if last else None),
+                     f"{last['sqrt_kl']:.3f}" if last else MISSING])
+        classes.append("fired" if state == "fired" else "")
+    return _table(header, rows, classes)
+
+
+def _sweep_alarms(runs: list[tuple[str, dict, dict]]) -> str:
+    """Each run's alarm message as a small banner, red where it fired."""
+    banners = []
+    for label, _, info in runs:
+        alarm = info.get("overoptimisation")
+        if alarm is not None:
+            kind, message = _alarm_state(info), alarm["message"]
+        else:
+            kind, message = "absent", f"no overoptimisation.json in this run (alarm tag: {info.get('alarm') or 'none'})"
+        banners.append(f'<div class="banner {kind}"><strong>{html.escape(label)}</strong>'
+                       f"<p>{html.escape(message)}</p></div>")
+    return "".join(banners)
+
+
+def render_sweep(runs: list[tuple[str, dict, dict]], *, title: str = "alignops sweep report",
+                 source: str | None = None) -> str:
+    """A sweep's runs on one self-contained page: their frontiers overlaid, a row per run, and
+    each run's alarm. ``runs`` is (label, frontier, info) in the order to show them, ``info``
+    holding ``kl_coef`` and ``steps`` (None where unknown), ``overoptimisation`` (the run's
+    ``overoptimisation.json``, or None) and, for runs without it, the alarm's tags ``alarm``
+    (``fired``/``quiet``) and ``peak_step``. ``source`` says where the runs came from. The runs
+    must share a deciding judge: scores of different judges on one axis compare nothing."""
+    if not runs:
+        raise ValueError("a sweep report needs at least one run")
+    judges = {frontier["judge"] for _, frontier, _ in runs}
+    if len(judges) > 1:
+        raise ValueError(f"the runs were judged by different judges ({sorted(judges)}): their scores do not compare")
+    parts = [
+        _sweep_header(runs, title, source),
+        _section("Reward against KL", "One colour per run. Reward hacking shows as a gap opening along a run: "
+                 "the proxy keeps rising with KL while the deciding judge peaks and falls; a larger kl_coef "
+                 "holds PPO closer to SFT. Best-of-N's KL is an analytic upper bound.",
+                 _image(plot_frontier([(label, frontier) for label, frontier, _ in runs]),
+                        "the runs' frontiers: judge and proxy against √KL to SFT")),
+        _section("Runs", "Where each run's PPO ended, and whether its over-optimisation alarm fired (rows in red); "
+                 "a fired alarm offers the registry the peak step, not the last.", _sweep_table(runs)),
+        _section("Alarms", "Each run's over-optimisation verdict as the report stage wrote it.", _sweep_alarms(runs)),
     ]
     body = "\n".join(parts)
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
