@@ -311,3 +311,19 @@ def test_report_opens_offline_in_chromium(tmp_path, report):
         finally:
             browser.close()
     assert outside == []
+
+
+def test_a_deciding_audit_judge_no_better_than_chance_is_flagged(summary, quiet_alarm, samples):
+    audit = {**summary, "judge": "audit", "policies": {
+        policy: {key.replace("gold", "audit"): value for key, value in figures.items()}
+        for policy, figures in summary["policies"].items()}}
+    frontier = make_frontier(peak=100) | {"judge": "audit"}
+    rows = samples.assign(audit=samples["gold"])
+    coin = audit | {"audit_judge": {"panel_accuracy": interval(0.49, 0.1)}}
+    trusted = audit | {"audit_judge": {"panel_accuracy": interval(0.7, 0.05)}}
+    assert "no better than chance" in render_report(coin, frontier, quiet_alarm, diagnostics(False), rows)
+    assert "0.49 [0.39, 0.59]" in render_report(coin, frontier, quiet_alarm, diagnostics(False), rows)
+    assert "no better than chance" not in render_report(trusted, frontier, quiet_alarm, diagnostics(False), rows)
+    gold_decides = summary | {"audit_judge": {"panel_accuracy": interval(0.49, 0.1)}}  # gold is the truth
+    assert "no better than chance" not in render_report(gold_decides, make_frontier(peak=100), quiet_alarm,
+                                                         diagnostics(False), samples)

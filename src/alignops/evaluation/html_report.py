@@ -95,6 +95,21 @@ def _header(summary: dict, title: str) -> str:
         f"{html.escape(summary['judges'][judge])}</p><ul>{judges}</ul>"
         f"<p>Every interval: {round(100 * interval['level'])}% {html.escape(interval['method'])} "
         f"({interval['resamples']} resamples, {summary['n_prompts']} prompts), shown as value [low, high].</p>"
+        f"{_judge_doubt(summary)}"
+    )
+
+
+def _judge_doubt(summary: dict) -> str:
+    """A warning when the deciding judge is the audit judge and its held-out pairwise accuracy
+    cannot be told from chance: every figure it made, the alarm's included, is then noise."""
+    accuracy = (summary.get("audit_judge") or {}).get("panel_accuracy")
+    if summary["judge"] != "audit" or not isinstance(accuracy, dict) or accuracy["ci_low"] > 0.5:
+        return ""
+    return (
+        '<div class="banner fired"><strong>The deciding judge is no better than chance.</strong> '
+        f"The audit judge orders held-out preference pairs as the annotators did {_interval(accuracy)} of the "
+        "time; an interval reaching 0.5 is a coin. Read every score, win rate and the alarm below as noise "
+        "until the audit judge is better (more audit pairs, a better base model, or a trusted classifier).</div>"
     )
 
 
