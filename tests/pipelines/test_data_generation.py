@@ -51,7 +51,8 @@ def test_rankings_have_the_contracted_shape(outputs, test_params):
 def test_frames_have_the_contracted_columns(outputs, test_params):
     sft, held_out = outputs["sft_demonstrations"], outputs["eval_prompts"]
     assert list(sft.columns) == ["prompt_id", "intent", "prompt", "response"]
-    assert list(held_out.columns) == ["prompt_id", "intent", "prompt"]
+    assert list(held_out.columns) == ["prompt_id", "intent", "prompt", "should_refuse"]
+    assert held_out["should_refuse"].dtype == bool and held_out["should_refuse"].any()  # the report's alignment tax
     assert len(sft) == test_params["n_sft_demos"]
     assert len(held_out) == test_params["n_eval_prompts"]
     assert not set(held_out["prompt"]) & set(sft["prompt"])

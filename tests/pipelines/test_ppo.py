@@ -21,7 +21,7 @@ from tests.helpers import PPO_LOGGED_EVERY_STEP, REPO_ROOT, TINY_LLAMA, Counting
 
 BASE_PPO = yaml.safe_load((REPO_ROOT / "conf/base/parameters_ppo.yml").read_text())["ppo"]
 TEST_PPO = {**BASE_PPO, **yaml.safe_load((REPO_ROOT / "conf/test/parameters_ppo.yml").read_text())["ppo"]}
-OUTPUTS = {"ppo_model", "ppo_curves", "ppo_samples"}
+OUTPUTS = {"ppo_model", "ppo_curves", "ppo_samples", "ppo_snapshots"}
 
 
 def _frames() -> tuple[pd.DataFrame, pd.DataFrame]:
