@@ -126,6 +126,14 @@ def test_every_loop_metric_is_logged_per_step(runs, client, tracked_project):
         summary["policies"]["ppo"]["gold_win_rate_vs_sft"]["ci_low"])
     assert metrics["evaluation/reward_model/heldout_accuracy"] == pytest.approx(
         summary["reward_model"]["heldout_accuracy"])
+    # the frontier by PPO step (test env: SFT, the snapshot at 1, the last at 2) and the alarm's verdict
+    frontier = json.loads((reporting / "frontier.json").read_text())
+    expected = [(p["step"], pytest.approx(p["judge"]["value"])) for p in frontier["points"] if p["policy"] == "ppo"]
+    assert sorted((m.step, m.value) for m in client.get_metric_history(run_id, "frontier/ppo/gold")) == expected
+    alarm = json.loads((reporting / "overoptimisation.json").read_text())
+    tags = runs[0].data.tags
+    assert tags["overoptimisation.alarm"] == ("fired" if alarm["fired"] else "quiet")
+    assert tags["overoptimisation.peak_step"] == str(alarm["peak_step"])
 
 
 def test_artifacts_hold_curves_reports_data_docs_and_the_sample_table(runs, client):
@@ -135,6 +143,9 @@ def test_artifacts_hold_curves_reports_data_docs_and_the_sample_table(runs, clie
     assert listed["curves"] == {"sft.png", "reward.png", "audit_judge.png", "ppo.png", "dpo.png"}
     assert {"evaluation_summary.json", "evaluation.png", "data_report.json", "data_report.png",
             "validation_report.json"} <= listed["reports"]
+    # the report stage's page and its data, beside the evaluation's
+    assert {"report.html", "frontier.json", "frontier.png", "overoptimisation.json",
+            "policy_diagnostics.json"} <= listed["reports"]
     assert "index.html" in listed["data_docs"]
     with tempfile.TemporaryDirectory() as folder:
         logged = json.loads(Path(client.download_artifacts(run_id, "tables/sample_generations.json", folder))
