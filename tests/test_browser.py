@@ -173,6 +173,15 @@ def test_mlflow_ui_lists_the_runs_and_charts_a_ppo_metric(page, mlflow_ui, track
     expect(page.locator("img[src^='blob:']").first).to_be_visible(timeout=30_000)  # and the picture
     screenshot(page, "mlflow_artifacts_ppo_curves")
 
+    # the report stage's page, previewed by the UI itself (an iframe of the artifact)
+    page.get_by_text("reports", exact=True).click()
+    page.get_by_text("report.html", exact=True).click()
+    expect(page.get_by_text("reports/report.html", exact=True)).to_be_visible(timeout=30_000)
+    report = page.frame_locator("iframe").first
+    expect(report.get_by_role("heading", name="alignops evaluation report")).to_be_visible(timeout=30_000)
+    expect(report.get_by_text("Deciding judge:")).to_be_visible()
+    screenshot(page, "mlflow_artifacts_report")
+
 
 def test_mlflow_registry_shows_the_policy_with_its_champion(page, mlflow_ui):
     from playwright.sync_api import expect
