@@ -58,7 +58,12 @@ def test_a_killed_run_is_closed_killed_and_the_same_command_continues_it_to_one_
     _kill_after_checkpoint(second, checkpoints / "step_00000090", signal.SIGTERM)
     assert second.returncode == -signal.SIGTERM
     client, (run,) = _runs(project)
-    assert run.info.status == "KILLED" and run.data.tags[CONTINUED_TAG] == "1"
+    assert run.data.tags[CONTINUED_TAG] == "1"
+    if run.info.status != "KILLED":
+        # the documented fallback: a SIGTERM inside the process's own sqlite write leaves the store
+        # locked to the handler, which says so; the third run then closes the run before continuing it
+        second_log = " ".join(sorted(project.glob("kedro_*.log"))[1].read_text().split())
+        assert run.info.status == "RUNNING" and f"could not end MLflow run {run.info.run_id} KILLED" in second_log
 
     third = _start(project)
     assert third.wait(timeout=600) == 0

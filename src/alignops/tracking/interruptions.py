@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -152,8 +153,11 @@ class KillRecorder:
             client = MlflowClient()
             if client.get_run(run_id).info.status == RunStatus.to_string(RunStatus.RUNNING):
                 client.set_terminated(run_id, killed)
-        except Exception:  # noqa: BLE001 - a locked or unreachable store: the next run closes it (close_abandoned)
-            pass
+        except Exception as error:  # noqa: BLE001 - a locked or unreachable store: the next run closes it (close_abandoned)
+            # e.g. a signal that arrived inside this process's own sqlite write: the store stays locked
+            # until the process is gone, so the run stays RUNNING until the next run in the project
+            print(f"alignops: could not end MLflow run {run_id} KILLED ({type(error).__name__}: {error}); "
+                  "the next kedro run in this project closes it", file=sys.stderr, flush=True)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if os.getpid() == self._owner:
