@@ -38,6 +38,7 @@ from tests.helpers import KEDRO, run_kedro
 STAGES = {
     "sft": ("data_validation", "sft", "loss/sft"),
     "reward": ("sft", "reward", "loss/reward"),
+    "audit_judge": ("sft", "audit_judge", "loss/audit_judge"),  # the reward recipe: params:reward launches it
     "dpo": ("sft", "dpo", "loss/dpo"),
     "ppo": ("reward", "ppo", "objective/scores"),
 }
@@ -62,14 +63,15 @@ def test_a_stage_trains_in_two_ranks_that_agree_and_hands_back_one_model(stage, 
     handoff = tmp_path / "handoff"
     handoff.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(handoff))
-    run_kedro(project, env="test", pipeline_names=[stage], runtime_params={stage: {"num_processes": 2}})
+    params = "reward" if stage == "audit_judge" else stage
+    run_kedro(project, env="test", pipeline_names=[stage], runtime_params={params: {"num_processes": 2}})
 
     client, run = _last_run(project)
     assert run.info.status == "FINISHED"
     assert run.data.tags[f"launch.{stage}.processes"] == "2 (torchrun)"
     # the model the catalog saved is the one both ranks ended with (the launch refuses otherwise)
     saved = project / "data" / "06_models" / folder
-    model = RewardModelDataset(filepath=str(saved)).load() if stage == "reward" else HFModelDataset(
+    model = RewardModelDataset(filepath=str(saved)).load() if stage in ("reward", "audit_judge") else HFModelDataset(
         filepath=str(saved)).load()
     assert run.data.tags[f"launch.{stage}.model_sha256"] == model_digest(model)
     assert list(saved.glob("*.safetensors")) and not list(saved.glob("*.bin"))

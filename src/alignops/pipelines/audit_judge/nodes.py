@@ -16,12 +16,14 @@ from alignops.pipelines.reward.nodes import fit_reward_model
 from alignops.tracking.logger import metric_logger
 from alignops.training.audit_judge_config import AuditJudgeConfig
 from alignops.training.common import MetricHistory
+from alignops.training.launch import distributable
 from alignops.training.reward_config import RewardConfig
 
 STAGE = ("reward", "audit_judge")
 """The reward loop's metrics are renamed: both models train in one MLflow run."""
 
 
+@distributable("reward")  # the reward stage's recipe, processes and accelerate config included
 def train(
     preferences_audit: pd.DataFrame,
     preferences_heldout: pd.DataFrame,
