@@ -19,10 +19,12 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 from torch.utils.data import DataLoader
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from alignops.catalog.models import HFModelDataset
 from alignops.catalog.reward_model import RewardModelDataset
 from alignops.core.masked import masked_whiten
+from alignops.models.loading import load_model
 from alignops.training.common import global_mean, shard_batches
 from alignops.training.handoff import model_digest, read_value, write_value
 from alignops.training.launch import (
@@ -224,7 +226,7 @@ def test_values_cross_the_process_boundary_intact(tmp_path, sft_model, tokenizer
         back = read_value(tmp_path / name, meta)
         assert back.equals(value) if isinstance(value, pd.DataFrame) else back == value
     meta = write_value(tmp_path / "model", sft_model)
-    assert meta == {"kind": "causal_lm", "dtype": "float32"}
+    assert meta == {"kind": "causal_lm", "dtype": "float32", "trust_remote_code": False}
     assert model_digest(read_value(tmp_path / "model", meta)) == model_digest(sft_model)
     assert read_value(tmp_path / "tok", write_value(tmp_path / "tok", tokenizer)).get_vocab() == tokenizer.get_vocab()
     with pytest.raises(TypeError, match="cannot hand object"):
@@ -280,3 +282,30 @@ def test_one_process_keeps_its_own_loss_and_whitening_over_ranks_is_whitening_ov
         whole = masked_whiten(x, mask)
         rows = slice(0, 3) if rank == 0 else slice(3, 6)
         assert torch.allclose(got, whole[rows], atol=1e-5)
+
+
+def test_a_model_with_its_own_code_crosses_with_that_code(tmp_path):
+    """A model the run loaded with trust_remote_code (a Hub architecture transformers lacks) is
+    saved with its code and read back by it; a plain model never runs code from the folder."""
+    folder = tmp_path / "custom"
+    folder.mkdir()
+    (folder / "configuration_tiny.py").write_text(
+        "from transformers import LlamaConfig\n\nclass TinyConfig(LlamaConfig):\n    model_type = 'tiny_custom'\n")
+    (folder / "modeling_tiny.py").write_text(
+        "from transformers import LlamaForCausalLM\nfrom .configuration_tiny import TinyConfig\n\n"
+        "class TinyForCausalLM(LlamaForCausalLM):\n    config_class = TinyConfig\n")
+    config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    spec = json.loads((folder / "config.json").read_text())
+    spec |= {"model_type": "tiny_custom", "architectures": ["TinyForCausalLM"], "auto_map": {
+        "AutoConfig": "configuration_tiny.TinyConfig", "AutoModelForCausalLM": "modeling_tiny.TinyForCausalLM"}}
+    (folder / "config.json").write_text(json.dumps(spec))
+    model = load_model(folder, trust_remote_code=True)
+
+    meta = write_value(tmp_path / "handed", model)
+    assert meta["trust_remote_code"] and (tmp_path / "handed" / "modeling_tiny.py").exists()
+    back = read_value(tmp_path / "handed", meta)
+    assert type(back).__name__ == "TinyForCausalLM" and model_digest(back) == model_digest(model)
+    with pytest.raises(ValueError, match="custom code"):  # what the hand-off did before it said so
+        read_value(tmp_path / "handed", {**meta, "trust_remote_code": False})

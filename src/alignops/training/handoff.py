@@ -26,7 +26,10 @@ def write_value(path: Path, value: Any) -> dict[str, str]:
     if isinstance(value, PreTrainedModel):
         save_model(value, path)
         kind = "sequence_classification" if type(value).__name__.endswith("ForSequenceClassification") else "causal_lm"
-        return {"kind": kind, "dtype": _dtype_name(value)}
+        # a model the run loaded with trust_remote_code (it has an auto_map) is saved with that
+        # code; the other side runs the code this process already ran, nothing new
+        remote = bool(getattr(value.config, "auto_map", None))
+        return {"kind": kind, "dtype": _dtype_name(value), "trust_remote_code": remote}
     if isinstance(value, PreTrainedTokenizerBase):
         value.save_pretrained(str(path))
         return {"kind": "tokenizer"}
@@ -50,7 +53,7 @@ def read_value(path: Path, meta: Mapping[str, str]) -> Any:
     if kind in ("causal_lm", "sequence_classification"):
         from alignops.models.loading import load_model
 
-        return load_model(path, kind, dtype=meta["dtype"])
+        return load_model(path, kind, trust_remote_code=bool(meta.get("trust_remote_code")), dtype=meta["dtype"])
     if kind == "tokenizer":
         from alignops.models.tokenizer import load_tokenizer
 
