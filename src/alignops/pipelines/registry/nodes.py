@@ -20,6 +20,7 @@ from alignops.evaluation.comparison import Comparison, Contender, compare
 from alignops.evaluation.judges import AUDIT, AUDIT_DESCRIPTION, GOLD, GOLD_DESCRIPTION, Judge, reward_model_judge
 from alignops.models.config import ModelConfig
 from alignops.models.generation import GenerationConfig
+from alignops.models.loading import inference_device, place
 from alignops.models.reward import RewardModel
 from alignops.tracking.evaluation import ALARM_TAG, final_steps, log_evaluation_to_run, samples_table
 from alignops.tracking.logger import require_run
@@ -103,6 +104,7 @@ def register_models_with_audit_judge(
     params: dict,
 ) -> dict:
     """Register the run's models; the audit reward model decides the promotion (a user's data)."""
+    place([audit_judge], inference_device())  # scores where the gate samples
     judge = reward_model_judge(audit_judge, AUDIT_DESCRIPTION, EvaluationConfig(**evaluation).batch_size, AUDIT)
     policies, summary, tags = offer_peak(
         {"sft": sft_model, "ppo": ppo_model, "dpo": dpo_model}, evaluation_summary, frontier, overoptimisation,
@@ -176,18 +178,25 @@ def register_judged(
     sampling = EvaluationConfig(**evaluation)
     sft = Contender(policies["sft"], tokenizer, model_config, settings)
     prompts = eval_prompts["prompt"].tolist()
+    device = inference_device()  # the gate samples where evaluation did: the accelerator when there is one
+
+    def loaded(model_uri: str) -> Contender:
+        contender = Contender(*load_policy(model_uri))  # read onto the CPU
+        place([contender.model], device)
+        return contender
 
     def baseline(champion_uri: str | None) -> Contender:
         if champion_uri is None:
+            place([sft.model], device)
             return sft
         try:
-            return Contender(*load_policy(champion_uri))
+            return loaded(champion_uri)
         except ValueError as error:  # logged by an older alignops, in a format this one does not read
             raise NoEvidence(f"the champion cannot be loaded ({error})") from error
 
     def head_to_head(candidate_uri: str, champion_uri: str | None) -> Evidence:
         result = compare(
-            Contender(*load_policy(candidate_uri)),
+            loaded(candidate_uri),
             baseline(champion_uri),
             prompts,
             judge,
