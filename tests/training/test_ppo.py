@@ -10,13 +10,21 @@ from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
 from alignops.models.chat import parse_transcript
 from alignops.models.generation import GenerationConfig
+from alignops.models.reward import RewardModel, build_reward_backbone, sequence_rewards
 from alignops.models.scoring import response_logits
-from alignops.models.value_head import PolicyWithValueHead
+from alignops.models.value_head import CriticError, PolicyWithCritic, PolicyWithValueHead
 from alignops.training import ppo as ppo_module
 from alignops.training.common import MetricHistory, NonFiniteLossError
 from alignops.training.ppo import PromptBatches, train_ppo
 from alignops.training.ppo_config import PPOConfig
-from tests.helpers import PPO_LOGGED_EVERY_STEP, TINY_LLAMA, CountingScorer, make_chat_tokenizer, make_tiny_policy
+from tests.helpers import (
+    PPO_LOGGED_EVERY_STEP,
+    TINY_LLAMA,
+    CountingScorer,
+    make_chat_tokenizer,
+    make_tiny_policy,
+    make_tiny_tokenizer,
+)
 
 PROMPTS = ["please reset my password", "where is my order", "refund the charge", "close my account"]
 # Small and quick; tests override what they exercise.
@@ -210,16 +218,19 @@ def test_config_fails_loudly_on_bad_keys_and_values():
         PPOConfig(kl_estimator="k9")
     with pytest.raises(ValueError, match="kl_controller"):
         PPOConfig(kl_controller="pid")
+    with pytest.raises(ValueError, match="critic must be one of"):
+        PPOConfig(critic="value_model")
 
 
-def test_trimmed_rollout_forward_equals_the_full_width_pass(sft_model, tokenizer):
+@pytest.mark.parametrize("critic", ["value_head", "reward_model"])
+def test_trimmed_rollout_forward_equals_the_full_width_pass(sft_model, tokenizer, reward_model, critic):
     """Chunks sorted by length and cut to their own widths change no number."""
     from alignops.core import selective_log_softmax
     from alignops.models.generation import generate
-    from alignops.models.value_head import response_forward
+    from alignops.models.value_head import CRITICS, response_forward
 
     torch.manual_seed(0)
-    policy = PolicyWithValueHead(sft_model).eval()
+    policy = CRITICS[critic](sft_model, tokenizer, reward_model).eval()
     prompts = ["Hi", "Where is my order? It was due on May 3.", "refund please", "My password fails."] * 3
     out = generate(sft_model, tokenizer, prompts, max_new_tokens=12, temperature=1.0, seed=3)
     rollout = {k: getattr(out, k) for k in ppo_module.ROLLOUT_KEYS}
@@ -273,3 +284,94 @@ def test_snapshots_are_the_policy_along_the_run_and_only_this_runs(sft_model, to
     assert list(catalog.load()) == ["step_000002"]  # the earlier run's step 4 is gone
     with pytest.raises(ValueError, match="snapshot_every"):
         dataclasses.replace(TINY, snapshot_every=-1)
+
+
+# --- critic: reward_model -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def reward_model(sft_model, tokenizer) -> RewardModel:
+    """A reward model built from the SFT model as the pipeline builds it (same tokenizer), its
+    score head random: an untrained but non-constant critic to start from."""
+    torch.manual_seed(1)
+    model, rm_tokenizer = build_reward_backbone("sft", sft_model, tokenizer)
+    return RewardModel(model.eval(), rm_tokenizer, TINY_LLAMA.prompt_template, TINY_LLAMA.response_prefix, 16, 16)
+
+
+def _left_padded_queries_and_right_padded_responses(tokenizer):
+    queries = tokenizer(PROMPTS, padding=True, padding_side="left", return_tensors="pt")
+    replies = ["yes", "your refund is on its way", "no", "please reset the password here"]
+    responses = tokenizer(replies, padding=True, padding_side="right", return_tensors="pt")
+    return queries["input_ids"], queries["attention_mask"], responses["input_ids"], responses["attention_mask"]
+
+
+def test_the_critic_starts_as_the_reward_models_score_of_each_prefix(sft_model, tokenizer, reward_model):
+    """V_t, the value of the state before response token t, is at first what the reward model
+    scores the prompt plus the first t response tokens (normalised, as PPO's scores are): TRL's
+    value model from its reward model."""
+    normalised = reward_model.with_normalisation(mean=0.5, std=2.0)
+    policy = PolicyWithCritic.from_reward_model(sft_model, tokenizer, normalised)
+    query_ids, query_mask, response_ids, response_mask = _left_padded_queries_and_right_padded_responses(tokenizer)
+    assert response_mask.sum(1).unique().numel() > 1  # right padding inside the batch
+    with torch.no_grad():
+        logits, values = policy(query_ids, query_mask, response_ids, response_mask)  # (B, R, V), (B, R)
+        plain = response_logits(sft_model, query_ids, query_mask, response_ids, response_mask)
+        input_ids, attention_mask = torch.cat([query_ids, response_ids], 1), torch.cat([query_mask, response_mask], 1)
+        width = query_ids.shape[1]
+        prefix_scores = torch.stack(  # (B, R): the reward model on each prefix, one forward each
+            [sequence_rewards(reward_model.model, input_ids[:, : width + t], attention_mask[:, : width + t])
+             for t in range(response_ids.shape[1])],
+            dim=1,
+        )
+    mask = response_mask.bool()
+    torch.testing.assert_close(values[mask], (prefix_scores[mask] - 0.5) / 2.0, atol=1e-5, rtol=1e-5)
+    assert values[mask].std() > 0
+    torch.testing.assert_close(logits, plain)
+    assert policy.critic is not reward_model.model
+    assert {id(p) for p in policy.value_parameters()} == {id(p) for p in policy.critic.parameters()}
+
+
+def test_a_few_steps_with_a_reward_model_critic_train_policy_and_critic_not_the_reward_model(
+    sft_model, tokenizer, reward_model, monkeypatch
+):
+    built = []
+
+    def recording(policy, tokenizer, reward_model):
+        wrapper = PolicyWithCritic.from_reward_model(policy, tokenizer, reward_model)
+        built.append(wrapper)
+        return wrapper
+
+    monkeypatch.setitem(ppo_module.CRITICS, "reward_model", recording)
+    reward_before = _state(reward_model.model)
+    grads_before = [p.requires_grad for p in reward_model.model.parameters()]
+    result, history = _run(sft_model, tokenizer, scorer=reward_model, steps=3, critic="reward_model")
+
+    for row in history.rows:
+        for name in ("loss/policy", "loss/value", "objective/scores", "val/explained_variance"):
+            assert torch.isfinite(torch.tensor(row[name])), (name, row)
+    (wrapper,) = built
+    assert wrapper.policy is result.policy and not any("critic" in name for name in result.policy.state_dict())
+    sft = _state(sft_model)
+    assert any(not torch.equal(sft[name], t) for name, t in result.policy.state_dict().items())
+    assert any(not torch.equal(reward_before[name], t) for name, t in wrapper.critic.state_dict().items())
+    # The reward model that scored the rollouts is the one it was: same weights, same flags.
+    assert all(torch.equal(reward_before[name], t) for name, t in reward_model.model.state_dict().items())
+    assert [p.requires_grad for p in reward_model.model.parameters()] == grads_before
+
+
+def test_a_reward_model_critic_needs_the_policys_tokenizer_and_a_per_token_head(sft_model, tokenizer, reward_model):
+    other = make_tiny_tokenizer(["an entirely different world of words"] * 20)
+    foreign = dataclasses.replace(reward_model, tokenizer=other)
+    with pytest.raises(CriticError, match="tokenizer .* is not the policy's"):
+        _run(sft_model, tokenizer, scorer=foreign, steps=1, critic="reward_model")
+    with pytest.raises(CriticError, match="needs a RewardModel"):
+        _run(sft_model, tokenizer, scorer=CountingScorer(), steps=1, critic="reward_model")
+
+    from transformers import BertConfig, BertForSequenceClassification
+
+    encoder = BertForSequenceClassification(BertConfig(
+        vocab_size=TINY_LLAMA.vocab_size, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=8, num_labels=1,
+    ))
+    with pytest.raises(CriticError, match="BertForSequenceClassification has none"):
+        PolicyWithCritic.from_reward_model(sft_model, tokenizer, dataclasses.replace(reward_model, model=encoder))

@@ -36,7 +36,7 @@ from alignops.core import (
 from alignops.models.config import ModelConfig
 from alignops.models.generation import GenerationConfig, sample_responses
 from alignops.models.loading import place
-from alignops.models.value_head import PolicyWithValueHead, response_forward
+from alignops.models.value_head import CRITICS, response_forward
 from alignops.training.checkpoints import Checkpoints
 from alignops.training.common import (
     LogFn,
@@ -84,7 +84,7 @@ class Scorer(Protocol):
 @dataclass(frozen=True)
 class PPOResult:
     policy: PreTrainedModel
-    """The trained policy: a plain causal LM (the value head stays behind)."""
+    """The trained policy: a plain causal LM (the value head or critic stays behind)."""
     samples: list[dict[str, Any]]
     """Rollout episodes kept every ``sample_every`` iterations: step, prompt, response, score."""
     snapshots: dict[int, Path]
@@ -202,13 +202,14 @@ def train_ppo(
         *_scorer_state(reward_model),
     )
     snapshots = Snapshots(accelerator, checkpoint_dir, "ppo", config.snapshot_every, checkpoints.fingerprint)
-    policy = PolicyWithValueHead(copy.deepcopy(sft_model))  # value head created after seeding
+    # The policy and its critic (a value head created after seeding, or a copy of the reward model).
+    policy = CRITICS[config.critic](copy.deepcopy(sft_model), tokenizer, reward_model)
     reference = copy.deepcopy(sft_model).requires_grad_(False).eval().to(device)
     place([reward_model], device)  # score on the accelerator: RewardModel.score follows its model
     optimizer = torch.optim.AdamW(
         [
             {"params": policy.policy.parameters(), "lr": config.learning_rate},
-            {"params": policy.value_head.parameters(), "lr": config.value_learning_rate},
+            {"params": policy.value_parameters(), "lr": config.value_learning_rate},
         ],
         eps=config.adam_eps,
         weight_decay=config.weight_decay,

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from alignops.core import KL_ESTIMATORS
+from alignops.models.value_head import CRITICS
 from alignops.training.checkpoints import check_resume_setting
 from alignops.training.common import SCHEDULES, check_mixed_precision
 from alignops.training.launch import check_launch_settings
@@ -42,9 +43,11 @@ class PPOConfig:
     stay small (docs/tuning.md); much higher and the replies degrade before the KL
     penalty bites."""
     value_learning_rate: float = 1e-3
-    """Peak rate of the value head (a single linear layer that starts at zero). At the
-    policy's rate it would need thousands of updates to reach the scores' scale, and
-    until then GAE has no baseline (``val/explained_variance`` stays at 0)."""
+    """Peak rate of the value side: the value head, or the whole critic under ``critic:
+    reward_model``. The head is a single linear layer that starts at zero: at the policy's
+    rate it would need thousands of updates to reach the scores' scale, and until then GAE
+    has no baseline (``val/explained_variance`` stays at 0). A separate critic starts at the
+    reward's scale and may want less; OpenRLHF and veRL run theirs at about 10x the actor's."""
     schedule: str = "linear"
     """Decay to 0 over all optimiser steps (Huang et al. 2024 anneal linearly)."""
     warmup_steps: int = 0
@@ -63,11 +66,23 @@ class PPOConfig:
     """How far a value prediction may move from its rollout value before its loss is clipped."""
     vf_coef: float = 0.1
     """Weight of the value loss. The value head shares the policy's trunk, so a large
-    weight lets value gradients reshape the features the policy writes with."""
+    weight lets value gradients reshape the features the policy writes with (a separate
+    critic's gradients never reach the policy; there it only weighs in the shared
+    ``max_grad_norm`` clip)."""
     gamma: float = 1.0
     """Discount. 1: the reward arrives once, at the end of the response, and every token shares it."""
     lam: float = 0.95
     """GAE λ: lower trusts the value head more (less variance, more bias)."""
+    critic: str = "value_head"
+    """Where the values come from (``alignops.models.value_head.CRITICS``). ``value_head``: a
+    linear head on the policy's own trunk, starting at zero. It costs no second model, so it
+    suits small models and CPU runs, where a second forward/backward per minibatch is most
+    of the stage's time. ``reward_model``: a separate critic initialised from the reward model
+    (as TRL, OpenRLHF and veRL do): its features already predict the reward, so GAE has a
+    baseline from the first iteration, and value-loss gradients stay out of the policy; the
+    price is a second model's memory and its forward/backward, and the reward model must
+    share the policy's tokenizer. The better choice once the models are large enough that
+    the value loss's pull on a shared trunk, not compute, is what limits the policy."""
 
     kl_controller: str = "fixed"
     """``fixed`` (β = ``kl_coef`` throughout) or ``adaptive`` (β steered towards ``kl_target``,
@@ -162,6 +177,8 @@ class PPOConfig:
             raise ValueError("cliprange and cliprange_value must be positive, vf_coef >= 0")
         if not (0.0 <= self.gamma <= 1.0 and 0.0 <= self.lam <= 1.0):
             raise ValueError(f"gamma and lam must be in [0, 1], got {self.gamma} and {self.lam}")
+        if self.critic not in CRITICS:
+            raise ValueError(f"critic must be one of {sorted(CRITICS)}, got {self.critic!r}")
         if self.kl_controller not in KL_CONTROLLER_NAMES:
             raise ValueError(f"kl_controller must be one of {KL_CONTROLLER_NAMES}, got {self.kl_controller!r}")
         if self.kl_coef < 0 or (self.kl_controller == "adaptive" and self.kl_coef == 0):
