@@ -29,7 +29,7 @@ from alignops.evaluation.policies import (
     REFERENCE,
     EvaluationConfig,
     best_of_n_kl_bound,
-    kl_to_reference,
+    sample_and_score,
     sample_policy,
 )
 from alignops.evaluation.statistics import bootstrap_indices, interval_settings, mean_interval, per_prompt, wins
@@ -105,17 +105,17 @@ def snapshot_curve(model: PreTrainedModel, reference: PreTrainedModel, step: int
     """A PPO snapshot sampled as evaluation samples every policy (same prompts, same seed),
     scored by the judge and the proxy, with its Monte-Carlo KL to SFT at the sampling temperature."""
     asked = [p for p in prompts for _ in range(config.samples_per_prompt)]  # prompt-major
-    out = sample_policy(model, tokenizer, asked, model_config, generation, config, config.seed)
-    kl = kl_to_reference(model, reference, out, generation.temperature, config.batch_size)
+    samples = sample_and_score(model, reference, tokenizer, [judge], score_rm, asked, model_config, generation,
+                               config)
     k = config.samples_per_prompt
     return Curve(
         policy="ppo",
         label=f"PPO step {step}",
-        kl=float(kl.mean()),
+        kl=float(samples.kl.mean()),
         kl_kind=KL_ESTIMATE,
-        judge=per_prompt(np.asarray(judge.score(asked, out.texts), dtype=np.float64), k),
-        proxy=per_prompt(np.asarray(score_rm(asked, out.texts), dtype=np.float64), k),
-        mean_length=float(out.response_mask.sum(1).float().mean()),
+        judge=per_prompt(samples.scores[judge.name], k),
+        proxy=per_prompt(np.asarray(samples.rm, dtype=np.float64), k),
+        mean_length=float(samples.lengths.mean()),
         step=step,
     )
 

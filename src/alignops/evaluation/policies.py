@@ -141,6 +141,29 @@ def judge_scores(judges: Sequence[Judge], prompts: list[str], texts: list[str]) 
     return {judge.name: np.asarray(judge.score(prompts, texts), dtype=np.float64) for judge in judges}
 
 
+def sample_and_score(
+    model: PreTrainedModel,
+    reference: PreTrainedModel | None,
+    tokenizer: PreTrainedTokenizerBase,
+    judges: Sequence[Judge],
+    score_rm: Scorer,
+    prompts: list[str],
+    model_config: ModelConfig,
+    generation: GenerationConfig,
+    config: EvaluationConfig,
+) -> PolicySamples:
+    """``model``'s responses to ``prompts`` (prompt-major, as asked) with evaluation's seed, each
+    scored by every judge and the reward model, with its KL to ``reference`` (zeros without one:
+    the reference itself)."""
+    out = sample_policy(model, tokenizer, prompts, model_config, generation, config, config.seed)
+    kl = (
+        np.zeros(len(prompts))
+        if reference is None
+        else kl_to_reference(model, reference, out, generation.temperature, config.batch_size)
+    )
+    return PolicySamples(prompts, out, judge_scores(judges, prompts, out.texts), score_rm(prompts, out.texts), kl)
+
+
 def evaluate_policies(
     policies: dict[str, PreTrainedModel],
     tokenizer: PreTrainedTokenizerBase,
@@ -160,17 +183,13 @@ def evaluate_policies(
     if REFERENCE not in policies:
         raise ValueError(f"evaluation compares with the {REFERENCE!r} policy, which is missing")
     prompts = [p for p in prompts for _ in range(config.samples_per_prompt)]  # prompt-major
-    samples: dict[str, PolicySamples] = {}
-    for name, model in policies.items():
-        out = sample_policy(model, tokenizer, prompts, model_config, generation, config, config.seed)
-        kl = (
-            np.zeros(len(prompts))
-            if name == REFERENCE
-            else kl_to_reference(model, policies[REFERENCE], out, generation.temperature, config.batch_size)
+    samples: dict[str, PolicySamples] = {
+        name: sample_and_score(
+            model, None if name == REFERENCE else policies[REFERENCE], tokenizer, judges, score_rm, prompts,
+            model_config, generation, config,
         )
-        samples[name] = PolicySamples(
-            prompts, out, judge_scores(judges, prompts, out.texts), score_rm(prompts, out.texts), kl
-        )
+        for name, model in policies.items()
+    }
     if config.best_of_n:
         samples[BEST_OF_N] = best_of_n(
             policies[REFERENCE], tokenizer, judges, score_rm, prompts, model_config, generation, config

@@ -23,6 +23,19 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(dim=1) - 1).clamp_min(0)
 
 
+def joined_inputs(
+    query_ids: torch.Tensor, query_mask: torch.Tensor, response_ids: torch.Tensor, response_mask: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Prompt + response as one forward's ``input_ids``, ``attention_mask`` and ``position_ids``
+    (each (B, P + R)), positions from the mask."""
+    attention_mask = torch.cat([query_mask, response_mask], dim=1)
+    return {
+        "input_ids": torch.cat([query_ids, response_ids], dim=1),
+        "attention_mask": attention_mask,
+        "position_ids": position_ids_from_mask(attention_mask),
+    }
+
+
 @cache
 def keeps_logits(model_class: type) -> bool:
     """Whether ``model_class.forward`` takes ``logits_to_keep`` (most causal LMs in transformers 5)."""
@@ -42,16 +55,10 @@ def response_logits(
     ``logits_to_keep``: the prompt's logits predict nothing we score, and with a small
     model the head and its (B, T, V) output are a large share of the pass.
     """
-    input_ids = torch.cat([query_ids, response_ids], dim=1)  # (B, P + R)
-    attention_mask = torch.cat([query_mask, response_mask], dim=1)
     width = response_ids.shape[1]
     keep = {"logits_to_keep": width + 1} if keeps_logits(type(model)) else {}
     logits = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids_from_mask(attention_mask),
-        use_cache=False,
-        **keep,
+        **joined_inputs(query_ids, query_mask, response_ids, response_mask), use_cache=False, **keep
     ).logits  # (B, R + 1, V), or (B, P + R, V)
     return logits[:, -(width + 1) : -1]  # position t predicts token t + 1
 

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from alignops.models.scoring import keeps_logits, position_ids_from_mask
+from alignops.models.scoring import joined_inputs, keeps_logits
 
 
 def response_forward(
@@ -57,13 +57,9 @@ def response_forward(
     model takes it (the prompt's logits would be thrown away); a model without it returns
     every position's logits and the response's are sliced out the same way.
     """
-    input_ids = torch.cat([query_ids, response_ids], dim=1)  # (B, P + R)
-    attention_mask = torch.cat([query_mask, response_mask], dim=1)  # (B, P + R)
     width = response_ids.shape[1]
     out = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids_from_mask(attention_mask),
+        **joined_inputs(query_ids, query_mask, response_ids, response_mask),
         use_cache=False,
         output_hidden_states=True,
         **({"logits_to_keep": width + 1} if keeps_logits(type(model)) else {}),
@@ -180,13 +176,8 @@ class PolicyWithCritic(nn.Module):
         that ends just before response token t, the reward model's reading of that state at first."""
         logits, _ = response_forward(self.policy, query_ids, query_mask, response_ids, response_mask)
         backbone, score = _score_backbone(self.critic)
-        input_ids = torch.cat([query_ids, response_ids], dim=1)  # (B, P + R)
-        attention_mask = torch.cat([query_mask, response_mask], dim=1)  # (B, P + R)
         hidden = backbone(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids_from_mask(attention_mask),
-            use_cache=False,
+            **joined_inputs(query_ids, query_mask, response_ids, response_mask), use_cache=False
         ).last_hidden_state  # (B, P + R, H), final-normed as the classifier's score reads it
         width = response_ids.shape[1]
         values = (score(hidden[:, -width - 1 : -1]).squeeze(-1) - self.mean) / self.std  # (B, R)

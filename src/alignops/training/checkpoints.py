@@ -234,7 +234,7 @@ class Checkpoints:
         for folder in sorted(self.directory.glob(f"{CHECKPOINT_PREFIX}*")):
             if folder.name.endswith(PARTIAL_SUFFIX):
                 shutil.rmtree(folder, ignore_errors=True)
-            elif folder.name <= current.name and _record(folder).get("fingerprint") == self.fingerprint:
+            elif folder.name <= current.name and read_record(folder).get("fingerprint") == self.fingerprint:
                 ours.append(folder)
             else:
                 shutil.rmtree(folder, ignore_errors=True)
@@ -248,7 +248,7 @@ class Checkpoints:
         for folder in sorted(self.directory.glob(f"{CHECKPOINT_PREFIX}*"), reverse=True):
             if folder.name.endswith(PARTIAL_SUFFIX):
                 continue
-            if _record(folder).get("fingerprint") == self.fingerprint:
+            if read_record(folder).get("fingerprint") == self.fingerprint:
                 return folder
         return None
 
@@ -276,7 +276,7 @@ class Checkpoints:
         if choice[0] is None:
             return None
         folder = Path(choice[0])
-        record = _record(folder)
+        record = read_record(folder)
         failed, error = torch.zeros(1, device=accelerator.device), None
         try:
             accelerator.load_state(str(folder))
@@ -308,7 +308,7 @@ class Checkpoints:
                             self.stage, self.directory)
             return folder
         folder = Path(setting)
-        record = _record(folder)
+        record = read_record(folder)
         if not record:
             raise CheckpointError(f"{self.stage}: resume: {folder} is not a complete checkpoint ({STATE_FILE} missing)")
         if record.get("fingerprint") != self.fingerprint:
@@ -319,10 +319,11 @@ class Checkpoints:
         return folder
 
 
-def _record(folder: Path) -> dict[str, Any]:
-    """A complete checkpoint's ``step.json``; {} for a partial or unreadable one."""
+def read_record(folder: Path, name: str = STATE_FILE) -> dict[str, Any]:
+    """A complete checkpoint's ``step.json`` (or another record file ``name`` of a folder, as
+    snapshots' ``snapshot.json``); {} for a partial or unreadable one."""
     try:
-        return json.loads((folder / STATE_FILE).read_text())
+        return json.loads((folder / name).read_text())
     except (OSError, ValueError):
         return {}
 

@@ -23,7 +23,7 @@ from transformers import PreTrainedModel
 
 from alignops.models.io_errors import write_failure
 from alignops.models.loading import save_model
-from alignops.training.checkpoints import CHECKPOINT_PREFIX, PARTIAL_SUFFIX, CheckpointError
+from alignops.training.checkpoints import CHECKPOINT_PREFIX, PARTIAL_SUFFIX, CheckpointError, read_record
 
 FOLDER = "snapshots"
 RECORD = "snapshot.json"
@@ -63,7 +63,12 @@ class Snapshots:
                     f"{self.stage}: could not write snapshot {partial}: {write_failure(error, partial)}"
                 ) from error
             for other in self.directory.iterdir():  # another run's, and kills' partial folders
-                if other != folder and (other.name.endswith(PARTIAL_SUFFIX) or _fingerprint(other) != self.fingerprint):
+                if other == folder:
+                    continue
+                partial_or_theirs = other.name.endswith(PARTIAL_SUFFIX) or (
+                    read_record(other, RECORD).get("fingerprint") != self.fingerprint
+                )
+                if partial_or_theirs:
                     shutil.rmtree(other, ignore_errors=True)
         self.accelerator.wait_for_everyone()
 
@@ -74,7 +79,7 @@ class Snapshots:
             return {}
         found = {}
         for folder in sorted(self.directory.glob(f"{CHECKPOINT_PREFIX}*")):
-            record = _record(folder)
+            record = read_record(folder, RECORD)
             if record.get("fingerprint") == self.fingerprint and 0 < record.get("step", 0) <= last:
                 found[int(record["step"])] = folder
         return found
@@ -89,14 +94,3 @@ def snapshot_name(step: int) -> str:
 def snapshot_step(name: str) -> int:
     """The step of a snapshot named by ``snapshot_name``."""
     return int(name.removeprefix("step_"))
-
-
-def _record(folder: Path) -> dict:
-    try:
-        return json.loads((folder / RECORD).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _fingerprint(folder: Path) -> str | None:
-    return _record(folder).get("fingerprint")

@@ -103,15 +103,15 @@ def measure_frontier(
     score_rm = reward_model_judge(reward_model, "the training reward model", sampling.batch_size, name="rm").score
     prompts = eval_prompts["prompt"].tolist()
     snapshots = {snapshot_step(name): load for name, load in ppo_snapshots.items()}
-    ppo_params = ppo
-    ppo = ppo_curves(snapshots, sft_model, int(ppo["steps"]), samples, summary, tokenizer, judge, score_rm, prompts,
+    trained = ppo_curves(snapshots, sft_model, int(ppo["steps"]), samples, summary, tokenizer, judge, score_rm, prompts,
                      model_config, settings, sampling)
     best = best_of_n_curves(sft_model, tokenizer, judge, score_rm, prompts, model_config, settings, sampling,
                             config.best_of_n)
     dpo = from_samples(samples, "dpo", judge.name, summary["policies"]["dpo"]["kl_to_sft"], KL_ESTIMATE,
                        sampling.samples_per_prompt, "DPO")
-    result = frontier([*ppo, *best, dpo], judge, sampling.seed, ppo_params)
-    alarm = check([c.step for c in ppo], np.stack([c.judge for c in ppo]), np.stack([c.proxy for c in ppo]),
+    result = frontier([*trained, *best, dpo], judge, sampling.seed, ppo)
+    alarm = check([c.step for c in trained], np.stack([c.judge for c in trained]),
+                  np.stack([c.proxy for c in trained]),
                   config.consecutive, sampling.seed, judge.name)
     (logger.warning if alarm["fired"] else logger.info)("report: %s", alarm["message"])
     log_frontier(result, alarm)
