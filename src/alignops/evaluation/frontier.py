@@ -115,7 +115,7 @@ def snapshot_curve(model: PreTrainedModel, reference: PreTrainedModel, step: int
         kl_kind=KL_ESTIMATE,
         judge=per_prompt(samples.scores[judge.name], k),
         proxy=per_prompt(np.asarray(samples.rm, dtype=np.float64), k),
-        mean_length=float(samples.lengths.mean()),
+        mean_length=float(samples.generation.response_mask.sum(1).float().mean()),  # a float32 mean, as recorded before
         step=step,
     )
 
