@@ -1,0 +1,79 @@
+"""bench/gpu.py (``make bench-gpu``) runs end to end and writes every figure it promises.
+
+The smoke mode runs the tiny workload on the CPU, first in one process, then in two gloo
+ranks under torchrun, which is the path several GPUs take. Keys, types and the sizes
+the figures are computed from are checked; timings never are.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "bench" / "gpu.py"
+STAGE_FIGURES = {
+    "sft": ("tokens_per_s", "tokens_per_step", "step_s", "model_flops_per_s"),
+    "dpo": ("tokens_per_s", "pairs_per_s", "tokens_per_step", "step_s", "model_flops_per_s", "loop_setup_s",
+            "reference_tokens_per_s", "with_reference_tokens_per_s"),
+    "ppo": ("episodes_per_s", "generation_tokens_per_s", "mean_response_tokens", "generation_share", "iteration_s"),
+}
+MFU_KEYS = {"sft": ("mfu",), "dpo": ("mfu", "reference_mfu", "with_reference_mfu"), "ppo": ()}
+
+
+def run_script(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # the CPU, even where a GPU is present
+    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.slow
+def test_smoke_run_writes_every_figure_for_one_and_two_processes(tmp_path):
+    out = tmp_path / "bench_gpu.json"
+    result = run_script("--smoke", "--processes", "2", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+
+    assert report["device"] == "cpu" and report["device_count"] == 0 and report["smoke"] is True
+    assert report["precision"] == "no" and isinstance(report["torch"], str)
+    assert report["peak_flops"] is None and "no GPU" in report["peak_flops_note"]  # no MFU without a peak
+    model, workload = report["model"], report["workload"]
+    assert isinstance(model["parameters"], int) and 0 < model["flop_parameters"] < model["parameters"]
+    assert model["vocab_size"] == workload["vocab_size"]  # the BPE reached the size asked for
+    assert report["row_tokens"] == workload["prompt_tokens"] + workload["response_tokens"]
+    assert [run["processes"] for run in report["runs"]] == [1, 2]
+
+    for run in report["runs"]:
+        assert run["parameters"] == model["parameters"]
+        stages = run["stages"]
+        assert set(stages) == set(STAGE_FIGURES)
+        for stage, keys in STAGE_FIGURES.items():
+            for key in keys:
+                value = stages[stage][key]
+                assert isinstance(value, (int, float)) and value > 0, (run["processes"], stage, key, value)
+            for key in (*MFU_KEYS[stage], "peak_memory_gib", "peak_reserved_gib"):
+                assert stages[stage][key] is None, (stage, key)  # CPU: no peak FLOP/s, no GPU memory
+        rows = report["row_tokens"] * run["processes"]
+        assert stages["sft"]["tokens_per_step"] == workload["sft_batch"] * rows
+        assert stages["dpo"]["tokens_per_step"] == 2 * workload["dpo_batch"] * rows
+        assert stages["sft"]["model_flops_per_s"] == pytest.approx(
+            6 * model["flop_parameters"] * stages["sft"]["tokens_per_s"])
+        assert 0 < stages["ppo"]["mean_response_tokens"] <= workload["ppo_new_tokens"]
+
+    scaling = report["scaling_efficiency"]
+    assert set(scaling) == set(STAGE_FIGURES)
+    assert all(isinstance(v, float) and v > 0 for figures in scaling.values() for v in figures.values())
+    assert "sft" in result.stdout and "tokens_per_s" in result.stdout  # the table
+
+
+def test_without_cuda_it_refuses_unless_smoke(tmp_path):
+    out = tmp_path / "bench_gpu.json"
+    result = run_script("--out", str(out), timeout=120)
+    assert result.returncode != 0
+    assert "no CUDA device" in result.stderr and "--smoke" in result.stderr
+    assert not out.exists()
