@@ -1,14 +1,14 @@
 """Our SFT, DPO and PPO loops in bf16 on the GPU(s) → ``data/08_reporting/bench_gpu.json``.
 
-A ~125M-parameter Llama built from scratch (``FULL``) trains on synthetic text cut to
-fixed lengths, so every row holds the same number of tokens and a step's FLOPs are
-known. Each stage calls the loop its Kedro node calls (``alignops.training``) under a
-``StepClock`` (``bench/ours.py``): the clock runs from the end of the warm-up steps to the
-end of the last step. Figures per stage: tokens/s and model FLOPs utilisation (SFT, DPO),
-episodes/s and sampled tokens/s (PPO), and peak GPU memory. First on one GPU; with
-several visible, the same stages again on all of them under ``torchrun`` (one rank per
-GPU, DDP through accelerate), with each figure's scaling efficiency. bench/GPU.md has
-the formulas.
+A GPT-2-small-class Llama built from scratch (``FULL``: 134M parameters, 110M of them in
+matmuls) trains on synthetic text cut to 512-token rows, so every row holds the same
+number of tokens and a step's FLOPs are known. Each stage calls the loop its Kedro node
+calls (``alignops.training``) under a ``StepClock`` (``bench/ours.py``): the clock runs
+from the end of the warm-up steps to the end of the last step. Figures per stage:
+tokens/s and model FLOPs utilisation (SFT, DPO), episodes/s and sampled tokens/s (PPO),
+peak GPU memory. First on one GPU; with several visible, the same stages again on all
+of them under ``torchrun`` (one rank per GPU, DDP through accelerate), with each
+figure's scaling efficiency. bench/GPU.md has the formulas.
 
     python bench/gpu.py                 # needs CUDA
     python bench/gpu.py --smoke         # a tiny model, CPU allowed: proves the script runs end to end
@@ -198,10 +198,14 @@ def run_dpo(w: Workload, tokenizer, texts: dict, config: ModelConfig, common: di
     return figures
 
 
+REFERENCE_PASSES = 3
+
+
 def reference_pass(policy, tokenizer, pairs: PreferencePairs, config: ModelConfig, precision: str,
                    batch_size: int) -> tuple[int, float]:
     """(tokens, seconds) of DPO's reference pass over ``pairs`` (``reference_logprobs``, as
-    ``train_dpo`` calls it, shared out between the ranks), timed on its own; the GPU is warm."""
+    ``train_dpo`` calls it, shared out between the ranks), timed on its own, ``REFERENCE_PASSES``
+    times over: one is a fraction of a second on a GPU. The GPU is warm from the DPO steps."""
     accelerator = make_accelerator(precision)
     model = accelerator.unwrap_model(accelerator.prepare(copy.deepcopy(policy)))  # autocast forward, no DDP
     rows = tokenize_pairs(tokenizer, pairs, config)
@@ -211,11 +215,12 @@ def reference_pass(policy, tokenizer, pairs: PreferencePairs, config: ModelConfi
         gather = lambda t: accelerator.reduce(t.to(accelerator.device), reduction="sum").cpu()  # noqa: E731
     accelerator.wait_for_everyone()
     started = time.perf_counter()
-    reference_logprobs(model, rows, 2 * batch_size, False, accelerator.device, shard, gather)  # syncs: .cpu()
+    for _ in range(REFERENCE_PASSES):  # each batch's log-probs come back to the CPU: the clock waits for the GPU
+        reference_logprobs(model, rows, 2 * batch_size, False, accelerator.device, shard, gather)
     seconds = time.perf_counter() - started
     del model
     accelerator.free_memory()
-    return int(rows["attention_mask"].sum()), seconds
+    return REFERENCE_PASSES * int(rows["attention_mask"].sum()), seconds
 
 
 def run_ppo(w: Workload, tokenizer, texts: dict, config: ModelConfig, common: dict, policy, reward) -> dict:
