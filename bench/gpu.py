@@ -260,16 +260,21 @@ def synthetic_texts(w: Workload, lexicon: list[str], processes: int) -> dict:
     }
 
 
+def full_rows(tokenizer, texts: dict, config: ModelConfig, n: int = 16) -> int:
+    """The tokens of every row, ``config.max_length``, checked on the first ``n`` pairs as the loops tokenise them."""
+    pairs = PreferencePairs(texts["pair_prompts"][:n], texts["chosen"][:n], texts["rejected"][:n])
+    lengths = tokenize_pairs(tokenizer, pairs, config)["attention_mask"].sum(1)
+    if not bool((lengths == config.max_length).all()):
+        raise RuntimeError(f"rows of {lengths.unique().tolist()} tokens, not all {config.max_length}: texts too short")
+    return config.max_length
+
+
 def run_stages(w: Workload, tokenizer, lexicon: list[str], precision: str, processes: int,
                peak: float | None) -> dict:
     """Every stage in this process (one rank of several under torchrun); figures and MFU."""
     config = model_config(w)
     texts = synthetic_texts(w, lexicon, processes)
-    rows = tokenize_pairs(tokenizer, PreferencePairs(texts["pair_prompts"][:8], texts["chosen"][:8],
-                                                     texts["rejected"][:8]), config)
-    row_tokens = int(rows["attention_mask"].sum(1).min())
-    if row_tokens != config.max_length or int(rows["attention_mask"].sum(1).max()) != config.max_length:
-        raise RuntimeError(f"rows are not all {config.max_length} tokens: the synthetic texts are too short")
+    row_tokens = full_rows(tokenizer, texts, config)
     torch.manual_seed(0)
     base = build_causal_lm(config, tokenizer)  # the untrained policy DPO and PPO start from, on the CPU
     n_flop = flop_parameters(base)

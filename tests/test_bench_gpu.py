@@ -77,3 +77,38 @@ def test_without_cuda_it_refuses_unless_smoke(tmp_path):
     assert result.returncode != 0
     assert "no CUDA device" in result.stderr and "--smoke" in result.stderr
     assert not out.exists()
+
+
+def test_the_full_workload_has_full_rows_and_its_parameter_count():
+    """What the GPU run builds before its first step: a 32k BPE, 512-token rows, 134M parameters."""
+    import torch
+
+    from alignops.models import build_causal_lm
+    from bench import gpu
+
+    lexicon = gpu.make_lexicon(gpu.FULL)
+    tokenizer = gpu.make_tokenizer(gpu.FULL, lexicon)
+    config = gpu.model_config(gpu.FULL)
+    assert len(tokenizer) == gpu.FULL.vocab_size
+    assert gpu.full_rows(tokenizer, gpu.synthetic_texts(gpu.FULL, lexicon, 1), config) == 512
+    with torch.device("meta"):  # shapes only
+        model = build_causal_lm(config, tokenizer)
+    assert sum(p.numel() for p in model.parameters()) == 134_105_856
+    assert gpu.flop_parameters(model) == 134_105_856 - 32_000 * 768  # the untied input embedding is a lookup
+
+    short = gpu.synthetic_texts(gpu.SMOKE, lexicon, 1)  # texts for 32-token rows
+    with pytest.raises(RuntimeError, match="not all 512"):
+        gpu.full_rows(tokenizer, short, config)
+
+
+def test_peak_flops_by_device_name():
+    from bench.gpu import peak_flops
+
+    assert peak_flops("NVIDIA H100 80GB HBM3", None)[0] == 989e12  # SXM
+    assert peak_flops("NVIDIA H100 PCIe", None)[0] == 756e12
+    assert peak_flops("NVIDIA H100 NVL", None)[0] == 835e12
+    assert peak_flops("NVIDIA A100-SXM4-80GB", None)[0] == 312e12
+    assert peak_flops("NVIDIA L40S", None)[0] == 362e12 and peak_flops("NVIDIA L4", None)[0] == 121e12
+    flops, note = peak_flops("NVIDIA GeForce RTX 4090", None)
+    assert flops is None and "--peak-tflops" in note
+    assert peak_flops("NVIDIA GeForce RTX 4090", 165.0)[0] == 165e12
