@@ -280,7 +280,9 @@ def run_stages(w: Workload, tokenizer, lexicon: list[str], precision: str, proce
     n_flop = flop_parameters(base)
     common = {"mixed_precision": precision, "resume": "never"}
     stages: dict[str, dict] = {}
-    mfu_of = (lambda flops_per_s: None if peak is None else flops_per_s / (peak * processes))  # noqa: E731
+
+    def mfu_of(flops_per_s: float) -> float | None:
+        return None if peak is None else flops_per_s / (peak * processes)
 
     reset_memory()
     sft = stages["sft"] = run_sft(w, tokenizer, texts, config, common, row_tokens) | peak_memory()
