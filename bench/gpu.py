@@ -377,30 +377,37 @@ def main(argv: list[str] | None = None) -> int:
     lexicon = make_lexicon(w)
     tokenizer = make_tokenizer(w, lexicon)
     runs = [run_stages(w, tokenizer, lexicon, precision, 1, peak)]
-    processes = args.processes or (torch.cuda.device_count() if cuda else 1)
-    if processes > 1:
-        reset_memory()
-        with tempfile.TemporaryDirectory(prefix="bench-gpu-") as folder:
-            runs.append(launch_ranks(argv, processes, tokenizer, Path(folder)))
-    config = model_config(w)
     report = {
         "device": name, "device_count": torch.cuda.device_count() if cuda else 0,
         "torch": torch.__version__, "cuda": torch.version.cuda, "transformers": transformers.__version__,
         "accelerate": accelerate.__version__, "python": platform.python_version(), "smoke": args.smoke,
         "precision": precision, "peak_flops": peak, "peak_flops_note": peak_note,
-        "model": {**dataclasses.asdict(config), "vocab_size": len(tokenizer), "parameters": runs[0]["parameters"],
-                  "flop_parameters": runs[0]["flop_parameters"]},
-        "workload": dataclasses.asdict(w), "row_tokens": runs[0]["row_tokens"],
-        "runs": runs, "scaling_efficiency": scaling(runs[0], runs[1]) if len(runs) > 1 else None,
-        "wall_s": time.perf_counter() - started,
+        "model": {**dataclasses.asdict(model_config(w)), "vocab_size": len(tokenizer),
+                  "parameters": runs[0]["parameters"], "flop_parameters": runs[0]["flop_parameters"]},
+        "workload": dataclasses.asdict(w), "row_tokens": runs[0]["row_tokens"], "runs": runs,
+        "scaling_efficiency": None,
     }
     out = args.out or ROOT / f"data/08_reporting/bench_gpu{'_smoke' if args.smoke else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")  # the one-GPU figures, whatever the next pass does
+    processes = args.processes or (torch.cuda.device_count() if cuda else 1)
+    if processes > 1:
+        reset_memory()
+        try:
+            with tempfile.TemporaryDirectory(prefix="bench-gpu-") as folder:
+                runs.append(launch_ranks(argv, processes, tokenizer, Path(folder)))
+            report["scaling_efficiency"] = scaling(runs[0], runs[1])
+        except subprocess.CalledProcessError as error:
+            report["multi_process_error"] = f"the {processes}-process pass failed (exit status {error.returncode})"
+    report["wall_s"] = time.perf_counter() - started
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"bench-gpu: {name}, {report['model']['parameters']:,} parameters "
           f"({report['model']['flop_parameters']:,} in 6N), {precision}, rows of {report['row_tokens']} tokens")
     print(table(report))
     print(f"bench-gpu: wrote {out}")
+    if "multi_process_error" in report:
+        print(f"bench-gpu: {report['multi_process_error']}; its output is above", file=sys.stderr)
+        return 1
     return 0
 
 
