@@ -17,7 +17,7 @@ export DVC_NO_ANALYTICS := 1
 # threads fight each other and training runs several times slower.
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: setup run repro sweep dvc-yaml test lint ui viz viz-build lock clean-data bench bench-trl
+.PHONY: setup run repro sweep dvc-yaml test lint ui viz viz-build lock clean-data bench bench-trl bench-gpu
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -89,9 +89,12 @@ lock: setup
 	# torch's local label (+cpu) is dropped so the pin matches the CPU wheel on disk and on PyPI alike
 	$(BIN)/pip freeze --exclude-editable | sed -E 's/^(torch==[0-9.]+)\+cpu$$/\1/' | sort > requirements.lock
 
-## Throughput of our training loops -> data/08_reporting/bench.json (see bench/README.md).
-## Needs the world's data (`kedro run --pipelines data_generation,ingestion,data_validation`).
-## BENCH_ARGS passes options to bench/run.py, e.g. BENCH_ARGS="--threads 1 --stages ppo".
+## Throughput of our training loops at two sizes, each in its own process: the default
+## configuration -> data/08_reporting/bench.json, a 25M-parameter Llama on 256-token rows ->
+## bench_25m.json, each with this CPU's matmul FLOP/s and the model FLOP/s of SFT, reward and
+## DPO steps (see bench/README.md). Needs the world's data
+## (`kedro run --pipelines data_generation,ingestion,data_validation`). BENCH_ARGS passes
+## options to bench/run.py, e.g. BENCH_ARGS="--size tiny --threads 1 --stages ppo".
 bench: setup
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
@@ -110,15 +113,23 @@ $(TRL_PPO_VENV)/.installed: bench/requirements-trl-ppo.txt requirements.lock
 	$(TRL_PPO_VENV)/bin/pip install --quiet --disable-pip-version-check -r bench/requirements-trl-ppo.txt
 	touch $@
 
-## TRL's trainers on the same workload -> data/08_reporting/bench_trl.json, and the
-## speedups into bench.json. TRL 1.16 for the reward model and DPO; TRL 1.12, the last
-## release with a PPO trainer, for PPO. Use the same BENCH_ARGS as for `make bench`.
+## TRL's trainers on the same workload, size by size (the sizes `make bench` runs) ->
+## data/08_reporting/bench_trl[_<size>].json, and the speedups into bench[_<size>].json.
+## TRL 1.16 for the reward model and DPO; TRL 1.12, the last release with a PPO trainer,
+## for PPO. Use the same BENCH_ARGS as for `make bench`.
 bench-trl: setup $(TRL_VENV)/.installed $(TRL_PPO_VENV)/.installed
-	$(BIN)/python bench/run.py --export-only $(BENCH_ARGS)
-	$(TRL_VENV)/bin/python bench/trl_baseline.py --stage reward
-	$(TRL_VENV)/bin/python bench/trl_baseline.py --stage dpo
-	$(TRL_PPO_VENV)/bin/python bench/trl_baseline.py --stage ppo
-	if [ -f data/08_reporting/bench.json ]; then $(BIN)/python bench/run.py --merge-only; fi
+	set -e; for size in $$($(BIN)/python bench/run.py --list-sizes $(BENCH_ARGS) | sed -n 's/^bench-size: //p'); do \
+		$(BIN)/python bench/run.py --export-only $(BENCH_ARGS) --size $$size; \
+		$(TRL_VENV)/bin/python bench/trl_baseline.py --stage reward --size $$size; \
+		$(TRL_VENV)/bin/python bench/trl_baseline.py --stage dpo --size $$size; \
+		$(TRL_PPO_VENV)/bin/python bench/trl_baseline.py --stage ppo --size $$size; \
+		$(BIN)/python bench/run.py --merge-only $(BENCH_ARGS) --size $$size; \
+	done
+
+## bf16 throughput, model FLOPs utilisation and peak memory on the GPU(s) of this machine
+## -> data/08_reporting/bench_gpu.json (see bench/GPU.md). One GPU, then all of them.
+bench-gpu: setup
+	$(BIN)/python bench/gpu.py $(BENCH_GPU_ARGS)
 
 clean-data:
 	find data -type f ! -name .gitkeep -delete

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import resource
 import time
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+import torch
 from kedro.config import MissingConfigException, OmegaConfigLoader
 from kedro.io import DataCatalog
 
@@ -88,6 +91,13 @@ class StepClock:
         return self.rows[step][2][name]
 
 
+def timed_calls(clock: StepClock, window: Window, counter: TokenCounter) -> list:
+    """The forwards inside the timed steps: after step ``warmup``'s log row, up to the last step's."""
+    first = min(window.steps)
+    previous = max(s for s in clock.rows if s < first)
+    return counter.between(clock.rows[previous][0], clock.rows[window.steps[-1]][0])
+
+
 def timing(window: Window) -> dict[str, float]:
     """How long the timed steps took, and what share of it this process was on a CPU."""
     return {"measured_s": window.seconds, "measured_cpu_s": window.cpu_seconds, "cpu_share": window.cpu_share}
@@ -148,6 +158,235 @@ def ppo_prompts(inputs: Inputs) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------
+# Sizes: the default configuration, or a larger from-scratch Llama on fixed-length rows
+
+
+@dataclasses.dataclass(frozen=True)
+class Size:
+    """A model shape and row lengths laid over the configuration, with batch sizes and step counts to fit."""
+
+    name: str
+    model: dict[str, Any]
+    """``ModelConfig`` fields replaced (the shape; prompt and reply limits)."""
+    stages: dict[str, dict[str, Any]]
+    """Per stage, configuration fields replaced (batch sizes; PPO's rollout length)."""
+    steps: dict[str, int]
+    warmup: int
+    prompt_tokens: int
+    """Every prompt is exactly this many tokens, the template included."""
+    response_tokens: int
+    """Every reply (SFT response, chosen, rejected) is exactly this many tokens, EOS included."""
+
+
+SIZES: dict[str, Size | None] = {
+    "tiny": None,  # the configuration as it is (conf/<env>), on the world's own data
+    "25m": Size(
+        name="25m",
+        model={
+            "hidden_size": 512,
+            "num_layers": 8,
+            "num_heads": 8,
+            "intermediate_size": 1376,
+            "max_position_embeddings": 256,
+            "max_prompt_tokens": 64,
+            "max_response_tokens": 192,
+        },
+        stages={
+            "sft": {"batch_size": 8, "grad_accum": 1},
+            "reward": {"batch_size": 4, "grad_accum": 1, "norm_samples": 8, "norm_max_new_tokens": 16,
+                       "norm_batch_size": 8},
+            "dpo": {"batch_size": 4, "grad_accum": 1, "ref_batch_size": 8, "epochs": 1.0, "max_steps": None},
+            "ppo": {"rollout_batch_size": 8, "minibatch_size": 4, "ppo_epochs": 2, "max_new_tokens": 192,
+                    "generation_batch_size": 8, "reward_batch_size": 8},
+        },
+        steps={"sft": 5, "reward": 5, "ppo": 3, "dpo": 5},
+        warmup=1,
+        prompt_tokens=64,
+        response_tokens=192,
+    ),
+}
+"""``tiny`` is the default configuration unchanged. ``25m``: a Llama-shaped model from scratch
+(512 wide, 8 layers of 8 heads, SwiGLU 1376, the run's 2k BPE tokenizer, tied embeddings:
+26,354,176 parameters, 25,305,600 of them outside the embedding) on rows of exactly 64 prompt
++ 192 reply tokens. Its batch sizes and step counts keep a run to minutes on two cores."""
+
+
+def single_token_words(inputs: Inputs, tokenizer) -> list[str]:
+    """The world's words, in the order its texts use them, that are one token each after a space."""
+    texts = [*inputs.demonstrations["prompt"], *inputs.demonstrations["response"]]
+    words = [w for text in texts for w in re.findall(r"[A-Za-z]+", str(text))]
+    single = {w for w in set(words) if len(tokenizer(" " + w, add_special_tokens=False)["input_ids"]) == 1}
+    return [w for w in words if w in single]
+
+
+def fixed_length_data(inputs: Inputs, tokenizer, size: Size, n_demonstrations: int, n_pairs: int) -> tuple:
+    """Demonstrations and preference pairs whose rows are exactly ``size``'s lengths, from the world's words.
+
+    A byte-level BPE splits text at spaces before merging, so a run of words that are each one
+    token after a space is exactly as many tokens as words, alone or after the prompt. Each
+    prompt (template included) is ``prompt_tokens`` long; each reply ``response_tokens`` with
+    its EOS. Every pair has a prompt of its own, so no two pairs share a reward-model row.
+    """
+    words = single_token_words(inputs, tokenizer)
+    config = inputs.model_config
+    template = len(tokenizer(config.format_prompts([words[0]])[0], add_special_tokens=False)["input_ids"]) - 1
+    n_prompt, n_reply = size.prompt_tokens - template, size.response_tokens - 1  # EOS is appended
+    cursor = 0
+
+    def take(n: int) -> str:
+        nonlocal cursor
+        picked = [words[(cursor + i) % len(words)] for i in range(n)]
+        cursor += n
+        return " ".join(picked)
+
+    demonstrations = pd.DataFrame(
+        [{"prompt": take(n_prompt), "response": take(n_reply)} for _ in range(n_demonstrations)]
+    )
+    preferences = pd.DataFrame(
+        [
+            {"prompt": take(n_prompt), "chosen": take(n_reply), "rejected": take(n_reply), "item_id": f"bench-{i}",
+             "chosen_rank": 1, "rejected_rank": 2, "margin": 1.0}
+            for i in range(n_pairs)
+        ]
+    )
+    prompts = config.format_prompts([*demonstrations["prompt"], *preferences["prompt"]])
+    replies = [config.response_prefix + r for r in
+               [*demonstrations["response"], *preferences["chosen"], *preferences["rejected"]]]
+    prompt_lengths = {len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]}
+    reply_lengths = {len(ids) + 1 for ids in tokenizer(replies, add_special_tokens=False)["input_ids"]}
+    if prompt_lengths != {size.prompt_tokens} or reply_lengths != {size.response_tokens}:
+        raise RuntimeError(f"fixed-length rows came out {prompt_lengths} + {reply_lengths} tokens")
+    return demonstrations, preferences
+
+
+def apply_size(inputs: Inputs, tokenizer, size: Size, steps: dict[str, int], warmup: int) -> Inputs:
+    """``inputs`` with ``size``'s model shape, stage settings and fixed-length data.
+
+    Enough pairs for the reward and DPO steps (so DPO's configured run, one epoch, is exactly
+    the steps run and its reference pass covers exactly those pairs), and SFT demonstrations
+    for its steps and its held-out share.
+    """
+    params = {**inputs.params, "model": {**inputs.params.get("model", {}), **size.model}}
+    for stage, overrides in size.stages.items():
+        params[stage] = {**params.get(stage, {}), **overrides}
+    n_pairs = max(params[s]["batch_size"] * params[s]["grad_accum"] * (warmup + steps[s]) for s in ("reward", "dpo"))
+    sft_rows = params["sft"]["batch_size"] * params["sft"]["grad_accum"] * (warmup + steps["sft"])
+    n_demonstrations = math.ceil(sft_rows / (1 - params["sft"].get("eval_fraction", 0.0))) + 1
+    sized = dataclasses.replace(inputs, params=params, model_config=ModelConfig(**params["model"]))
+    sized.demonstrations, sized.preferences = fixed_length_data(sized, tokenizer, size, n_demonstrations, n_pairs)
+    return sized
+
+
+def untrained_policy(inputs: Inputs, tokenizer, seed: int = 0) -> Any:
+    """The configured model shape, freshly initialised (seeded), with the run's tokenizer."""
+    from alignops.models.loading import build_causal_lm
+
+    torch.manual_seed(seed)
+    return build_causal_lm(inputs.model_config, tokenizer)
+
+
+# ---------------------------------------------------------------------------------------
+# Model FLOPs: the tokens each forward runs, and this CPU's matmul rate
+
+
+def matmul_flops(n: int = 4096, repeats: int = 5) -> dict[str, Any]:
+    """This CPU's fp32 matmul rate at the current thread count: ``torch.mm`` of two n x n
+    matrices (2 n^3 FLOPs), best of ``repeats`` after one untimed."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    seconds, cpu_seconds = [], []
+    for _ in range(repeats):
+        wall, cpu = time.perf_counter(), time.process_time()
+        torch.mm(a, b)
+        seconds.append(time.perf_counter() - wall)
+        cpu_seconds.append(time.process_time() - cpu)
+    flops = 2 * n**3
+    return {
+        "matmul_flops_per_s": flops / min(seconds),
+        "matmul_flops_per_cpu_s": flops / min(cpu_seconds),
+        "gflops_each": [round(flops / s / 1e9, 2) for s in seconds],
+        "cpu_share": cpu_seconds[seconds.index(min(seconds))] / min(seconds),
+        "n": n,
+        "repeats": repeats,
+        "threads": torch.get_num_threads(),
+        "dtype": "float32",
+    }
+
+
+class TokenCounter:
+    """Every model forward's tokens, read off its token-embedding call (a global forward pre-hook).
+
+    Each entry: (when, grad enabled, non-pad tokens, sum of squared row lengths, rows). A
+    decoder's embedding runs once per forward, on the (rows, length) ids.
+    """
+
+    def __init__(self, pad_id: int | None) -> None:
+        self.pad_id = pad_id
+        self.calls: list[tuple[float, bool, int, int, int]] = []
+
+    def __enter__(self) -> TokenCounter:
+        self.handle = torch.nn.modules.module.register_module_forward_pre_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.handle.remove()
+
+    def _hook(self, module: torch.nn.Module, args: tuple) -> None:
+        if isinstance(module, torch.nn.Embedding) and args and torch.is_tensor(args[0]) and args[0].dim() == 2:
+            ids = args[0]
+            lengths = (ids != self.pad_id).sum(1) if self.pad_id is not None else torch.full((len(ids),), ids.shape[1])
+            self.calls.append(
+                (time.perf_counter(), torch.is_grad_enabled(), int(lengths.sum()), int((lengths**2).sum()), len(ids))
+            )
+
+    def between(self, start: float, end: float) -> list[tuple[float, bool, int, int, int]]:
+        return [call for call in self.calls if start < call[0] <= end]
+
+
+def model_shape(model: torch.nn.Module) -> dict[str, int]:
+    """What a token costs ``model``: its matmul parameters (every ``nn.Linear``: attention, MLP,
+    the LM head even when tied to the embedding, a score head; not the embedding lookup or the
+    norms), and the layers and attention width for the attention term."""
+    config = model.config
+    heads, hidden = config.num_attention_heads, config.hidden_size
+    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    linear = sum(
+        m.weight.numel() + (m.bias.numel() if m.bias is not None else 0)
+        for m in model.modules()
+        if isinstance(m, torch.nn.Linear)
+    )
+    return {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "matmul_parameters": linear,
+        "layers": config.num_hidden_layers,
+        "attention_width": heads * head_dim,
+    }
+
+
+def forward_flops(shape: dict[str, int], calls: list[tuple[float, bool, int, int, int]]) -> tuple[float, int]:
+    """(FLOPs, tokens) of some forwards: a forward is 2 N per token plus 4 L d T^2 per row of T
+    tokens (scores and mixing, every head, no causal discount); one with grad enabled (trained)
+    counts 3x that, forward + backward (6 N per token). Returns the FLOPs and the tokens."""
+    n, attention = shape["matmul_parameters"], 4 * shape["layers"] * shape["attention_width"]
+    flops = sum((3 if grad else 1) * (2 * n * tokens + attention * squares) for _, grad, tokens, squares, _ in calls)
+    return float(flops), sum(call[2] for call in calls)
+
+
+def flops_figures(shape: dict[str, int], calls: list, seconds: float, cpu_seconds: float, steps: int) -> dict:
+    """A stage's model FLOPs over its timed steps: per step, per second and per CPU second."""
+    flops, tokens = forward_flops(shape, calls)
+    return {
+        "model_flops_per_step": flops / steps,
+        "model_flops_per_s": flops / seconds,
+        "model_flops_per_cpu_s": flops / cpu_seconds,
+        "tokens_per_step": tokens / steps,
+        "trained_rows_per_step": sum(call[4] for call in calls if call[1]) / steps,
+        "trained_row_tokens": sum(c[2] for c in calls if c[1]) / max(1, sum(c[4] for c in calls if c[1])),
+        "model": shape,
+    }
+
+
+# ---------------------------------------------------------------------------------------
 # Stages: each runs the stage's loop on a StepClock and returns its figures
 
 
@@ -157,14 +396,15 @@ def bench_sft(inputs: Inputs, tokenizer, steps: int, warmup: int) -> tuple[dict,
 
     config = make_config(SFTConfig, inputs.params.get("sft", {}), warmup + steps)
     clock = StepClock()
-    model = train_sft(
-        tokenizer,
-        inputs.demonstrations["prompt"].tolist(),
-        inputs.demonstrations["response"].tolist(),
-        inputs.model_config,
-        config,
-        clock,
-    )
+    with TokenCounter(tokenizer.pad_token_id) as counter:
+        model = train_sft(
+            tokenizer,
+            inputs.demonstrations["prompt"].tolist(),
+            inputs.demonstrations["response"].tolist(),
+            inputs.model_config,
+            config,
+            clock,
+        )
     window = clock.window(warmup)
     # The loop reports its own tokens/s per logged interval (real tokens, padding excluded);
     # each step's rate times its duration gives its tokens.
@@ -176,6 +416,10 @@ def bench_sft(inputs: Inputs, tokenizer, steps: int, warmup: int) -> tuple[dict,
         "sft_steps_per_s": len(window.steps) / window.seconds,
         "rows_per_step": config.batch_size * config.grad_accum,
         **timing(window),
+        "flops": flops_figures(
+            model_shape(model), timed_calls(clock, window, counter), window.seconds, window.cpu_seconds,
+            len(window.steps),
+        ),
     }
     return figures, model
 
@@ -186,7 +430,10 @@ def bench_reward(inputs: Inputs, tokenizer, policy, steps: int, warmup: int) -> 
 
     config = make_config(RewardConfig, inputs.params.get("reward", {}), warmup + steps)
     clock = StepClock()
-    reward_model = train_reward_model(policy, tokenizer, inputs.preferences, None, inputs.model_config, config, clock)
+    with TokenCounter(tokenizer.pad_token_id) as counter:
+        reward_model = train_reward_model(
+            policy, tokenizer, inputs.preferences, None, inputs.model_config, config, clock
+        )
     window = clock.window(warmup)
     pairs = config.batch_size * config.grad_accum * len(window.steps)
     figures = {
@@ -194,6 +441,10 @@ def bench_reward(inputs: Inputs, tokenizer, policy, steps: int, warmup: int) -> 
         "rm_pairs_per_cpu_s": pairs / window.cpu_seconds,
         "pairs_per_step": config.batch_size * config.grad_accum,
         **timing(window),
+        "flops": flops_figures(
+            model_shape(reward_model.model), timed_calls(clock, window, counter), window.seconds,
+            window.cpu_seconds, len(window.steps),
+        ),
     }
     return figures, reward_model
 
@@ -243,7 +494,8 @@ def bench_dpo(inputs: Inputs, tokenizer, policy, steps: int, warmup: int) -> dic
     prefs = inputs.preferences
     pairs = PreferencePairs(*(prefs[column].astype(str).tolist() for column in ("prompt", "chosen", "rejected")))
     clock = StepClock()
-    train_dpo(policy, tokenizer, pairs, None, inputs.model_config, config, clock)
+    with TokenCounter(tokenizer.pad_token_id) as counter:
+        train_dpo(policy, tokenizer, pairs, None, inputs.model_config, config, clock)
     window = clock.window(warmup)
     pairs_per_step = config.batch_size * config.grad_accum
     step_s, step_cpu_s = window.seconds / len(window.steps), window.cpu_seconds / len(window.steps)
@@ -254,6 +506,25 @@ def bench_dpo(inputs: Inputs, tokenizer, policy, steps: int, warmup: int) -> dic
         1, round(math.ceil(len(prefs) / configured.batch_size) / configured.grad_accum * configured.epochs)
     )
     run_pairs = pairs_per_step * run_steps
+    # model FLOPs: the steps (policy forward + backward) and the reference pass (frozen forwards
+    # before step 1), over the configured run as dpo_pairs_per_s counts it
+    shape = model_shape(policy)
+    steps_flops = flops_figures(
+        shape, timed_calls(clock, window, counter), window.seconds, window.cpu_seconds, len(window.steps)
+    )
+    reference_flops, reference_tokens = forward_flops(
+        shape, [call for call in counter.between(-math.inf, clock.rows[0][0]) if not call[1]]
+    )
+    run_flops = run_steps * steps_flops["model_flops_per_step"] + reference_flops
+    flops = {
+        **steps_flops,
+        "model_flops_per_s": run_flops / (reference_s + run_steps * step_s),
+        "model_flops_per_cpu_s": run_flops / (reference_cpu_s + run_steps * step_cpu_s),
+        "step_model_flops_per_s": steps_flops["model_flops_per_s"],
+        "step_model_flops_per_cpu_s": steps_flops["model_flops_per_cpu_s"],
+        "reference_flops": reference_flops,
+        "reference_tokens": reference_tokens,
+    }
     return {
         "dpo_pairs_per_s": run_pairs / (reference_s + run_steps * step_s),
         "dpo_pairs_per_cpu_s": run_pairs / (reference_cpu_s + run_steps * step_cpu_s),
@@ -263,6 +534,7 @@ def bench_dpo(inputs: Inputs, tokenizer, policy, steps: int, warmup: int) -> dic
         "dpo_run_steps": run_steps,
         "pairs_per_step": pairs_per_step,
         **timing(window),
+        "flops": flops,
     }
 
 

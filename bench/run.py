@@ -14,7 +14,8 @@ results (``make bench-trl``) exist, ``bench.json`` gets them under ``trl``, and 
 ratios under ``speedup`` for each stage TRL ran on the same workload (its hash); the
 other stages get no ratio, and ``speedup_skipped`` and the console say why.
 
-    python bench/run.py                  # all stages, default configuration
+    python bench/run.py                  # all stages, both sizes (tiny, then 25m), each in its own process
+    python bench/run.py --size 25m       # one size: a 25M-parameter Llama on 64 + 192-token rows
     python bench/run.py --stages ppo     # one stage
     python bench/run.py --export-only    # the workspace for TRL, nothing timed
     python bench/run.py --merge-only     # re-read TRL's results into bench.json
@@ -24,9 +25,11 @@ other stages get no ratio, and ``speedup_skipped`` and the console say why.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -50,14 +53,20 @@ import transformers  # noqa: E402
 from alignops.models.loading import load_model, save_model  # noqa: E402
 from alignops.models.tokenizer import load_tokenizer  # noqa: E402
 from bench.ours import (  # noqa: E402
+    SIZES,
+    Size,
+    apply_size,
     bench_dpo,
     bench_ppo,
     bench_reward,
     bench_sft,
     load_inputs,
+    matmul_flops,
+    model_shape,
     peak_rss_mb,
     scratch_tokenizer,
     trained_policy,
+    untrained_policy,
 )
 from bench.workspace import build_workload, write_workspace  # noqa: E402
 
@@ -66,6 +75,11 @@ DEFAULT_STEPS = {"sft": 20, "reward": 20, "ppo": 12, "dpo": 20}
 """Timed steps after the warm-up: optimiser steps, or PPO iterations (each a rollout of
 ``rollout_batch_size`` episodes and ``ppo_epochs x minibatches`` optimiser steps)."""
 SMOKE_STEPS = {stage: 2 for stage in STAGES}
+DEFAULT_SIZES = ("tiny", "25m")
+"""What ``make bench`` runs: the default configuration, then the 25M-parameter model (bench/ours.py SIZES)."""
+SMOKE_SHAPE = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64}
+"""``--smoke --size 25m``: the fixed-length rows and batch sizes, on a model small enough for a test."""
+FLOPS_STAGES = ("sft", "reward", "dpo")
 SMOKE_ROWS = 128
 """Demonstrations and preference pairs a smoke run reads (the first ones): enough for two steps."""
 TRL_METRICS = {
@@ -135,6 +149,15 @@ def merge_trl(report: dict, trl_path: Path) -> dict:
         if stage in comparable and metric in ours_cpu and metric in trl[stage]
     }
     report["speedup_target"] = TARGET_SPEEDUP
+    matmul = report.get("matmul", {})
+    for stage, summary in report.get("model_flops", {}).items():
+        for key in ("trl_gflops_per_s", "trl_fraction_of_matmul", "trl_fraction_of_matmul_cpu"):
+            summary.pop(key, None)
+        flops = trl.get(stage, {}).get("flops")
+        if stage in comparable and flops and matmul:
+            summary["trl_gflops_per_s"] = flops["model_flops_per_s"] / 1e9
+            summary["trl_fraction_of_matmul"] = flops["model_flops_per_s"] / matmul["matmul_flops_per_s"]
+            summary["trl_fraction_of_matmul_cpu"] = flops["model_flops_per_cpu_s"] / matmul["matmul_flops_per_cpu_s"]
     if skipped:
         report["speedup_skipped"] = skipped
     if stale:
@@ -148,10 +171,53 @@ def say_skipped(report: dict) -> None:
         print(f"bench: no {stage} speedup: {why}", file=sys.stderr)
 
 
+def model_flops_summary(stages: dict[str, dict], matmul: dict) -> dict[str, dict]:
+    """Per SFT, reward and DPO stage: model GFLOP/s and their fraction of this CPU's matmul rate
+    (wall clock, and per CPU second on both sides: what a quiet machine would see)."""
+    summary = {}
+    for stage in FLOPS_STAGES:
+        flops = stages.get(stage, {}).get("flops")
+        if not flops:
+            continue
+        summary[stage] = {
+            "gflops_per_s": flops["model_flops_per_s"] / 1e9,
+            "fraction_of_matmul": flops["model_flops_per_s"] / matmul["matmul_flops_per_s"],
+            "fraction_of_matmul_cpu": flops["model_flops_per_cpu_s"] / matmul["matmul_flops_per_cpu_s"],
+            "tokens_per_step": flops["tokens_per_step"],
+            "matmul_parameters": flops["model"]["matmul_parameters"],
+        }
+        if "step_model_flops_per_s" in flops:  # DPO: the steps alone, without the reference pass
+            summary[stage]["step_fraction_of_matmul"] = flops["step_model_flops_per_s"] / matmul["matmul_flops_per_s"]
+    return summary
+
+
+def size_paths(project: Path, size: str, smoke: bool) -> dict[str, Path]:
+    """Each size's own workspace and reports: ``tiny`` keeps the original names."""
+    suffix = ("" if size == "tiny" else f"_{size}") + ("_smoke" if smoke else "")
+    return {
+        "workspace": project / f"data/06_models/bench{suffix}",
+        "out": project / f"data/08_reporting/bench{suffix}.json",
+        "trl_results": project / f"data/08_reporting/bench_trl{suffix.removesuffix('_smoke')}.json",
+    }
+
+
+def size_spec(size: str, smoke: bool) -> Size | None:
+    spec = SIZES[size]
+    if spec is None or not smoke:
+        return spec
+    return dataclasses.replace(spec, model={**spec.model, **SMOKE_SHAPE}, steps=dict(SMOKE_STEPS), warmup=1)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--project-dir", type=Path, default=ROOT, help="the Kedro project (conf/ and data/)")
     parser.add_argument("--env", default="local", help="Kedro environment whose parameters to use (base + env)")
+    parser.add_argument(
+        "--size",
+        help=f"comma-separated model sizes of {','.join(SIZES)} (default {','.join(DEFAULT_SIZES)}; tiny with"
+        " --smoke, --workspace, --out or --trl-results)",
+    )
     parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
     parser.add_argument("--steps", type=int, help="timed steps for every stage (default: per stage)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 3; 1 with --smoke)")
@@ -165,17 +231,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="conf/test sizes, 2 steps a stage: checks, not timings")
     parser.add_argument("--export-only", action="store_true", help="write the workspace for TRL; time nothing")
     parser.add_argument("--merge-only", action="store_true", help="only re-read TRL's results into --out")
+    parser.add_argument("--list-sizes", action="store_true", help="print 'bench-size: <size>' for each size (Makefile)")
     args = parser.parse_args(argv)
-    suffix = "_smoke" if args.smoke else ""  # a smoke run never overwrites the real report
+    one_size = args.smoke or args.workspace or args.out or args.trl_results  # one size's files: tiny unless named
+    sizes = [s for s in (args.size or ("tiny" if one_size else ",".join(DEFAULT_SIZES))).split(",") if s]
+    unknown = sorted(set(sizes) - set(SIZES))
+    if unknown or not sizes:
+        parser.error(f"unknown sizes {unknown}; expected some of {list(SIZES)}")
+    if args.list_sizes:  # a prefix of its own: importing kedro may log to stdout
+        print("\n".join(f"bench-size: {size}" for size in sizes))
+        return 0
     project = args.project_dir.resolve()
-    args.workspace = args.workspace or project / f"data/06_models/bench{suffix}"
-    args.out = args.out or project / f"data/08_reporting/bench{suffix}.json"
-    args.trl_results = args.trl_results or project / "data/08_reporting/bench_trl.json"
+    if len(sizes) > 1:
+        if args.workspace or args.out or args.trl_results:
+            parser.error("--workspace, --out and --trl-results name one size's files: pass one --size with them")
+        if args.merge_only:
+            return max(main([*argv, "--size", size]) for size in sizes)
+        # one process per size: each has its own peak RSS and its own torch state
+        codes = [subprocess.call([sys.executable, __file__, *argv, "--size", size]) for size in sizes]
+        return max(codes)
+    size = sizes[0]
+    spec = size_spec(size, args.smoke)
+    paths = size_paths(project, size, args.smoke)  # a smoke run never overwrites the real report
+    args.workspace = args.workspace or paths["workspace"]
+    args.out = args.out or paths["out"]
+    args.trl_results = args.trl_results or paths["trl_results"]
     for name in ("workspace", "out", "trl_results", "policy", "tokenizer"):  # before the chdir below
         if getattr(args, name) is not None:
             setattr(args, name, getattr(args, name).resolve())
 
     if args.merge_only:
+        if not args.out.is_file():
+            print(f"bench: no {args.out} to merge TRL's figures into (`make bench` for {size})", file=sys.stderr)
+            return 0
         report = merge_trl(json.loads(args.out.read_text()), args.trl_results)
         args.out.write_text(json.dumps(report, indent=2) + "\n")
         print(json.dumps({k: report[k] for k in ("speedup", "speedup_skipped", "trl_note") if k in report}, indent=2))
@@ -188,16 +276,24 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(stages) - set(STAGES))
     if unknown:
         parser.error(f"unknown stages {unknown}; expected some of {STAGES}")
-    warmup = args.warmup if args.warmup is not None else (1 if args.smoke else 3)
+    default_warmup = spec.warmup if spec else (1 if args.smoke else 3)
+    warmup = args.warmup if args.warmup is not None else default_warmup
     if warmup < 1:
         parser.error("--warmup must be >= 1: the clock starts at the end of the last warm-up step")
-    steps = {s: args.steps or (SMOKE_STEPS if args.smoke else DEFAULT_STEPS)[s] for s in STAGES}
+    default_steps = spec.steps if spec else (SMOKE_STEPS if args.smoke else DEFAULT_STEPS)
+    steps = {s: args.steps or default_steps[s] for s in STAGES}
     torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_error()
 
     inputs = load_inputs(project, env, SMOKE_ROWS if args.smoke else None)
-    trained = trained_policy(inputs, args.policy, args.tokenizer, fresh=args.fresh_policy or args.smoke)
-    tokenizer = trained[1] if trained else scratch_tokenizer(inputs)
+    if spec is None:
+        trained = trained_policy(inputs, args.policy, args.tokenizer, fresh=args.fresh_policy or args.smoke)
+        tokenizer = trained[1] if trained else scratch_tokenizer(inputs)
+    else:  # the run's tokenizer (trained on the world's text), the shape from scratch, fixed-length rows
+        tokenizer = scratch_tokenizer(inputs)
+        inputs = apply_size(inputs, tokenizer, spec, steps, warmup)
+        trained = (untrained_policy(inputs, tokenizer), tokenizer, f"untrained {size} Llama (seed 0)")
+    matmul = None if args.export_only else matmul_flops(*((256, 2) if args.smoke else ()))
 
     report: dict[str, Any] = {}
     stage_figures: dict[str, dict] = {}
@@ -211,7 +307,14 @@ def main(argv: list[str] | None = None) -> int:
     policy_source = trained[2] if trained else f"this run's SFT ({warmup + steps['sft']} steps from scratch)"
 
     # the policy both sides start from is the one in the workspace, reloaded
-    workload = build_workload(inputs, steps, warmup, args.threads, policy_source)
+    shape = {
+        name: getattr(inputs.model_config, name)
+        for name in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "tie_word_embeddings")
+    } | {"vocab": len(tokenizer), "parameters": model_shape(policy)["parameters"]}
+    lengths = {"prompt_tokens": spec.prompt_tokens, "response_tokens": spec.response_tokens} if spec else {}
+    workload = build_workload(
+        inputs, steps, warmup, args.threads, policy_source, {"size": size, "model": shape, **lengths}
+    )
     workload_sha = write_workspace(args.workspace, inputs, tokenizer, policy, workload)
     policy = load_model(args.workspace / "policy", "causal_lm")
     tokenizer = load_tokenizer(str(args.workspace / "tokenizer"))
@@ -254,6 +357,12 @@ def main(argv: list[str] | None = None) -> int:
         report |= {k: v for k, v in figures.items() if k in HEADLINE}
     report["per_cpu_s"] = {k: v for f in stage_figures.values() for k, v in f.items() if k.endswith("_per_cpu_s")}
     report |= {
+        "size": size,
+        "model": shape,
+        **({"fixed_lengths": lengths} if lengths else {}),
+        "matmul": matmul,
+        "matmul_gflops_per_s": matmul["matmul_flops_per_s"] / 1e9,
+        "model_flops": model_flops_summary(stage_figures, matmul),
         "peak_rss_mb": max(peak_rss_mb(), previous.get("peak_rss_mb", 0.0) if carried else 0.0),
         "device": accelerate.PartialState().device.type,
         "threads": torch.get_num_threads(),

@@ -10,11 +10,14 @@ threads), ``tokenizer/``, ``policy/`` (the causal LM both sides start from),
 
 One stage per process, so each stage's peak RSS is its own::
 
-    .venv-trl/bin/python bench/trl_baseline.py --stage dpo --out data/08_reporting/bench_trl.json
+    .venv-trl/bin/python bench/trl_baseline.py --stage dpo --size 25m   # data/06_models/bench_25m -> bench_trl_25m.json
 
 Throughput is measured between optimiser steps (updates, for PPO) ``warmup`` and
 ``warmup + steps``, from the trainer's ``on_step_end`` callbacks: model building,
-dataset tokenisation and the first steps are left out, as on our side.
+dataset tokenisation and the first steps are left out, as on our side. Model FLOPs
+(reward, DPO) are counted as ``bench/ours.py`` counts ours: every forward's tokens, read
+off its token-embedding call, 2 N per token (N: the ``nn.Linear`` parameters) plus
+4 L d T^2 per row of T tokens, 3x for a forward with gradients (forward + backward).
 """
 
 from __future__ import annotations
@@ -37,6 +40,69 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
 
 STAGES = ("reward", "dpo", "ppo")
+
+
+class TokenCounter:
+    """Every model forward's tokens, read off its token-embedding call (as bench/ours.py counts ours).
+
+    Each entry: (when, grad enabled, non-pad tokens, sum of squared row lengths, rows).
+    """
+
+    def __init__(self, pad_id: int | None) -> None:
+        self.pad_id = pad_id
+        self.calls: list[tuple[float, bool, int, int, int]] = []
+
+    def __enter__(self) -> TokenCounter:
+        self.handle = torch.nn.modules.module.register_module_forward_pre_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.handle.remove()
+
+    def _hook(self, module: torch.nn.Module, args: tuple) -> None:
+        if isinstance(module, torch.nn.Embedding) and args and torch.is_tensor(args[0]) and args[0].dim() == 2:
+            ids = args[0]
+            lengths = (ids != self.pad_id).sum(1) if self.pad_id is not None else torch.full((len(ids),), ids.shape[1])
+            self.calls.append(
+                (time.perf_counter(), torch.is_grad_enabled(), int(lengths.sum()), int((lengths**2).sum()), len(ids))
+            )
+
+
+def model_shape(model: torch.nn.Module) -> dict[str, int]:
+    """Matmul parameters (every nn.Linear, the LM head included), layers and attention width."""
+    config = model.config
+    heads, hidden = config.num_attention_heads, config.hidden_size
+    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    linear = sum(
+        m.weight.numel() + (m.bias.numel() if m.bias is not None else 0)
+        for m in model.modules()
+        if isinstance(m, torch.nn.Linear)
+    )
+    return {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "matmul_parameters": linear,
+        "layers": config.num_hidden_layers,
+        "attention_width": heads * head_dim,
+    }
+
+
+def flops_figures(shape: dict, counter: TokenCounter, clock: StepClock, warmup: int) -> dict:
+    """Model FLOPs of the forwards inside the timed steps (as bench/ours.py's flops_figures)."""
+    (wall0, cpu0), (wall1, cpu1) = clock.times[warmup - 1], clock.times[-1]
+    calls = [call for call in counter.calls if wall0 < call[0] <= wall1]
+    n, attention = shape["matmul_parameters"], 4 * shape["layers"] * shape["attention_width"]
+    flops = float(sum((3 if grad else 1) * (2 * n * tok + attention * sq) for _, grad, tok, sq, _ in calls))
+    steps = len(clock.times) - warmup
+    return {
+        "model_flops_per_step": flops / steps,
+        "model_flops_per_s": flops / (wall1 - wall0),
+        "model_flops_per_cpu_s": flops / (cpu1 - cpu0),
+        "tokens_per_step": sum(call[2] for call in calls) / steps,
+        "trained_tokens_per_step": sum(call[2] for call in calls if call[1]) / steps,
+        "trained_rows_per_step": sum(call[4] for call in calls if call[1]) / steps,
+        "trained_row_tokens": sum(c[2] for c in calls if c[1]) / max(1, sum(c[4] for c in calls if c[1])),
+        "model": shape,
+    }
 
 
 class StepClock(TrainerCallback):
@@ -117,9 +183,14 @@ def run_reward(workspace: Path, workload: dict, output_dir: str) -> dict:
         processing_class=tokenizer,
         callbacks=[clock],
     )
-    trainer.train()
+    with TokenCounter(tokenizer.pad_token_id) as counter:
+        trainer.train()
     pairs_per_step = stage["batch_size"] * stage["grad_accum"]
-    return {**clock.rates(workload["warmup_steps"], pairs_per_step, "rm_pairs"), "pairs_per_step": pairs_per_step}
+    return {
+        **clock.rates(workload["warmup_steps"], pairs_per_step, "rm_pairs"),
+        "pairs_per_step": pairs_per_step,
+        "flops": flops_figures(model_shape(model), counter, clock, workload["warmup_steps"]),
+    }
 
 
 def run_dpo(workspace: Path, workload: dict, output_dir: str) -> dict:
@@ -146,9 +217,14 @@ def run_dpo(workspace: Path, workload: dict, output_dir: str) -> dict:
         processing_class=tokenizer,
         callbacks=[clock],
     )
-    trainer.train()
+    with TokenCounter(tokenizer.pad_token_id) as counter:
+        trainer.train()
     pairs_per_step = stage["batch_size"] * stage["grad_accum"]
-    return {**clock.rates(workload["warmup_steps"], pairs_per_step, "dpo_pairs"), "pairs_per_step": pairs_per_step}
+    return {
+        **clock.rates(workload["warmup_steps"], pairs_per_step, "dpo_pairs"),
+        "pairs_per_step": pairs_per_step,
+        "flops": flops_figures(model_shape(model), counter, clock, workload["warmup_steps"]),
+    }
 
 
 def run_ppo(workspace: Path, workload: dict, output_dir: str) -> dict:
@@ -267,12 +343,18 @@ RUNNERS = {"reward": run_reward, "dpo": run_dpo, "ppo": run_ppo}
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--stage", choices=STAGES, required=True)
-    parser.add_argument("--workspace", type=Path, default=Path("data/06_models/bench"))
-    parser.add_argument("--out", type=Path, default=Path("data/08_reporting/bench_trl.json"))
+    parser.add_argument("--size", default="tiny", help="whose workspace and results (named as bench/run.py names them)")
+    parser.add_argument("--workspace", type=Path, help="default data/06_models/bench[_<size>]")
+    parser.add_argument("--out", type=Path, help="default data/08_reporting/bench_trl[_<size>].json")
     args = parser.parse_args(argv)
+    suffix = "" if args.size == "tiny" else f"_{args.size}"
+    args.workspace = args.workspace or Path(f"data/06_models/bench{suffix}")
+    args.out = args.out or Path(f"data/08_reporting/bench_trl{suffix}.json")
 
     raw = (args.workspace / "workload.json").read_bytes()
     workload = json.loads(raw)
+    if workload.get("size", "tiny") != args.size:
+        parser.error(f"{args.workspace} holds size {workload.get('size')!r}, not {args.size!r}")
     torch.set_num_threads(workload["threads"])
     torch.manual_seed(workload["seed"])
     with tempfile.TemporaryDirectory(prefix=f"trl-{args.stage}-") as output_dir:

@@ -71,8 +71,12 @@ def ppo_workload(params: dict[str, Any], generation_params: dict[str, Any], step
     return {**values, "steps": steps}
 
 
-def build_workload(inputs: Inputs, steps: dict[str, int], warmup: int, threads: int, policy_source: str) -> dict:
+def build_workload(
+    inputs: Inputs, steps: dict[str, int], warmup: int, threads: int, policy_source: str, extra: dict | None = None
+) -> dict:
+    """Every number TRL reads; ``extra`` (the size, the model's shape, fixed row lengths) goes in the hash too."""
     workload: dict[str, Any] = {
+        **(extra or {}),
         "seed": 0,
         "threads": threads,
         "warmup_steps": warmup,
