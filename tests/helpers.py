@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import atexit
+import json
 import os
 import shutil
 import subprocess
@@ -127,6 +128,20 @@ def run_kedro(
         project_path=project_path, env=env, runtime_params=runtime_params or {}
     ) as session:
         return session.run(pipeline_names=pipeline_names, **run_kwargs)
+
+
+def last_run(project: Path):
+    """(client, the newest run) of the project copy's own sqlite store."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    return client, client.search_runs(experiments, order_by=["attributes.start_time DESC"], max_results=1)[0]
+
+
+def stage_history(project: Path, stage: str) -> list[dict]:
+    """The rows of a stage's ``<stage>_history.json`` in the project copy."""
+    return json.loads((project / "data" / "08_reporting" / f"{stage}_history.json").read_text())
 
 
 def kedro_cli(project: Path, *args: str, timeout: int = 600, env: dict[str, str] | None = None,

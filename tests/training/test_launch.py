@@ -17,7 +17,6 @@ import pandas as pd
 import psutil
 import pytest
 import torch
-from mlflow.tracking import MlflowClient
 from torch.utils.data import DataLoader
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -34,7 +33,7 @@ from alignops.training.launch import (
     launch_command,
     wants_launch,
 )
-from tests.helpers import KEDRO, run_kedro
+from tests.helpers import KEDRO, last_run, run_kedro, stage_history
 
 # stage: (the data/ snapshot it starts from, the model it saves, a metric it logs every logged step)
 STAGES = {
@@ -44,16 +43,6 @@ STAGES = {
     "dpo": ("sft", "dpo", "loss/dpo"),
     "ppo": ("reward", "ppo", "objective/scores"),
 }
-
-
-def _last_run(project: Path):
-    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    return client, client.search_runs(experiments, order_by=["attributes.start_time DESC"], max_results=1)[0]
-
-
-def _history(project: Path, stage: str) -> list[dict]:
-    return json.loads((project / "data" / "08_reporting" / f"{stage}_history.json").read_text())
 
 
 @pytest.mark.slow
@@ -68,7 +57,7 @@ def test_a_stage_trains_in_two_ranks_that_agree_and_hands_back_one_model(stage, 
     params = "reward" if stage == "audit_judge" else stage
     run_kedro(project, env="test", pipeline_names=[stage], runtime_params={params: {"num_processes": 2}})
 
-    client, run = _last_run(project)
+    client, run = last_run(project)
     assert run.info.status == "FINISHED"
     assert run.data.tags[f"launch.{stage}.processes"] == "2 (torchrun)"
     # the model the catalog saved is the one both ranks ended with (the launch refuses otherwise)
@@ -80,7 +69,7 @@ def test_a_stage_trains_in_two_ranks_that_agree_and_hands_back_one_model(stage, 
     # logged once: one MLflow point per step, the steps of the stage's own history
     steps = [point.step for point in client.get_metric_history(run.info.run_id, metric)]
     assert steps and len(steps) == len(set(steps))
-    assert sorted(steps) == [row["step"] for row in _history(project, stage) if metric in row]
+    assert sorted(steps) == [row["step"] for row in stage_history(project, stage) if metric in row]
     assert not list(handoff.iterdir())  # the hand-off folder is gone
 
 
@@ -91,7 +80,7 @@ def test_an_accelerate_config_file_launches_the_stage_through_accelerate(project
     config.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: 'NO'\nnum_machines: 1\n"
                       "num_processes: 1\nmixed_precision: 'no'\nuse_cpu: true\n")
     run_kedro(project, env="test", pipeline_names=["sft"], runtime_params={"sft": {"accelerate_config": str(config)}})
-    _, run = _last_run(project)
+    _, run = last_run(project)
     assert run.data.tags["launch.sft.processes"] == "1 (accelerate launch)"
     model = HFModelDataset(filepath=str(project / "data" / "06_models" / "sft")).load()
     assert run.data.tags["launch.sft.model_sha256"] == model_digest(model)
@@ -118,10 +107,10 @@ def test_two_ranks_reach_the_loss_of_one_process_at_the_same_global_batch(projec
     project = project_after("data_validation")
     # unpacked rows hold different token counts, so a rank's mean is not the global mean
     run_kedro(project, env="test", pipeline_names=["sft"], runtime_params={"sft": {**HARD, "batch_size": 4}})
-    one = _history(project, "sft")
+    one = stage_history(project, "sft")
     run_kedro(project, env="test", pipeline_names=["sft"],
               runtime_params={"sft": {**HARD, "batch_size": 2, "num_processes": 2}})
-    two = _history(project, "sft")
+    two = stage_history(project, "sft")
 
     for name in ("loss/sft", "eval/sft/loss"):
         a = [row[name] for row in one if name in row]
@@ -212,7 +201,9 @@ def test_the_launcher_is_torchrun_without_a_config_and_accelerate_with_one(tmp_p
     command = launch_command(tmp_path, 1, str(config))
     assert Path(command[0]).name == "accelerate" and command[1:4] == ["launch", "--config_file", str(config)]
     assert "--num_processes" not in command  # the file's own count applies
-    for unsupported in ("distributed_type: FSDP\n", "distributed_type: DEEPSPEED\n",
+    config.write_text("distributed_type: FSDP\n")
+    assert launch_command(tmp_path, 2, str(config))[1:4] == ["launch", "--config_file", str(config)]
+    for unsupported in ("distributed_type: DEEPSPEED\n",
                         "distributed_type: MULTI_GPU\nnum_machines: 2\n"):
         config.write_text(unsupported)
         with pytest.raises(ValueError, match="ddp.yaml: distributed_type .* not supported yet"):

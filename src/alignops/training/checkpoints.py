@@ -44,6 +44,8 @@ CHECKPOINT_PREFIX = "step_"
 PARTIAL_SUFFIX = ".partial"
 STATE_FILE = "step.json"
 TENSOR_FILE = "loop_state.safetensors"
+SHARDED_STATES = ("FSDP", "DEEPSPEED")
+"""Launches whose checkpoints hold each rank's shard: only the same kind continues them."""
 RESUME_MODES = ("auto", "never")
 """``resume``'s keywords; any other value is the path of one checkpoint folder."""
 CODE_PACKAGES = ("alignops.core", "alignops.models", "alignops.training")
@@ -153,6 +155,9 @@ class Checkpoints:
         # how many processes and which precision: another launch would not continue this one
         launch = {"processes": accelerator.num_processes, "precision": str(accelerator.mixed_precision),
                   "device": accelerator.device.type}
+        kind = getattr(accelerator.distributed_type, "value", accelerator.distributed_type)
+        if kind in SHARDED_STATES:  # sharded checkpoints load back only so
+            launch["distributed_type"] = kind
         self.fingerprint = fingerprint(config, launch, *inputs) if active else ""
         if self.directory is not None and self.every > 0:
             self._probe()

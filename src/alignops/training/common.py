@@ -14,8 +14,8 @@ from typing import Any, ParamSpec, TypeVar
 
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState
-from accelerate.utils import set_seed
+from accelerate.state import AcceleratorState, PartialState
+from accelerate.utils import DistributedType, set_seed
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -99,8 +99,62 @@ def make_accelerator(
     if state and (state.get("_mixed_precision") != mixed_precision or state.get("_cpu") != cpu):
         AcceleratorState._reset_state()
     accelerator = Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum, cpu=cpu)
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        _shard_cpu_ranks(accelerator)
     set_seed(seed)
     return accelerator
+
+
+def _shard_cpu_ranks(accelerator: Accelerator) -> None:
+    """FSDP on CPU ranks, as an FSDP config file asks (``ACCELERATE_USE_FSDP``).
+
+    accelerate 1.15 builds FSDP only for accelerator ranks (GPU, XPU, ...): on CPU ranks it
+    drops the FSDP plugin and trains plain data parallel, each rank holding everything.
+    torch's FSDP2 (``fully_shard``) shards CPU ranks on the gloo backend, so here the state
+    is switched to FSDP with the plugin the config file describes. On GPU ranks accelerate
+    has done this already and nothing changes.
+    """
+    if accelerator.distributed_type != DistributedType.MULTI_CPU:
+        return
+    from accelerate import FullyShardedDataParallelPlugin
+
+    plugin = FullyShardedDataParallelPlugin()  # from the FSDP_* variables accelerate launch exports
+    if plugin.fsdp_version != 2:
+        raise ValueError(f"FSDP on CPU ranks needs fsdp_version: 2 in the accelerate config, got {plugin.fsdp_version}")
+    if accelerator.mixed_precision != "no":
+        plugin.set_mixed_precision(accelerator.mixed_precision)
+    accelerator.state.fsdp_plugin = plugin
+    # every AcceleratorState() copies PartialState's fields again: both must say FSDP
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+    accelerator.state.distributed_type = DistributedType.FSDP
+
+
+def is_sharded(accelerator: Accelerator) -> bool:
+    """Whether the prepared model is split between the ranks (FSDP): every rank must then
+    make the same forward passes, and the whole model exists only once gathered."""
+    return accelerator.distributed_type == DistributedType.FSDP
+
+
+def full_model(accelerator: Accelerator, model: torch.nn.Module) -> torch.nn.Module:
+    """The trained model as a plain module on the CPU: ``model`` itself unless FSDP shards
+    it, else a new module of its class holding the gathered full weights (every rank gets
+    the same copy, so their digests still compare)."""
+    if not is_sharded(accelerator):
+        return model
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.fsdp import FSDPModule
+    from transformers.initialization import no_init_weights
+
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+    state = {name: tensor.detach().cpu() for name, tensor in state.items()}
+    # fully_shard gives the module a class of its own, FSDP<class>; the model's class is its base
+    base = next(cls for cls in type(model).__mro__ if not issubclass(cls, FSDPModule))
+    dtype = next(iter(state.values())).dtype
+    with no_init_weights():
+        plain = base(model.config)
+    plain.load_state_dict(state)
+    plain.generation_config = model.generation_config
+    return plain.to(dtype).eval()
 
 
 def enable_gradient_checkpointing(model: torch.nn.Module, enabled: bool) -> None:
@@ -344,7 +398,7 @@ def train_epochs(
                 break
     bar.close()
     accelerator.wait_for_everyone()
-    trained = accelerator.unwrap_model(model)
+    trained = full_model(accelerator, accelerator.unwrap_model(model))
     accelerator.free_memory()
     return trained
 

@@ -36,6 +36,7 @@ from alignops.training.common import (
     LogFn,
     Stats,
     enable_gradient_checkpointing,
+    is_sharded,
     make_accelerator,
     make_optimizer,
     shard_batches,
@@ -114,6 +115,7 @@ def reference_logprobs(
     device: torch.device,
     shard: tuple[int, int] = (0, 1),
     all_reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    lockstep: bool = False,
 ) -> torch.Tensor:
     """The reference's completion log-probs of every row, (R,) on the CPU, one no-grad pass.
 
@@ -122,7 +124,9 @@ def reference_logprobs(
     scores every processes-th batch and ``all_reduce_sum`` (over the ranks) gives each
     rank every row: a row is scored by one rank and is 0 on the others, so the sum is
     exact. ``reference`` must then be the bare model (no DDP: ranks make different
-    numbers of forward passes).
+    numbers of forward passes), unless ``lockstep``: a model sharded between the ranks
+    (FSDP) gathers its weights in every forward, so every rank makes as many passes as the
+    busiest one, a rank short of batches scoring its first one again and dropping the result.
     """
     rank, processes = shard
     was_training = reference.training
@@ -130,10 +134,14 @@ def reference_logprobs(
     first, inverse = distinct_rows(rows)
     order = first[rows["attention_mask"][first].sum(1).argsort()]  # (U,) shortest first
     logps = torch.zeros(len(inverse))
-    for chunk in order.split(batch_size)[rank::processes]:
+    chunks = order.split(batch_size)
+    mine = list(chunks[rank::processes])
+    fillers = len(chunks[::processes]) - len(mine) if lockstep else 0  # the first rank has the most
+    for i, chunk in enumerate(mine + [chunks[0]] * fillers):
         batch = {name: tensor.to(device) for name, tensor in select_rows(rows, chunk).items()}
         summed, per_token = completion_logprobs(reference, batch)
-        logps[chunk] = (per_token if average else summed).float().cpu()
+        if i < len(mine):
+            logps[chunk] = (per_token if average else summed).float().cpu()
     reference.train(was_training)
     if all_reduce_sum is not None:
         logps = all_reduce_sum(logps)
@@ -284,9 +292,10 @@ def train_dpo(
     if accelerator.num_processes > 1:
         gather = lambda t: accelerator.reduce(t.to(accelerator.device), reduction="sum").cpu()  # noqa: E731
     reference = accelerator.unwrap_model(policy)  # keeps the precision's autocast, drops DDP
+    lockstep = is_sharded(accelerator)
     with _as_reference(reference):
         ref_train = reference_logprobs(reference, train_rows, 2 * config.ref_batch_size, average, accelerator.device,
-                                       shard, gather)
+                                       shard, gather, lockstep)
     train_batches = pair_batches(train_rows, config.batch_size, config.seed)  # reshuffled every epoch
     train_loader = accelerator.prepare(_pair_loader(train_rows, ref_train, train_batches))
     eval_loader = None
@@ -294,7 +303,7 @@ def train_dpo(
         eval_rows = tokenize_pairs(tokenizer, heldout_pairs, model_config)
         with _as_reference(reference):
             ref_eval = reference_logprobs(reference, eval_rows, 2 * config.ref_batch_size, average,
-                                          accelerator.device, shard, gather)
+                                          accelerator.device, shard, gather, lockstep)
         eval_batches = list(pair_batches(eval_rows, config.eval_batch_size, config.seed))  # fixed
         eval_loader = _pair_loader(eval_rows, ref_eval, eval_batches)  # sharded by evaluate_dpo
     log({"dpo/reference_s": time.perf_counter() - started}, 0)

@@ -91,12 +91,15 @@ def distributable(params_argument: str) -> Callable[[Callable[P, R]], Callable[P
     return decorate
 
 
-def launch_command(folder: Path, num_processes: int, accelerate_config: str | None) -> list[str]:
-    """The launcher's command line: ``torchrun`` or ``accelerate launch`` (see the module doc)."""
+def launch_command(
+    folder: Path, num_processes: int, accelerate_config: str | None, settings: Mapping[str, Any] | None = None
+) -> list[str]:
+    """The launcher's command line: ``torchrun`` or ``accelerate launch`` (see the module doc);
+    ``settings`` is the config file as read already (else it is read here)."""
     worker = ["-m", __name__, str(folder)]
     if accelerate_config:
         config = Path(accelerate_config)
-        check_accelerate_config(config)
+        check_accelerate_config(config, settings)
         accelerate = Path(sys.executable).with_name("accelerate")
         processes = ["--num_processes", str(num_processes)] if num_processes > 1 else []
         return [str(accelerate), "launch", "--config_file", str(config), *processes, *worker]
@@ -120,11 +123,10 @@ def _has_gpu() -> bool:
     return torch.cuda.is_available()
 
 
-SUPPORTED_DISTRIBUTED_TYPES = ("NO", "MULTI_GPU", "MULTI_CPU")
-"""What the hand-off supports: data parallel on one machine. FSDP and DeepSpeed ZeRO-3 keep
-shards of the weights on each rank (the hand-off needs the full state on rank 0), DeepSpeed
-needs the batch size of loops that prepare no loader, and several machines do not share the
-hand-off folder."""
+SUPPORTED_DISTRIBUTED_TYPES = ("NO", "MULTI_GPU", "MULTI_CPU", "FSDP")
+"""What the hand-off supports, on one machine: data parallel, and FSDP (the ranks gather the
+full weights before handing back; ``common.full_model``). DeepSpeed needs the batch size of
+loops that prepare no loader, and several machines do not share the hand-off folder."""
 
 
 def read_accelerate_config(config: Path) -> dict[str, Any]:
@@ -136,9 +138,10 @@ def read_accelerate_config(config: Path) -> dict[str, Any]:
     return yaml.safe_load(config.read_text()) or {}
 
 
-def check_accelerate_config(config: Path) -> None:
-    """ValueError naming the file when it asks for what the launcher does not support yet."""
-    settings = read_accelerate_config(config)
+def check_accelerate_config(config: Path, settings: Mapping[str, Any] | None = None) -> None:
+    """ValueError naming the file when it asks for what the launcher does not support yet
+    (``settings``: the file as read already, else it is read)."""
+    settings = read_accelerate_config(config) if settings is None else settings
     kind = str(settings.get("distributed_type", "NO"))
     machines = int(settings.get("num_machines", 1) or 1)
     if kind not in SUPPORTED_DISTRIBUTED_TYPES or machines > 1:
@@ -148,17 +151,36 @@ def check_accelerate_config(config: Path) -> None:
         )
 
 
-def launch_processes(num_processes: int, accelerate_config: str | None) -> int:
+SHARDED_STAGES = ("sft", "dpo")
+"""The stages FSDP runs: one trained causal LM each. The reward model's and PPO's own
+wrappers (score head, value head, frozen reward model) are not sharded yet."""
+
+
+def check_sharded_stage(stage: str, params: Mapping[str, Any], settings: Mapping[str, Any], config: str) -> None:
+    """ValueError, before anything starts, for an FSDP config the stage cannot use yet."""
+    if str(settings.get("distributed_type")) != "FSDP":
+        return
+    if stage not in SHARDED_STAGES:
+        raise ValueError(f"{stage}: {config} asks for FSDP, which runs {' and '.join(SHARDED_STAGES)} only so far; "
+                         f"use a data-parallel config (conf/accelerate/multi_gpu.yaml) or num_processes")
+    if params.get("lora"):
+        raise ValueError(f"{stage}: lora with FSDP ({config}) is not supported yet; use a data-parallel config")
+
+
+def launch_processes(num_processes: int, settings: Mapping[str, Any]) -> int:
     """How many ranks a launch starts: the stage's ``num_processes`` when above 1, else the
-    config file's own count."""
-    if num_processes > 1 or not accelerate_config:
+    config file's own count (``settings``: the file, {} without one)."""
+    if num_processes > 1 or not settings:
         return num_processes
-    return int(read_accelerate_config(Path(accelerate_config)).get("num_processes", 1) or 1)
+    return int(settings.get("num_processes", 1) or 1)
 
 
-def launch_environment(num_processes: int, accelerate_config: str | None = None) -> dict[str, str]:
+def launch_environment(
+    num_processes: int, accelerate_config: str | None = None, settings: Mapping[str, Any] | None = None
+) -> dict[str, str]:
     """This process's environment plus what the ranks need: the MLflow run and stores, the
-    package on the path, and a fair share of the cores per rank (unless OMP_NUM_THREADS is set)."""
+    package on the path, and a fair share of the cores per rank (unless OMP_NUM_THREADS is set).
+    ``settings`` is the accelerate config file as read (FSDP without a GPU: CPU ranks)."""
     import mlflow
 
     package_root = str(Path(__file__).resolve().parents[2])  # the folder that holds `alignops`
@@ -169,8 +191,9 @@ def launch_environment(num_processes: int, accelerate_config: str | None = None)
         "MLFLOW_REGISTRY_URI": mlflow.get_registry_uri(),
         "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])),
     }
-    if not accelerate_config and not _has_gpu():
-        env.setdefault("ACCELERATE_USE_CPU", "true")  # else Accelerator ignores torchrun's CPU ranks
+    sharded = str((settings or {}).get("distributed_type")) == "FSDP"
+    if (not accelerate_config or sharded) and not _has_gpu():
+        env.setdefault("ACCELERATE_USE_CPU", "true")  # else Accelerator ignores the launcher's CPU ranks
     run_id = _run_id()
     if run_id:
         env[RUN_ID_ENV] = run_id
@@ -185,8 +208,10 @@ HANDOFF_PREFIX = "alignops-launch-"
 def launch(node: Callable[..., R], arguments: dict[str, Any], params: Mapping[str, Any]) -> R:
     """Run ``node(**arguments)`` in the processes ``params`` asks for; rank 0's result."""
     accelerate_config = params.get("accelerate_config")
-    num_processes = launch_processes(int(params.get("num_processes") or 1), accelerate_config)
+    settings = read_accelerate_config(Path(accelerate_config)) if accelerate_config else {}
+    num_processes = launch_processes(int(params.get("num_processes") or 1), settings)
     stage = node.__module__.split(".")[-2] if node.__module__.count(".") >= 2 else node.__name__
+    check_sharded_stage(stage, params, settings, str(accelerate_config))
     clear_abandoned_handoffs(Path(tempfile.gettempdir()))
     folder = Path(tempfile.mkdtemp(prefix=f"{HANDOFF_PREFIX}{os.getpid()}-{stage}-"))
     try:
@@ -195,9 +220,9 @@ def launch(node: Callable[..., R], arguments: dict[str, Any], params: Mapping[st
             "arguments": {name: write_value(folder / "inputs" / name, value) for name, value in arguments.items()},
         }
         (folder / SPEC_FILE).write_text(json.dumps(spec, indent=2))
-        command = launch_command(folder, num_processes, accelerate_config)
+        command = launch_command(folder, num_processes, accelerate_config, settings)
         print(f"{stage}: launching {num_processes} process(es): {' '.join(command)}", file=sys.stderr, flush=True)
-        code = _run_process_group(command, launch_environment(num_processes, accelerate_config))
+        code = _run_process_group(command, launch_environment(num_processes, accelerate_config, settings))
         if code != 0:
             raise RuntimeError(
                 f"{stage}: the {num_processes}-process launch failed with exit code {code}: {' '.join(command)}"
