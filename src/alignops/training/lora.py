@@ -6,7 +6,9 @@ reference is the model with its adapters disabled (no second copy is held). A st
 returns the merged model (``merge_and_unload``), a plain causal LM that the catalog
 saves, the next stages load and the registry registers as before; the adapters alone
 are saved beside the stage's checkpoints (``<checkpoints>/lora_adapter``), loadable
-with ``PeftModel.from_pretrained(base, folder)``.
+with ``PeftModel.from_pretrained(base, folder)``. PPO's reference is likewise the policy
+with its adapters disabled, and its snapshots are the merged weights, written while the
+adapters go on training (``save_merged``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from alignops.models.loading import save_model
 
 ADAPTER_FOLDER = "lora_adapter"
 
@@ -70,3 +74,41 @@ def merged(model: torch.nn.Module, adapter_dir: str | Path | None = None, is_mai
     if adapter_dir is not None and is_main_process:
         model.save_pretrained(str(adapter_dir))  # adapter_model.safetensors + adapter_config.json
     return model.merge_and_unload()
+
+
+@torch.no_grad()
+def merged_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict ``merged(model)`` would have, with ``model`` (a ``PeftModel``) left as it is
+    and training on: each adapted layer's weight is its base weight plus its active adapters'
+    update, added as peft's merge adds it, and moved to the CPU so that the accelerator holds at
+    most one merged layer at a time; every other tensor is the model's own."""
+    from peft.tuners.lora import LoraLayer
+
+    base = model.get_base_model()
+    state = base.state_dict()
+    for prefix, layer in base.named_modules():
+        if not isinstance(layer, LoraLayer):
+            continue
+        own = [key for key in state if key.startswith(f"{prefix}.")]
+        tensors = {key.removeprefix(f"{prefix}."): state.pop(key) for key in own}  # base_layer.*, lora_*
+        for name, tensor in tensors.items():
+            if name.startswith("base_layer."):
+                state[f"{prefix}.{name.removeprefix('base_layer.')}"] = tensor
+        weight = tensors["base_layer.weight"].clone()
+        if not layer.merged and not layer.disable_adapters:
+            for adapter in layer.active_adapters:
+                if adapter in layer.lora_A:
+                    weight += layer.get_delta_weight(adapter)
+        state[f"{prefix}.weight"] = weight.cpu()
+    return state
+
+
+def save_merged(model: torch.nn.Module, directory: str | Path) -> None:
+    """``save_pretrained`` of the plain model, with a ``PeftModel``'s adapters merged in
+    (``merged_state_dict``: the model itself keeps its adapters); any other model as it is."""
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        model.get_base_model().save_pretrained(str(directory), state_dict=merged_state_dict(model))
+    else:
+        save_model(model, directory)

@@ -6,10 +6,15 @@ scores, per-token KL-penalised rewards), advantages (GAE, whitened), then epochs
 minibatches of the clipped policy and value losses, then diagnostics. Ziegler et al.
 2019, Stiennon et al. 2020, and the details of Huang et al. 2024. The math is
 ``alignops.core``'s; metrics go to the ``log`` callable.
+
+With ``lora`` the policy trains adapters only and its reference is itself with the
+adapters disabled; with ``gradient_checkpointing`` the update (and only the update) runs
+in train mode, every dropout probability zeroed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from collections.abc import Callable, Sequence
@@ -41,6 +46,7 @@ from alignops.training.checkpoints import Checkpoints
 from alignops.training.common import (
     LogFn,
     check_finite,
+    enable_gradient_checkpointing,
     gc_frozen,
     global_mean,
     make_accelerator,
@@ -48,6 +54,7 @@ from alignops.training.common import (
     progress_bar,
 )
 from alignops.training.loop_state import Recorder, restore_history
+from alignops.training.lora import ADAPTER_FOLDER, add_adapters, lora_config, merged
 from alignops.training.ppo_config import PPOConfig
 from alignops.training.snapshots import Snapshots
 
@@ -140,9 +147,11 @@ def _rollout_forward(
     widths: torch.Tensor,
     chunk: int,
     temperature: float,
+    as_reference: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(logprobs, ref_logprobs, values, entropy), each (B, R); past a row's response they
-    are filler (every consumer masks them).
+    are filler (every consumer masks them). ``reference`` is called inside ``as_reference()``
+    (with LoRA: the policy's trunk, its adapters disabled).
 
     Rows go through in chunks of ``chunk`` sorted by response length (order does not
     matter without gradients), each chunk trimmed to its own widths.
@@ -154,7 +163,8 @@ def _rollout_forward(
         trimmed, w = _trim(rollout, rows, widths)
         logits, values = policy(**trimmed)  # (b, w, V), (b, w)
         logits = logits.float() / temperature  # upcast first: bf16 logits / T would round twice
-        ref_logits = response_forward(reference, **trimmed)[0].float() / temperature
+        with as_reference():
+            ref_logits = response_forward(reference, **trimmed)[0].float() / temperature
         pieces = (
             selective_log_softmax(logits, trimmed["response_ids"]),
             selective_log_softmax(ref_logits, trimmed["response_ids"]),
@@ -164,6 +174,19 @@ def _rollout_forward(
         for output, piece in zip(outputs, pieces, strict=True):
             output[rows.to(device), :w] = piece.float()
     return tuple(outputs)
+
+
+def _dropout_off(model: torch.nn.Module) -> None:
+    """Every dropout probability in ``model`` set to 0: its ``nn.Dropout`` modules (TRL's
+    ``disable_dropout_in_model``) and the float ``*dropout`` attributes that attention reads in
+    train mode only (Llama's ``attention_dropout``). In train mode the model then computes
+    what it computes in eval mode."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd):
+            module.p = 0.0
+        for name, value in vars(module).items():
+            if "dropout" in name and isinstance(value, float):
+                setattr(module, name, 0.0)
 
 
 def _scorer_state(reward_model: Scorer) -> tuple[Any, ...]:
@@ -189,7 +212,8 @@ def train_ppo(
 ) -> PPOResult:
     """Optimise a copy of ``sft_model`` against ``reward_model`` on ``prompts`` (canonical text).
 
-    ``sft_model`` is not modified: the policy and the frozen reference are copies of it.
+    ``sft_model`` is not modified: the policy and the frozen reference are copies of it
+    (with ``config.lora``, the reference is the policy with its adapters disabled).
     The reward model scores decoded text (it may use another tokenizer) and renders it
     its own way; the policy's rollouts render prompts with ``sample_responses``.
     """
@@ -203,12 +227,27 @@ def train_ppo(
     )
     snapshots = Snapshots(accelerator, checkpoint_dir, "ppo", config.snapshot_every, checkpoints.fingerprint)
     # The policy and its critic (a value head created after seeding, or a copy of the reward model).
-    policy = CRITICS[config.critic](copy.deepcopy(sft_model), tokenizer, reward_model)
-    reference = copy.deepcopy(sft_model).requires_grad_(False).eval().to(device)
+    trunk = copy.deepcopy(sft_model)
+    enable_gradient_checkpointing(trunk, config.gradient_checkpointing)
+    adapters = lora_config(config.lora)
+    # peft injects the adapters into ``trunk`` itself and freezes its other weights; the
+    # wrapper ``adapted`` is kept to disable, merge and save them.
+    adapted = add_adapters(trunk, adapters) if adapters is not None else None
+    policy = CRITICS[config.critic](trunk, tokenizer, reward_model)
+    if config.gradient_checkpointing:
+        critic = getattr(policy, "critic", None)  # a separate critic is checkpointed too
+        if critic is not None:
+            enable_gradient_checkpointing(critic, True)
+        _dropout_off(policy)  # the update runs in train mode: see the loop
+    if adapted is None:
+        reference = copy.deepcopy(sft_model).requires_grad_(False).eval().to(device)
+        as_reference = contextlib.nullcontext
+    else:  # the SFT model is the policy with its adapters disabled: no second copy
+        reference, as_reference = trunk, adapted.disable_adapter
     place([reward_model], device)  # score on the accelerator: RewardModel.score follows its model
     optimizer = torch.optim.AdamW(
         [
-            {"params": policy.policy.parameters(), "lr": config.learning_rate},
+            {"params": [p for p in policy.policy.parameters() if p.requires_grad], "lr": config.learning_rate},
             {"params": policy.value_parameters(), "lr": config.value_learning_rate},
         ],
         eps=config.adam_eps,
@@ -240,6 +279,8 @@ def train_ppo(
     log = recorded
     # Dropout stays off throughout (Huang et al. 2024): with it, the log-probs of an
     # unchanged policy would differ between rollout and update, and so would the ratio.
+    # Gradient checkpointing needs train mode in the update, where ``_dropout_off`` has
+    # zeroed every dropout probability; rollouts stay in eval mode, with the KV cache.
     policy.eval()
     bar = progress_bar(accelerator, config.steps, "ppo", initial=start)
     loop_start = time.perf_counter() - elapsed
@@ -265,7 +306,7 @@ def train_ppo(
         mask = rollout["response_mask"].bool()  # (B, R)
         with accelerator.autocast():
             logprobs, ref_logprobs, values, entropy = _rollout_forward(
-                policy, reference, rollout, widths, config.minibatch_size, generation.temperature
+                policy, reference, rollout, widths, config.minibatch_size, generation.temperature, as_reference
             )
         scores = reward_model.score(batch_prompts, out.texts, batch_size=config.reward_batch_size, normalise=True)
         scores = scores.to(device=device, dtype=torch.float32)  # (B,)
@@ -282,6 +323,7 @@ def train_ppo(
 
         # 3. Optimise: epochs x shuffled minibatches of the clipped policy and value losses.
         update_stats = []
+        policy.train(config.gradient_checkpointing)
         for _ in range(config.ppo_epochs):
             for rows in torch.randperm(len(index), generator=seeds).split(config.minibatch_size):
                 trimmed, w = _trim(rollout, rows, widths)
@@ -304,6 +346,7 @@ def train_ppo(
                 optimizer.zero_grad(set_to_none=True)
                 stats = pg_stats | vf_stats
                 update_stats.append(torch.stack([stats[name].float() for name in UPDATE_STATS]))
+        policy.eval()
 
         # 4. Diagnostics (in ``DIAGNOSTICS`` order), one host sync for all of them.
         kl = torch.where(mask, kl_penalty(logprobs, ref_logprobs, config.kl_estimator), 0.0).sum(1)  # (B,)
@@ -343,7 +386,7 @@ def train_ppo(
                 for p, r, s in zip(batch_prompts, out.texts, kept, strict=False)  # the first num_samples
             ]
         if snapshots.due(step, config.steps):
-            snapshots.save(step, accelerator.unwrap_model(policy).policy)
+            snapshots.save(step, adapted if adapted is not None else accelerator.unwrap_model(policy).policy)
         if checkpoints.due(step, config.steps):
             checkpoints.save(step, {
                 "generator": seeds.get_state(),
@@ -356,5 +399,8 @@ def train_ppo(
     bar.close()
     accelerator.wait_for_everyone()
     trained = accelerator.unwrap_model(policy).policy
+    if adapted is not None:  # merged in place: ``trained`` becomes the plain model
+        adapter_dir = Path(checkpoint_dir) / ADAPTER_FOLDER if checkpoint_dir else None
+        trained = merged(adapted, adapter_dir, accelerator.is_main_process)
     accelerator.free_memory()
     return PPOResult(policy=trained, samples=samples, snapshots=snapshots.written(config.steps))

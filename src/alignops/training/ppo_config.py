@@ -15,6 +15,7 @@ from alignops.models.value_head import CRITICS
 from alignops.training.checkpoints import check_resume_setting
 from alignops.training.common import SCHEDULES, check_mixed_precision
 from alignops.training.launch import check_launch_settings
+from alignops.training.lora import lora_config
 
 KL_CONTROLLER_NAMES = ("fixed", "adaptive")
 
@@ -157,6 +158,20 @@ class PPOConfig:
     """An accelerate config file (``conf/accelerate/``: one GPU, multi-GPU DDP): the stage
     runs under ``accelerate launch --config_file``. FSDP, DeepSpeed and several machines are
     refused for now (``alignops.training.launch.SUPPORTED_DISTRIBUTED_TYPES``)."""
+    gradient_checkpointing: bool = False
+    """Recompute each layer's activations in the update's backward pass instead of keeping
+    them (transformers' non-reentrant checkpointing of the policy, and of the critic under
+    ``critic: reward_model``): activation memory stops growing with depth for about a third
+    more compute. transformers checkpoints in train mode only, so the update runs in train
+    mode with every dropout probability set to 0 (the rollout stays in eval mode, with its
+    KV cache): same losses and weights as without."""
+    lora: dict | None = None
+    """LoRA adapters on the policy instead of a full fine-tune, e.g. ``{r: 16, alpha: 32}``
+    (fields of ``alignops.training.lora.LoRAConfig``); null trains every weight. The value
+    head, or the critic, still trains fully. The KL reference is then the policy with its
+    adapters disabled, so no second copy of the SFT model is held. The stage returns the
+    merged model, saves the adapters to ``<checkpoints>/lora_adapter``, and writes its
+    snapshots merged."""
 
     def __post_init__(self) -> None:
         sizes = (self.steps, self.rollout_batch_size, self.minibatch_size, self.ppo_epochs, self.max_new_tokens)
@@ -192,3 +207,4 @@ class PPOConfig:
         check_mixed_precision(self)
         check_launch_settings(self)
         check_resume_setting(self)
+        lora_config(self.lora)  # a misspelt or impossible adapter setting fails here

@@ -22,8 +22,8 @@ from accelerate import Accelerator
 from transformers import PreTrainedModel
 
 from alignops.models.io_errors import write_failure
-from alignops.models.loading import save_model
 from alignops.training.checkpoints import CHECKPOINT_PREFIX, PARTIAL_SUFFIX, CheckpointError, read_record
+from alignops.training.lora import save_merged
 
 FOLDER = "snapshots"
 RECORD = "snapshot.json"
@@ -44,7 +44,8 @@ class Snapshots:
         return self.directory is not None and self.every > 0 and step % self.every == 0 and step < last
 
     def save(self, step: int, model: PreTrainedModel) -> None:
-        """Write snapshot ``step`` (main process; the others wait). Atomic: written into a
+        """Write snapshot ``step`` (main process; the others wait): a plain model, a ``PeftModel``'s
+        adapters merged in (the model keeps training on its adapters). Atomic: written into a
         ``.partial`` folder, renamed when complete; raises ``CheckpointError`` naming the cause."""
         assert self.directory is not None
         if self.accelerator.is_main_process:
@@ -53,7 +54,7 @@ class Snapshots:
             try:
                 shutil.rmtree(partial, ignore_errors=True)
                 partial.mkdir(parents=True)
-                save_model(model, partial)
+                save_merged(model, partial)
                 (partial / RECORD).write_text(json.dumps({"step": step, "fingerprint": self.fingerprint}))
                 shutil.rmtree(folder, ignore_errors=True)  # the same step of an earlier run
                 partial.rename(folder)
