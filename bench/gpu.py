@@ -52,7 +52,7 @@ from alignops.training.ppo import train_ppo  # noqa: E402
 from alignops.training.ppo_config import PPOConfig  # noqa: E402
 from alignops.training.sft import train_sft  # noqa: E402
 from alignops.training.sft_config import SFTConfig  # noqa: E402
-from bench.ours import StepClock, make_config  # noqa: E402
+from bench.ours import StepClock, make_config, model_shape  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,12 +133,13 @@ def model_config(w: Workload) -> ModelConfig:
     )
 
 
-def flop_parameters(model: torch.nn.Module) -> int:
-    """N in 6N FLOPs per token: every weight in a matmul; an untied input embedding is a lookup."""
-    total = sum(p.numel() for p in model.parameters())
-    embedding = model.get_input_embeddings().weight
-    tied = embedding is model.get_output_embeddings().weight
-    return total if tied else total - embedding.numel()
+def flops_per_token(model: torch.nn.Module, row_tokens: int) -> dict[str, int]:
+    """Model FLOPs a token costs in a full row of ``row_tokens``, as ``make bench`` counts them
+    (bench/README.md, Model FLOPs): a forward 2N + 4·L·d·T (N matmul parameters, attention's
+    scores and mixing with no causal discount), a trained one 3x that (forward + backward)."""
+    shape = model_shape(model)
+    forward = 2 * shape["matmul_parameters"] + 4 * shape["layers"] * shape["attention_width"] * row_tokens
+    return {"forward": forward, "trained": 3 * forward, **shape}
 
 
 # ---------------------------------------------------------------------------------------
@@ -277,7 +278,7 @@ def run_stages(w: Workload, tokenizer, lexicon: list[str], precision: str, proce
     row_tokens = full_rows(tokenizer, texts, config)
     torch.manual_seed(0)
     base = build_causal_lm(config, tokenizer)  # the untrained policy DPO and PPO start from, on the CPU
-    n_flop = flop_parameters(base)
+    flops = flops_per_token(base, row_tokens)
     common = {"mixed_precision": precision, "resume": "never"}
     stages: dict[str, dict] = {}
 
@@ -286,12 +287,12 @@ def run_stages(w: Workload, tokenizer, lexicon: list[str], precision: str, proce
 
     reset_memory()
     sft = stages["sft"] = run_sft(w, tokenizer, texts, config, common, row_tokens) | peak_memory()
-    sft["model_flops_per_s"] = 6 * n_flop * sft["tokens_per_s"]  # forward 2N + backward 4N per token
+    sft["model_flops_per_s"] = flops["trained"] * sft["tokens_per_s"]
     reset_memory()
     dpo = stages["dpo"] = run_dpo(w, tokenizer, texts, config, common, base, row_tokens) | peak_memory()
-    dpo["model_flops_per_s"] = 6 * n_flop * dpo["tokens_per_s"]  # the steps: the policy alone
-    dpo["reference_mfu"] = mfu_of(2 * n_flop * dpo["reference_tokens_per_s"])  # a forward: 2N
-    dpo["with_reference_mfu"] = mfu_of((6 + 2) * n_flop * dpo["with_reference_tokens_per_s"])
+    dpo["model_flops_per_s"] = flops["trained"] * dpo["tokens_per_s"]  # the steps: the policy alone
+    dpo["reference_mfu"] = mfu_of(flops["forward"] * dpo["reference_tokens_per_s"])
+    dpo["with_reference_mfu"] = mfu_of((flops["trained"] + flops["forward"]) * dpo["with_reference_tokens_per_s"])
     reset_memory()
     torch.manual_seed(0)
     reward = RewardModel(reward_head_from_causal_lm(base), tokenizer, config.prompt_template, config.response_prefix,
@@ -299,8 +300,7 @@ def run_stages(w: Workload, tokenizer, lexicon: list[str], precision: str, proce
     stages["ppo"] = run_ppo(w, tokenizer, texts, config, common, base, reward) | peak_memory()
     for stage in ("sft", "dpo"):
         stages[stage]["mfu"] = mfu_of(stages[stage]["model_flops_per_s"])
-    return {"processes": processes, "flop_parameters": n_flop, "parameters": sum(p.numel() for p in base.parameters()),
-            "row_tokens": row_tokens, "stages": stages}
+    return {"processes": processes, "flops_per_token": flops, "row_tokens": row_tokens, "stages": stages}
 
 
 # ---------------------------------------------------------------------------------------
@@ -382,9 +382,9 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__, "cuda": torch.version.cuda, "transformers": transformers.__version__,
         "accelerate": accelerate.__version__, "python": platform.python_version(), "smoke": args.smoke,
         "precision": precision, "peak_flops": peak, "peak_flops_note": peak_note,
-        "model": {**dataclasses.asdict(model_config(w)), "vocab_size": len(tokenizer),
-                  "parameters": runs[0]["parameters"], "flop_parameters": runs[0]["flop_parameters"]},
-        "workload": dataclasses.asdict(w), "row_tokens": runs[0]["row_tokens"], "runs": runs,
+        "model": {**dataclasses.asdict(model_config(w)), "vocab_size": len(tokenizer)},
+        "flops_per_token": runs[0]["flops_per_token"], "workload": dataclasses.asdict(w),
+        "row_tokens": runs[0]["row_tokens"], "runs": runs,
         "scaling_efficiency": None,
     }
     out = args.out or ROOT / f"data/08_reporting/bench_gpu{'_smoke' if args.smoke else ''}.json"
@@ -401,8 +401,9 @@ def main(argv: list[str] | None = None) -> int:
             report["multi_process_error"] = f"the {processes}-process pass failed (exit status {error.returncode})"
     report["wall_s"] = time.perf_counter() - started
     out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"bench-gpu: {name}, {report['model']['parameters']:,} parameters "
-          f"({report['model']['flop_parameters']:,} in 6N), {precision}, rows of {report['row_tokens']} tokens")
+    flops = report["flops_per_token"]
+    print(f"bench-gpu: {name}, {flops['parameters']:,} parameters ({flops['matmul_parameters']:,} in matmuls), "
+          f"{precision}, rows of {report['row_tokens']} tokens, {flops['trained']:,} FLOPs a trained token")
     print(table(report))
     print(f"bench-gpu: wrote {out}")
     if "multi_process_error" in report:

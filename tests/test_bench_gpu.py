@@ -42,14 +42,17 @@ def test_smoke_run_writes_every_figure_for_one_and_two_processes(tmp_path):
     assert report["device"] == "cpu" and report["device_count"] == 0 and report["smoke"] is True
     assert report["precision"] == "no" and isinstance(report["torch"], str)
     assert report["peak_flops"] is None and "no GPU" in report["peak_flops_note"]  # no MFU without a peak
-    model, workload = report["model"], report["workload"]
-    assert isinstance(model["parameters"], int) and 0 < model["flop_parameters"] < model["parameters"]
+    model, workload, flops = report["model"], report["workload"], report["flops_per_token"]
+    assert isinstance(flops["parameters"], int) and 0 < flops["matmul_parameters"] < flops["parameters"]
     assert model["vocab_size"] == workload["vocab_size"]  # the BPE reached the size asked for
-    assert report["row_tokens"] == workload["prompt_tokens"] + workload["response_tokens"]
+    row_tokens = report["row_tokens"]
+    assert row_tokens == workload["prompt_tokens"] + workload["response_tokens"]
+    attention = 4 * workload["num_layers"] * workload["hidden_size"] * row_tokens
+    assert flops["forward"] == 2 * flops["matmul_parameters"] + attention and flops["trained"] == 3 * flops["forward"]
     assert [run["processes"] for run in report["runs"]] == [1, 2]
 
     for run in report["runs"]:
-        assert run["parameters"] == model["parameters"]
+        assert run["flops_per_token"] == flops
         stages = run["stages"]
         assert set(stages) == set(STAGE_FIGURES)
         for stage, keys in STAGE_FIGURES.items():
@@ -58,11 +61,11 @@ def test_smoke_run_writes_every_figure_for_one_and_two_processes(tmp_path):
                 assert isinstance(value, (int, float)) and value > 0, (run["processes"], stage, key, value)
             for key in (*MFU_KEYS[stage], "peak_memory_gib", "peak_reserved_gib"):
                 assert stages[stage][key] is None, (stage, key)  # CPU: no peak FLOP/s, no GPU memory
-        rows = report["row_tokens"] * run["processes"]
+        rows = row_tokens * run["processes"]
         assert stages["sft"]["tokens_per_step"] == workload["sft_batch"] * rows
         assert stages["dpo"]["tokens_per_step"] == 2 * workload["dpo_batch"] * rows
-        assert stages["sft"]["model_flops_per_s"] == pytest.approx(
-            6 * model["flop_parameters"] * stages["sft"]["tokens_per_s"])
+        for stage in ("sft", "dpo"):
+            assert stages[stage]["model_flops_per_s"] == pytest.approx(flops["trained"] * stages[stage]["tokens_per_s"])
         assert 0 < stages["ppo"]["mean_response_tokens"] <= workload["ppo_new_tokens"]
 
     scaling = report["scaling_efficiency"]
@@ -80,7 +83,8 @@ def test_without_cuda_it_refuses_unless_smoke(tmp_path):
 
 
 def test_the_full_workload_has_full_rows_and_its_parameter_count():
-    """What the GPU run builds before its first step: a 32k BPE, 512-token rows, 134M parameters."""
+    """What the GPU run builds before its first step: a 32k BPE, 512-token rows, 134M parameters,
+    and the FLOPs of a token as make bench counts them."""
     import torch
 
     from alignops.models import build_causal_lm
@@ -93,8 +97,10 @@ def test_the_full_workload_has_full_rows_and_its_parameter_count():
     assert gpu.full_rows(tokenizer, gpu.synthetic_texts(gpu.FULL, lexicon, 1), config) == 512
     with torch.device("meta"):  # shapes only
         model = build_causal_lm(config, tokenizer)
-    assert sum(p.numel() for p in model.parameters()) == 134_105_856
-    assert gpu.flop_parameters(model) == 134_105_856 - 32_000 * 768  # the untied input embedding is a lookup
+    flops = gpu.flops_per_token(model, 512)
+    assert flops["parameters"] == 134_105_856
+    assert flops["matmul_parameters"] == 134_105_856 - 32_000 * 768 - 25 * 768  # not the input embedding, the norms
+    assert flops["trained"] == 6 * flops["matmul_parameters"] + 12 * 12 * 768 * 512
 
     short = gpu.synthetic_texts(gpu.SMOKE, lexicon, 1)  # texts for 32-token rows
     with pytest.raises(RuntimeError, match="not all 512"):
