@@ -94,7 +94,15 @@ def test_the_shipped_accelerate_configs_are_accelerate_configs():
     assert configs
     for path in configs:
         config = load_config_from_file(str(path))
-        assert config.mixed_precision == "bf16" and config.num_machines == 1, path.name
+        assert config.num_machines == 1, path.name
+        if config.distributed_type != "DEEPSPEED":
+            assert config.mixed_precision == "bf16", path.name
+            continue
+        # DeepSpeed: a JSON beside it whose batch, accumulation, clipping and precision are the stage's
+        ds = json.loads((folder.parents[1] / config.deepspeed_config["deepspeed_config_file"]).read_text())
+        auto = [ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"], ds["gradient_clipping"],
+                ds["bf16"]["enabled"]]
+        assert auto == ["auto"] * 4, path.name
 
 
 # steps at a full rate on unpacked rows (different token counts per row): a rank's mean loss
@@ -201,13 +209,12 @@ def test_the_launcher_is_torchrun_without_a_config_and_accelerate_with_one(tmp_p
     command = launch_command(tmp_path, 1, str(config))
     assert Path(command[0]).name == "accelerate" and command[1:4] == ["launch", "--config_file", str(config)]
     assert "--num_processes" not in command  # the file's own count applies
-    config.write_text("distributed_type: FSDP\n")
-    assert launch_command(tmp_path, 2, str(config))[1:4] == ["launch", "--config_file", str(config)]
-    for unsupported in ("distributed_type: DEEPSPEED\n",
-                        "distributed_type: MULTI_GPU\nnum_machines: 2\n"):
-        config.write_text(unsupported)
-        with pytest.raises(ValueError, match="ddp.yaml: distributed_type .* not supported yet"):
-            launch_command(tmp_path, 2, str(config))
+    for sharded in ("distributed_type: FSDP\n", "distributed_type: DEEPSPEED\n"):
+        config.write_text(sharded)
+        assert launch_command(tmp_path, 2, str(config))[1:4] == ["launch", "--config_file", str(config)]
+    config.write_text("distributed_type: MULTI_GPU\nnum_machines: 2\n")
+    with pytest.raises(ValueError, match="ddp.yaml: distributed_type .* on 2 machine.* not supported yet"):
+        launch_command(tmp_path, 2, str(config))
 
 
 def test_values_cross_the_process_boundary_intact(tmp_path, sft_model, tokenizer):

@@ -83,10 +83,13 @@ def check_epoch_loop_settings(config: Any) -> None:
 
 
 def make_accelerator(
-    mixed_precision: str | None = None, grad_accum: int = 1, seed: int = 0, cpu: bool = False
+    mixed_precision: str | None = None, grad_accum: int = 1, seed: int = 0, cpu: bool = False,
+    batch_size: int | None = None, max_grad_norm: float | None = None,
 ) -> Accelerator:
     """An ``Accelerator`` for one stage, with python, numpy and torch seeded from ``seed``;
-    ``mixed_precision`` None leaves the precision to accelerate's configuration.
+    ``mixed_precision`` None leaves the precision to accelerate's configuration. Under a
+    DeepSpeed config, its ``auto`` micro-batch and clipping become the stage's
+    ``batch_size`` (per process) and ``max_grad_norm``, and its ``auto`` accumulation ``grad_accum``.
 
     Accelerate keeps its state process-wide, and one Kedro run trains several stages in
     one process; a stage asking for a different precision than the previous one starts
@@ -98,11 +101,34 @@ def make_accelerator(
     state = AcceleratorState._shared_state
     if state and (state.get("_mixed_precision") != mixed_precision or state.get("_cpu") != cpu):
         AcceleratorState._reset_state()
-    accelerator = Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum, cpu=cpu)
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    handlers = []
+    if deepspeed and not torch.cuda.is_available():
+        # without a GPU accelerate picks no backend and each rank believes it is alone, while
+        # DeepSpeed's own group spans them all: name gloo so both see the same group
+        from accelerate.utils import InitProcessGroupKwargs
+
+        handlers.append(InitProcessGroupKwargs(backend="gloo"))
+    accelerator = Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum, cpu=cpu,
+                              kwargs_handlers=handlers)
     if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
         _shard_cpu_ranks(accelerator)
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        _fill_deepspeed_config(accelerator, batch_size, max_grad_norm)
     set_seed(seed)
     return accelerator
+
+
+def _fill_deepspeed_config(accelerator: Accelerator, batch_size: int | None, max_grad_norm: float | None) -> None:
+    """The DeepSpeed config's ``auto`` entries that accelerate cannot fill from a data loader:
+    a loop that prepares its model before its loader (DPO), or whose loader has no fixed batch
+    size (packed SFT), still tells DeepSpeed its micro-batch; clipping is the stage's, not 1.0."""
+    plugin = accelerator.state.deepspeed_plugin
+    config = plugin.deepspeed_config
+    if batch_size is not None and plugin.is_auto("train_micro_batch_size_per_gpu"):
+        config["train_micro_batch_size_per_gpu"] = batch_size
+    if max_grad_norm is not None and plugin.is_auto("gradient_clipping"):
+        config["gradient_clipping"] = max_grad_norm
 
 
 def _shard_cpu_ranks(accelerator: Accelerator) -> None:
@@ -130,25 +156,36 @@ def _shard_cpu_ranks(accelerator: Accelerator) -> None:
 
 
 def is_sharded(accelerator: Accelerator) -> bool:
-    """Whether the prepared model is split between the ranks (FSDP): every rank must then
-    make the same forward passes, and the whole model exists only once gathered."""
-    return accelerator.distributed_type == DistributedType.FSDP
+    """Whether the prepared model may be split between the ranks (FSDP, DeepSpeed): every
+    rank must then make the same forward passes (ZeRO-3 gathers weights in each), and the
+    whole model is gathered before it is handed back."""
+    return accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
 
 def full_model(accelerator: Accelerator, model: torch.nn.Module) -> torch.nn.Module:
-    """The trained model as a plain module on the CPU: ``model`` itself unless FSDP shards
-    it, else a new module of its class holding the gathered full weights (every rank gets
-    the same copy, so their digests still compare)."""
+    """The trained model as a plain module on the CPU: ``model`` itself unless FSDP or
+    DeepSpeed holds it, else a new module of its class holding the full weights (every rank
+    gets the same copy, so their digests still compare). Under DeepSpeed these are the
+    optimiser's fp32 master weights, not a bf16 module's."""
     if not is_sharded(accelerator):
         return model
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-    from torch.distributed.fsdp import FSDPModule
     from transformers.initialization import no_init_weights
 
-    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+    if accelerator.distributed_type == DistributedType.FSDP:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        from torch.distributed.fsdp import FSDPModule
+
+        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+        # fully_shard gives the module a class of its own, FSDP<class>; the model's class is its base
+        base = next(cls for cls in type(model).__mro__ if not issubclass(cls, FSDPModule))
+    else:
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        # every rank gathers every parameter (collective under ZeRO-3), in the same order
+        state = {name: safe_get_full_fp32_param(p) for name, p in model.named_parameters(remove_duplicate=False)}
+        state.update((name, b) for name, b in model.state_dict().items() if name not in state)  # buffers
+        base = type(model)
     state = {name: tensor.detach().cpu() for name, tensor in state.items()}
-    # fully_shard gives the module a class of its own, FSDP<class>; the model's class is its base
-    base = next(cls for cls in type(model).__mro__ if not issubclass(cls, FSDPModule))
     dtype = next(iter(state.values())).dtype
     with no_init_weights():
         plain = base(model.config)

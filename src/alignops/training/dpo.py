@@ -269,7 +269,8 @@ def train_dpo(
     """
     if not len(train_pairs.prompts):
         raise ValueError("dpo: no training pairs")
-    accelerator = make_accelerator(config.mixed_precision, config.grad_accum, config.seed)
+    accelerator = make_accelerator(config.mixed_precision, config.grad_accum, config.seed,
+                                   batch_size=config.batch_size, max_grad_norm=config.max_grad_norm)
     started = time.perf_counter()
     average = config.average_logprobs
 

@@ -123,10 +123,11 @@ def _has_gpu() -> bool:
     return torch.cuda.is_available()
 
 
-SUPPORTED_DISTRIBUTED_TYPES = ("NO", "MULTI_GPU", "MULTI_CPU", "FSDP")
-"""What the hand-off supports, on one machine: data parallel, and FSDP (the ranks gather the
-full weights before handing back; ``common.full_model``). DeepSpeed needs the batch size of
-loops that prepare no loader, and several machines do not share the hand-off folder."""
+SUPPORTED_DISTRIBUTED_TYPES = ("NO", "MULTI_GPU", "MULTI_CPU", "FSDP", "DEEPSPEED")
+"""What the hand-off supports, on one machine: data parallel, FSDP and DeepSpeed ZeRO (the
+ranks gather the full weights before handing back; ``common.full_model``). Several machines
+do not share the hand-off folder."""
+SHARDING_TYPES = ("FSDP", "DEEPSPEED")
 
 
 def read_accelerate_config(config: Path) -> dict[str, Any]:
@@ -152,19 +153,20 @@ def check_accelerate_config(config: Path, settings: Mapping[str, Any] | None = N
 
 
 SHARDED_STAGES = ("sft", "dpo")
-"""The stages FSDP runs: one trained causal LM each. The reward model's and PPO's own
-wrappers (score head, value head, frozen reward model) are not sharded yet."""
+"""The stages FSDP and DeepSpeed run: one trained causal LM each. The reward model's and
+PPO's own wrappers (score head, value head, frozen reward model) are not sharded yet."""
 
 
 def check_sharded_stage(stage: str, params: Mapping[str, Any], settings: Mapping[str, Any], config: str) -> None:
-    """ValueError, before anything starts, for an FSDP config the stage cannot use yet."""
-    if str(settings.get("distributed_type")) != "FSDP":
+    """ValueError, before anything starts, for an FSDP or DeepSpeed config the stage cannot use yet."""
+    kind = str(settings.get("distributed_type"))
+    if kind not in SHARDING_TYPES:
         return
     if stage not in SHARDED_STAGES:
-        raise ValueError(f"{stage}: {config} asks for FSDP, which runs {' and '.join(SHARDED_STAGES)} only so far; "
+        raise ValueError(f"{stage}: {config} asks for {kind}, which runs {' and '.join(SHARDED_STAGES)} only so far; "
                          f"use a data-parallel config (conf/accelerate/multi_gpu.yaml) or num_processes")
     if params.get("lora"):
-        raise ValueError(f"{stage}: lora with FSDP ({config}) is not supported yet; use a data-parallel config")
+        raise ValueError(f"{stage}: lora with {kind} ({config}) is not supported yet; use a data-parallel config")
 
 
 def launch_processes(num_processes: int, settings: Mapping[str, Any]) -> int:
@@ -191,9 +193,11 @@ def launch_environment(
         "MLFLOW_REGISTRY_URI": mlflow.get_registry_uri(),
         "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])),
     }
-    sharded = str((settings or {}).get("distributed_type")) == "FSDP"
-    if (not accelerate_config or sharded) and not _has_gpu():
+    kind = str((settings or {}).get("distributed_type"))
+    if (not accelerate_config or kind == "FSDP") and not _has_gpu():
         env.setdefault("ACCELERATE_USE_CPU", "true")  # else Accelerator ignores the launcher's CPU ranks
+    if kind == "DEEPSPEED" and not _has_gpu():
+        env.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed's CPU accelerator, on gloo (a CPU rank must not be `cpu`)
     run_id = _run_id()
     if run_id:
         env[RUN_ID_ENV] = run_id
@@ -377,3 +381,9 @@ if __name__ == "__main__":
     # SIGKILLed one included) instead of training on for no one
     die_with_parent(os.getppid())
     run_rank(Path(sys.argv[1]))
+    # Everything is written, flushed and the group destroyed. Skip the interpreter's teardown:
+    # DeepSpeed's ZeRO-3 leaves a C++ thread that aborts it now and then ("terminate called
+    # without an active exception", 1 of 7 two-rank DPO runs here), failing a finished launch.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

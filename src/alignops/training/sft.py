@@ -86,7 +86,8 @@ def train_sft(
     (``Renderer.for_model``: the tokenizer's chat template, else the plain template).
     Checkpoints go to ``checkpoint_dir`` every ``config.checkpoint_every`` steps.
     """
-    accelerator = make_accelerator(config.mixed_precision, config.grad_accum, config.seed)
+    accelerator = make_accelerator(config.mixed_precision, config.grad_accum, config.seed,
+                                   batch_size=config.batch_size, max_grad_norm=config.max_grad_norm)
     model = build_causal_lm(model_config, tokenizer)  # after seeding: same seed, same init
     enable_gradient_checkpointing(model, config.gradient_checkpointing)
     adapters = lora_config(config.lora)
