@@ -92,16 +92,21 @@ def distributable(params_argument: str) -> Callable[[Callable[P, R]], Callable[P
 
 
 def launch_command(
-    folder: Path, num_processes: int, accelerate_config: str | None, settings: Mapping[str, Any] | None = None
+    folder: Path, num_processes: int, accelerate_config: str | None, settings: Mapping[str, Any] | None = None,
+    machine_rank: int = 0,
 ) -> list[str]:
     """The launcher's command line: ``torchrun`` or ``accelerate launch`` (see the module doc);
-    ``settings`` is the config file as read already (else it is read here)."""
+    ``settings`` is the config file as read already (else it is read here). A config for
+    several machines launches this machine's share, ``machine_rank``."""
     worker = ["-m", __name__, str(folder)]
     if accelerate_config:
         config = Path(accelerate_config)
+        settings = read_accelerate_config(config) if settings is None else settings
         check_accelerate_config(config, settings)
         accelerate = Path(sys.executable).with_name("accelerate")
         processes = ["--num_processes", str(num_processes)] if num_processes > 1 else []
+        if int(settings.get("num_machines", 1) or 1) > 1:
+            processes += ["--machine_rank", str(machine_rank)]
         return [str(accelerate), "launch", "--config_file", str(config), *processes, *worker]
     return [
         sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -139,16 +144,25 @@ def read_accelerate_config(config: Path) -> dict[str, Any]:
     return yaml.safe_load(config.read_text()) or {}
 
 
+HANDOFF_DIR_ENV = "ALIGNOPS_HANDOFF_DIR"
+"""A folder every machine of a multi-machine launch sees (a shared filesystem): the hand-off
+folders go there, and each other machine's ``alignops.training.worker`` picks them up."""
+
+
 def check_accelerate_config(config: Path, settings: Mapping[str, Any] | None = None) -> None:
     """ValueError naming the file when it asks for what the launcher does not support yet
     (``settings``: the file as read already, else it is read)."""
     settings = read_accelerate_config(config) if settings is None else settings
     kind = str(settings.get("distributed_type", "NO"))
+    if kind not in SUPPORTED_DISTRIBUTED_TYPES:
+        raise ValueError(f"{config}: distributed_type {kind} is not supported yet; "
+                         f"a stage launches {' / '.join(SUPPORTED_DISTRIBUTED_TYPES)}")
     machines = int(settings.get("num_machines", 1) or 1)
-    if kind not in SUPPORTED_DISTRIBUTED_TYPES or machines > 1:
+    if machines > 1 and not os.environ.get(HANDOFF_DIR_ENV):
         raise ValueError(
-            f"{config}: distributed_type {kind} on {machines} machine(s) is not supported yet; "
-            f"a stage launches {' / '.join(SUPPORTED_DISTRIBUTED_TYPES)} on one machine"
+            f"{config}: {machines} machines need a hand-off folder they all see: set {HANDOFF_DIR_ENV} to a "
+            f"shared folder here and on the others, and run `python -m alignops.training.worker --machine-rank N` "
+            f"from the project folder on machine N"
         )
 
 
@@ -194,7 +208,7 @@ def launch_environment(
         "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])),
     }
     kind = str((settings or {}).get("distributed_type"))
-    if (not accelerate_config or kind == "FSDP") and not _has_gpu():
+    if kind != "DEEPSPEED" and not _has_gpu():
         env.setdefault("ACCELERATE_USE_CPU", "true")  # else Accelerator ignores the launcher's CPU ranks
     if kind == "DEEPSPEED" and not _has_gpu():
         env.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed's CPU accelerator, on gloo (a CPU rank must not be `cpu`)
@@ -206,7 +220,8 @@ def launch_environment(
 
 
 HANDOFF_PREFIX = "alignops-launch-"
-"""Hand-off folders are ``<temp>/alignops-launch-<pid of the kedro run>-<stage>-<random>``."""
+"""Hand-off folders are ``<temp>/alignops-launch-<pid of the kedro run>-<stage>-<random>``
+(``$ALIGNOPS_HANDOFF_DIR/...`` when set)."""
 
 
 def launch(node: Callable[..., R], arguments: dict[str, Any], params: Mapping[str, Any]) -> R:
@@ -216,14 +231,23 @@ def launch(node: Callable[..., R], arguments: dict[str, Any], params: Mapping[st
     num_processes = launch_processes(int(params.get("num_processes") or 1), settings)
     stage = node.__module__.split(".")[-2] if node.__module__.count(".") >= 2 else node.__name__
     check_sharded_stage(stage, params, settings, str(accelerate_config))
-    clear_abandoned_handoffs(Path(tempfile.gettempdir()))
-    folder = Path(tempfile.mkdtemp(prefix=f"{HANDOFF_PREFIX}{os.getpid()}-{stage}-"))
+    machines = int(settings.get("num_machines", 1) or 1)
+    shared = os.environ.get(HANDOFF_DIR_ENV)
+    if shared:
+        Path(shared).mkdir(parents=True, exist_ok=True)
+    else:
+        clear_abandoned_handoffs(Path(tempfile.gettempdir()))  # on a shared folder the pids are other hosts'
+    folder = Path(tempfile.mkdtemp(prefix=f"{HANDOFF_PREFIX}{os.getpid()}-{stage}-", dir=shared or None))
     try:
         spec = {
             "function": f"{node.__module__}:{node.__qualname__}",
             "arguments": {name: write_value(folder / "inputs" / name, value) for name, value in arguments.items()},
+            # what another machine's worker needs to join: the config (from the project folder) and sizes
+            "launch": {"accelerate_config": accelerate_config, "num_processes": num_processes, "machines": machines},
         }
-        (folder / SPEC_FILE).write_text(json.dumps(spec, indent=2))
+        partial = folder / f"{SPEC_FILE}.partial"
+        partial.write_text(json.dumps(spec, indent=2))
+        partial.rename(folder / SPEC_FILE)  # a worker never reads half a spec
         command = launch_command(folder, num_processes, accelerate_config, settings)
         print(f"{stage}: launching {num_processes} process(es): {' '.join(command)}", file=sys.stderr, flush=True)
         code = _run_process_group(command, launch_environment(num_processes, accelerate_config, settings))
@@ -233,7 +257,8 @@ def launch(node: Callable[..., R], arguments: dict[str, Any], params: Mapping[st
             )
         ranks = json.loads((folder / RANKS_FILE).read_text())
         check_ranks_agree(stage, ranks)
-        _tag_run(stage, f"{num_processes} ({'accelerate launch' if accelerate_config else 'torchrun'})", ranks)
+        on = f", {machines} machines" if machines > 1 else ""
+        _tag_run(stage, f"{num_processes} ({'accelerate launch' if accelerate_config else 'torchrun'}{on})", ranks)
         outputs = tuple(read_value(folder / "outputs" / str(i), meta) for i, meta in enumerate(ranks["outputs"]))
         return outputs if ranks["tuple"] else outputs[0]
     finally:
