@@ -17,7 +17,7 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import DistributedType, set_seed
 from torch.optim.lr_scheduler import LambdaLR
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
 from alignops.models.collate import Batch
@@ -280,6 +280,67 @@ def shard_batches(loader: DataLoader, accelerator: Accelerator) -> Iterator[tupl
         yield spare, 0.0
 
 
+class RankBatches(Sampler[list[int]]):
+    """One rank's share of every epoch of a training loader's ``batches``: batch i on rank i
+    mod ``processes`` (every rank draws the same order: the loader's generators are seeded
+    alike), and in the last round, for a rank short of a batch, a filler (the epoch's first
+    batch again) that ``train_epochs`` weighs 0 (``holds``). Every rank makes ``len(self)``
+    passes, so DDP's collectives stay in step, and the ranks' real batches are the epoch's
+    batches, each once; accelerate's sharding evens out the last round by repeating rows
+    instead, and with batches of varying sizes (``GroupedBatches``) can skip it."""
+
+    def __init__(self, batches: Sampler[list[int]], processes: int, rank: int) -> None:
+        self.batch_sampler = batches  # accelerate's wrappers' name for it: generators_of finds its generators
+        self.processes, self.rank = processes, rank
+
+    def __len__(self) -> int:
+        return -(-len(self.batch_sampler) // self.processes)  # rounds
+
+    def holds(self, position: int) -> bool:
+        """Whether this rank's batch at ``position`` of an epoch is a real one (else a filler)."""
+        return position * self.processes + self.rank < len(self.batch_sampler)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        first, own, index = None, 0, -1
+        for index, batch in enumerate(self.batch_sampler):
+            first = batch if first is None else first
+            if index % self.processes == self.rank:
+                own += 1
+                yield batch
+        if index + 1 != len(self.batch_sampler):  # ``holds`` counts on the length
+            raise RuntimeError(f"{type(self.batch_sampler).__name__} gave {index + 1} batches, "
+                               f"not its length {len(self.batch_sampler)}")
+        for _ in range(len(self) - own):
+            yield first
+
+
+def prepare_for_epochs(accelerator: Accelerator, *objects: Any) -> Any:
+    """``accelerator.prepare(*objects)``, the last of which is ``train_epochs``' training loader.
+
+    One process: exactly that. Several: the other objects are prepared (DeepSpeed takes its
+    micro-batch from the stage's config, ``make_accelerator``), and the loader's batches are
+    shared out by ``RankBatches`` instead of accelerate's sharding, then moved to the rank's
+    device by accelerate's loader for one process, which also tells ``accelerator.accumulate``
+    where the epoch ends."""
+    if accelerator.num_processes == 1:
+        return accelerator.prepare(*objects)
+    from accelerate.data_loader import prepare_data_loader
+
+    *others, loader = objects
+    settings = ("num_workers", "collate_fn", "pin_memory", "timeout", "worker_init_fn", "multiprocessing_context",
+                "generator", "prefetch_factor", "persistent_workers")
+    shares = RankBatches(loader.batch_sampler, accelerator.num_processes, accelerator.process_index)
+    loader = prepare_data_loader(
+        DataLoader(loader.dataset, batch_sampler=shares, **{name: getattr(loader, name) for name in settings}),
+        accelerator.device, num_processes=1, process_index=0, put_on_device=accelerator.device_placement,
+        non_blocking=accelerator.non_blocking,
+    )
+    if not others:
+        return loader
+    prepared = accelerator.prepare(*others)
+    return (*(prepared if len(others) > 1 else (prepared,)), loader)
+
+
 def check_finite(loss: torch.Tensor, stage: str, step: int) -> None:
     """Stop at the first nan/inf loss, before it reaches the weights (one host sync per call)."""
     if not bool(torch.isfinite(loss.detach()).all()):
@@ -336,7 +397,9 @@ def train_epochs(
 ) -> torch.nn.Module:
     """The epoch loop the SFT, reward and DPO stages share; returns the bare trained model.
 
-    ``model``, ``optimizer`` and ``train_loader`` come prepared by ``accelerator``;
+    ``model``, ``optimizer`` and ``train_loader`` come prepared by ``prepare_for_epochs``
+    (with several processes, an optimiser step is ``grad_accum`` rounds of one batch per
+    rank; a filler batch, ``RankBatches``, counts for nothing: no loss, stats or units);
     ``config`` has the fields ``check_epoch_loop_settings`` checks plus grad_accum,
     log_every and eval_every. ``loss_and_stats(batch)`` is the stage's own part: the loss
     to step on and detached stats. Every ``config.log_every`` optimiser steps one row is
@@ -364,6 +427,8 @@ def train_epochs(
     step, skip = 0, 0  # optimiser steps taken; micro-batches of the current epoch already taken
     interval = torch.zeros(len(averaged) + 2, device=accelerator.device)  # weighted stat sums, weights, units
     generators = generators_of(train_loader)
+    shares = getattr(train_loader, "batch_sampler", None)  # a RankBatches: this rank's batches and fillers
+    shares = shares if isinstance(shares, RankBatches) else None
     recorded = Recorder(log)
     resumed = checkpoints.resume() if checkpoints is not None else None
     if resumed is not None:
@@ -382,18 +447,23 @@ def train_epochs(
         loader = keeping_global_rng(accelerator.skip_first_batches(train_loader, skip)) if skip else train_loader
         taken, skip = skip, 0
         for batch in loader:
-            taken += 1
+            real = shares is None or shares.holds(taken)  # else a filler: a pass in step with the other ranks
+            taken += 1  # batches (with several processes, rounds) of the epoch
             with accelerator.accumulate(model):
                 loss, stats = loss_and_stats(batch)
                 check_finite(loss, stage, step)
                 batch_weight = torch.as_tensor(weight(batch, stats), device=accelerator.device).float()
+                if not real:
+                    batch_weight = torch.zeros_like(batch_weight)  # its loss times 0: no gradient
                 accelerator.backward(global_mean(loss, batch_weight, accelerator))
                 if accelerator.sync_gradients:
                     grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-            units = torch.as_tensor(count(batch), device=accelerator.device).float()
-            interval += torch.stack([*(stats[name].float() * batch_weight for name in averaged), batch_weight, units])
+            if real:
+                units = torch.as_tensor(count(batch), device=accelerator.device).float()
+                interval += torch.stack([*(stats[name].float() * batch_weight for name in averaged), batch_weight,
+                                         units])
             if not accelerator.sync_gradients:
                 continue
 

@@ -39,6 +39,7 @@ from alignops.training.common import (
     is_sharded,
     make_accelerator,
     make_optimizer,
+    prepare_for_epochs,
     shard_batches,
     train_epochs,
 )
@@ -298,7 +299,7 @@ def train_dpo(
         ref_train = reference_logprobs(reference, train_rows, 2 * config.ref_batch_size, average, accelerator.device,
                                        shard, gather, lockstep)
     train_batches = pair_batches(train_rows, config.batch_size, config.seed)  # reshuffled every epoch
-    train_loader = accelerator.prepare(_pair_loader(train_rows, ref_train, train_batches))
+    train_loader = prepare_for_epochs(accelerator, _pair_loader(train_rows, ref_train, train_batches))
     eval_loader = None
     if heldout_pairs is not None and len(heldout_pairs.prompts):
         eval_rows = tokenize_pairs(tokenizer, heldout_pairs, model_config)

@@ -38,6 +38,7 @@ from alignops.training.common import (
     enable_gradient_checkpointing,
     make_accelerator,
     make_optimizer,
+    prepare_for_epochs,
     shard_batches,
     train_epochs,
 )
@@ -184,7 +185,7 @@ def train_reward_model(
     enable_gradient_checkpointing(model, config.gradient_checkpointing)
     checkpoints = Checkpoints(accelerator, checkpoint_dir, "reward", config, model_config, train_pairs, model)
     optimizer = make_optimizer(model, config)
-    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    model, optimizer, train_loader = prepare_for_epochs(accelerator, model, optimizer, train_loader)
 
     def loss_and_stats(batch: Batch) -> tuple[torch.Tensor, Stats]:
         r_chosen, r_rejected = pair_rewards(model, batch)  # (B,), (B,)

@@ -30,6 +30,7 @@ from alignops.training.common import (
     enable_gradient_checkpointing,
     make_accelerator,
     make_optimizer,
+    prepare_for_epochs,
     shard_batches,
     train_epochs,
 )
@@ -113,7 +114,7 @@ def train_sft(
     checkpoints = Checkpoints(accelerator, checkpoint_dir, "sft", config, model_config, data, model)
     optimizer = make_optimizer(model, config)
     # the held-out loader stays unprepared: evaluate_sft shards it without repeating rows
-    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    model, optimizer, train_loader = prepare_for_epochs(accelerator, model, optimizer, train_loader)
 
     def loss_and_stats(batch: Batch) -> tuple[torch.Tensor, Stats]:
         logits = _forward(model, batch)  # (B, T, V)
