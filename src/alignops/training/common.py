@@ -424,7 +424,7 @@ def train_epochs(
     accelerator.register_for_checkpointing(scheduler)
     unit, count = throughput
 
-    step, skip = 0, 0  # optimiser steps taken; micro-batches of the current epoch already taken
+    step, skip = 0, 0  # optimiser steps taken; micro-batches (several processes: rounds) of the epoch already taken
     interval = torch.zeros(len(averaged) + 2, device=accelerator.device)  # weighted stat sums, weights, units
     generators = generators_of(train_loader)
     shares = getattr(train_loader, "batch_sampler", None)  # a RankBatches: this rank's batches and fillers
