@@ -111,6 +111,8 @@ def test_sharded_launches_reach_the_losses_and_weights_of_data_parallel_and_resu
         for (name, p), q in zip(ddp_model.state_dict().items(), sharded_model.state_dict().values(), strict=True):
             torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=f"{config}: {name}")
 
+        if config == "deepspeed_zero2":
+            continue  # DeepSpeed's checkpoints are zero3's code path; one resume each for FSDP and DeepSpeed
         # resumed from the step-4 shards after the step-8 checkpoint is lost: the same weights, bit for bit
         steps = _checkpoints(project, "sft")
         assert [s.name for s in steps] == ["step_00000004", "step_00000008"], config
