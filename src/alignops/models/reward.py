@@ -42,8 +42,10 @@ FROM_SFT = "sft"
 
 
 def _accepts_position_ids(model: torch.nn.Module) -> bool:
-    forward = getattr(model, "module", model).forward  # a DDP-wrapped model hides the signature
-    return "position_ids" in inspect.signature(forward).parameters
+    model = getattr(model, "module", model)  # a DDP-wrapped model hides the signature
+    if hasattr(model, "get_base_model"):  # peft's wrapper (LoRA) passes keyword arguments on to it
+        model = model.get_base_model()
+    return "position_ids" in inspect.signature(model.forward).parameters
 
 
 def sequence_rewards(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,9 @@ saves, the next stages load and the registry registers as before; the adapters a
 are saved beside the stage's checkpoints (``<checkpoints>/lora_adapter``), loadable
 with ``PeftModel.from_pretrained(base, folder)``. PPO's reference is likewise the policy
 with its adapters disabled, and its snapshots are the merged weights, written while the
-adapters go on training (``save_merged``).
+adapters go on training (``save_merged``). The reward model (and the audit judge, trained
+with its recipe) gets adapters on its trunk and trains its new score head whole
+(``add_classifier_adapters``); merged, it is the plain sequence classifier again.
 """
 
 from __future__ import annotations
@@ -61,6 +63,34 @@ def add_adapters(model: torch.nn.Module, config: LoRAConfig) -> torch.nn.Module:
         model,
         LoraConfig(r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout, target_modules=targets,
                    task_type="CAUSAL_LM"),
+    )
+
+
+def head_modules(model: torch.nn.Module) -> list[str]:
+    """The names of a sequence classifier's head: its top-level modules with weights outside its
+    trunk (``base_model_prefix``), e.g. ``["score"]`` for a Llama, ``["classifier"]`` for a BERT."""
+    trunk = getattr(model, "base_model_prefix", "")
+    heads = [name for name, module in model.named_children()
+             if name != trunk and any(True for _ in module.parameters())]
+    if not heads:
+        raise ValueError(f"no head outside the trunk {trunk!r} in {type(model).__name__}")
+    return heads
+
+
+def add_classifier_adapters(model: torch.nn.Module, config: LoRAConfig) -> torch.nn.Module:
+    """A sequence classifier (``model``) wrapped with fresh adapters on its trunk's linear layers and
+    a trainable copy of its head (peft's ``modules_to_save``: a new head must learn, and it is saved
+    with the adapters); the rest of the trunk is frozen. Computes what ``model`` did until trained."""
+    from peft import LoraConfig, get_peft_model
+
+    heads = head_modules(model)
+    targets = config.target_modules if isinstance(config.target_modules, str) else list(config.target_modules)
+    if not isinstance(targets, str) and set(targets) & set(heads):
+        raise ValueError(f"lora.target_modules {targets} names the head {heads}, which trains whole")
+    return get_peft_model(
+        model,
+        LoraConfig(r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout, target_modules=targets,
+                   modules_to_save=heads, task_type="SEQ_CLS"),
     )
 
 

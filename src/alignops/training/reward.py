@@ -15,6 +15,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -42,6 +43,7 @@ from alignops.training.common import (
     shard_batches,
     train_epochs,
 )
+from alignops.training.lora import ADAPTER_FOLDER, add_classifier_adapters, lora_config, merged
 from alignops.training.reward_config import RewardConfig
 
 __all__ = [
@@ -183,6 +185,9 @@ def train_reward_model(
         )
 
     enable_gradient_checkpointing(model, config.gradient_checkpointing)
+    adapters = lora_config(config.lora)
+    if adapters is not None:
+        model = add_classifier_adapters(model, adapters)  # only the trunk's adapters and the head train
     checkpoints = Checkpoints(accelerator, checkpoint_dir, "reward", config, model_config, train_pairs, model)
     optimizer = make_optimizer(model, config)
     model, optimizer, train_loader = prepare_for_epochs(accelerator, model, optimizer, train_loader)
@@ -207,7 +212,8 @@ def train_reward_model(
         evaluate=None if eval_loader is None else lambda: evaluate_reward(model, eval_loader, accelerator),
         checkpoints=checkpoints,
     )
-    return dataclasses.replace(reward_model, model=trained)
+    adapter_dir = Path(checkpoint_dir) / ADAPTER_FOLDER if checkpoint_dir and adapters is not None else None
+    return dataclasses.replace(reward_model, model=merged(trained, adapter_dir, accelerator.is_main_process))
 
 
 def pretrained_reward_model(path: str, model_config: ModelConfig) -> RewardModel:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from alignops.training.checkpoints import check_resume_setting
 from alignops.training.common import check_epoch_loop_settings, check_mixed_precision
 from alignops.training.launch import check_launch_settings
+from alignops.training.lora import lora_config
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,12 @@ class RewardConfig:
     """Recompute each layer's activations in the backward pass instead of keeping them
     (transformers' non-reentrant checkpointing): activation memory stops growing with
     depth for about a third more compute. Same losses and weights as without."""
+    lora: dict | None = None
+    """LoRA adapters on the trunk instead of a full fine-tune, e.g. ``{r: 16, alpha: 32}``
+    (fields of ``alignops.training.lora.LoRAConfig``); the new score head trains whole;
+    null trains every weight. The stage returns the merged reward model and saves the
+    adapters (with the head) to ``<checkpoints>/lora_adapter``. The audit judge, trained
+    with this recipe, takes it too; with ``train: false`` nothing is fitted and it is unused."""
     norm_samples: int = 128
     """SFT-policy samples (on training prompts) whose raw rewards set the normalisation to
     mean 0 / std 1 (Ziegler et al. 2019; lm-human-preferences). 128 pins the std to ~6%
@@ -128,6 +135,7 @@ class RewardConfig:
         check_mixed_precision(self)
         check_launch_settings(self)
         check_resume_setting(self)
+        lora_config(self.lora)  # a misspelt or impossible adapter setting fails here
         if not self.train and (self.num_processes > 1 or self.accelerate_config):
             raise ValueError("reward.train is false: a trained reward model is only normalised, in one process; "
                              "set num_processes: 1 and accelerate_config: null")
