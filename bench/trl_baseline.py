@@ -37,72 +37,20 @@ import torch
 import transformers
 import trl
 from datasets import Dataset
+from model_flops import TokenCounter, flops_figures, model_shape  # bench/, this script's folder
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
 
 STAGES = ("reward", "dpo", "ppo")
 
 
-class TokenCounter:
-    """Every model forward's tokens, read off its token-embedding call (as bench/ours.py counts ours).
-
-    Each entry: (when, grad enabled, non-pad tokens, sum of squared row lengths, rows).
-    """
-
-    def __init__(self, pad_id: int | None) -> None:
-        self.pad_id = pad_id
-        self.calls: list[tuple[float, bool, int, int, int]] = []
-
-    def __enter__(self) -> TokenCounter:
-        self.handle = torch.nn.modules.module.register_module_forward_pre_hook(self._hook)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.handle.remove()
-
-    def _hook(self, module: torch.nn.Module, args: tuple) -> None:
-        if isinstance(module, torch.nn.Embedding) and args and torch.is_tensor(args[0]) and args[0].dim() == 2:
-            ids = args[0]
-            lengths = (ids != self.pad_id).sum(1) if self.pad_id is not None else torch.full((len(ids),), ids.shape[1])
-            self.calls.append(
-                (time.perf_counter(), torch.is_grad_enabled(), int(lengths.sum()), int((lengths**2).sum()), len(ids))
-            )
-
-
-def model_shape(model: torch.nn.Module) -> dict[str, int]:
-    """Matmul parameters (every nn.Linear, the LM head included), layers and attention width."""
-    config = model.config
-    heads, hidden = config.num_attention_heads, config.hidden_size
-    head_dim = getattr(config, "head_dim", None) or hidden // heads
-    linear = sum(
-        m.weight.numel() + (m.bias.numel() if m.bias is not None else 0)
-        for m in model.modules()
-        if isinstance(m, torch.nn.Linear)
-    )
-    return {
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "matmul_parameters": linear,
-        "layers": config.num_hidden_layers,
-        "attention_width": heads * head_dim,
-    }
-
-
-def flops_figures(shape: dict, counter: TokenCounter, clock: StepClock, warmup: int) -> dict:
-    """Model FLOPs of the forwards inside the timed steps (as bench/ours.py's flops_figures)."""
+def timed_flops(shape: dict, counter: TokenCounter, clock: StepClock, warmup: int) -> dict:
+    """Model FLOPs of the forwards inside the timed steps (``model_flops.flops_figures``, as ours)."""
     (wall0, cpu0), (wall1, cpu1) = clock.times[warmup - 1], clock.times[-1]
     calls = [call for call in counter.calls if wall0 < call[0] <= wall1]
-    n, attention = shape["matmul_parameters"], 4 * shape["layers"] * shape["attention_width"]
-    flops = float(sum((3 if grad else 1) * (2 * n * tok + attention * sq) for _, grad, tok, sq, _ in calls))
     steps = len(clock.times) - warmup
-    return {
-        "model_flops_per_step": flops / steps,
-        "model_flops_per_s": flops / (wall1 - wall0),
-        "model_flops_per_cpu_s": flops / (cpu1 - cpu0),
-        "tokens_per_step": sum(call[2] for call in calls) / steps,
-        "trained_tokens_per_step": sum(call[2] for call in calls if call[1]) / steps,
-        "trained_rows_per_step": sum(call[4] for call in calls if call[1]) / steps,
-        "trained_row_tokens": sum(c[2] for c in calls if c[1]) / max(1, sum(c[4] for c in calls if c[1])),
-        "model": shape,
-    }
+    figures = flops_figures(shape, calls, wall1 - wall0, cpu1 - cpu0, steps)
+    figures["trained_tokens_per_step"] = sum(call[2] for call in calls if call[1]) / steps
+    return figures
 
 
 class StepClock(TrainerCallback):
@@ -189,7 +137,7 @@ def run_reward(workspace: Path, workload: dict, output_dir: str) -> dict:
     return {
         **clock.rates(workload["warmup_steps"], pairs_per_step, "rm_pairs"),
         "pairs_per_step": pairs_per_step,
-        "flops": flops_figures(model_shape(model), counter, clock, workload["warmup_steps"]),
+        "flops": timed_flops(model_shape(model), counter, clock, workload["warmup_steps"]),
     }
 
 
@@ -223,7 +171,7 @@ def run_dpo(workspace: Path, workload: dict, output_dir: str) -> dict:
     return {
         **clock.rates(workload["warmup_steps"], pairs_per_step, "dpo_pairs"),
         "pairs_per_step": pairs_per_step,
-        "flops": flops_figures(model_shape(model), counter, clock, workload["warmup_steps"]),
+        "flops": timed_flops(model_shape(model), counter, clock, workload["warmup_steps"]),
     }
 
 
