@@ -53,17 +53,21 @@ def lora_config(value: Mapping[str, Any] | None) -> LoRAConfig | None:
     return None if value is None else LoRAConfig(**dict(value))
 
 
-def add_adapters(model: torch.nn.Module, config: LoRAConfig) -> torch.nn.Module:
+def add_adapters(model: torch.nn.Module, config: LoRAConfig, task_type: str = "CAUSAL_LM",
+                 modules_to_save: list[str] | None = None) -> torch.nn.Module:
     """``model`` wrapped with fresh adapters (B = 0: the wrapped model computes what
-    ``model`` did); only the adapters require gradients."""
+    ``model`` did); only the adapters (and trainable copies of ``modules_to_save``) require gradients."""
     from peft import LoraConfig, get_peft_model
 
-    targets = config.target_modules if isinstance(config.target_modules, str) else list(config.target_modules)
     return get_peft_model(
         model,
-        LoraConfig(r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout, target_modules=targets,
-                   task_type="CAUSAL_LM"),
+        LoraConfig(r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout,
+                   target_modules=_targets(config), modules_to_save=modules_to_save, task_type=task_type),
     )
+
+
+def _targets(config: LoRAConfig) -> str | list[str]:
+    return config.target_modules if isinstance(config.target_modules, str) else list(config.target_modules)
 
 
 def head_modules(model: torch.nn.Module) -> list[str]:
@@ -81,17 +85,11 @@ def add_classifier_adapters(model: torch.nn.Module, config: LoRAConfig) -> torch
     """A sequence classifier (``model``) wrapped with fresh adapters on its trunk's linear layers and
     a trainable copy of its head (peft's ``modules_to_save``: a new head must learn, and it is saved
     with the adapters); the rest of the trunk is frozen. Computes what ``model`` did until trained."""
-    from peft import LoraConfig, get_peft_model
-
     heads = head_modules(model)
-    targets = config.target_modules if isinstance(config.target_modules, str) else list(config.target_modules)
+    targets = _targets(config)
     if not isinstance(targets, str) and set(targets) & set(heads):
         raise ValueError(f"lora.target_modules {targets} names the head {heads}, which trains whole")
-    return get_peft_model(
-        model,
-        LoraConfig(r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout, target_modules=targets,
-                   modules_to_save=heads, task_type="SEQ_CLS"),
-    )
+    return add_adapters(model, config, task_type="SEQ_CLS", modules_to_save=heads)
 
 
 def merged(model: torch.nn.Module, adapter_dir: str | Path | None = None, is_main_process: bool = True):
