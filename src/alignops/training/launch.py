@@ -105,7 +105,7 @@ def launch_command(
         check_accelerate_config(config, settings)
         accelerate = Path(sys.executable).with_name("accelerate")
         processes = ["--num_processes", str(num_processes)] if num_processes > 1 else []
-        if int(settings.get("num_machines", 1) or 1) > 1:
+        if machines_of(settings) > 1:
             processes += ["--machine_rank", str(machine_rank)]
         return [str(accelerate), "launch", "--config_file", str(config), *processes, *worker]
     return [
@@ -149,6 +149,11 @@ HANDOFF_DIR_ENV = "ALIGNOPS_HANDOFF_DIR"
 folders go there, and each other machine's ``alignops.training.worker`` picks them up."""
 
 
+def machines_of(settings: Mapping[str, Any]) -> int:
+    """How many machines an accelerate config file (as read) spans."""
+    return int(settings.get("num_machines", 1) or 1)
+
+
 def check_accelerate_config(config: Path, settings: Mapping[str, Any] | None = None) -> None:
     """ValueError naming the file when it asks for what the launcher does not support yet
     (``settings``: the file as read already, else it is read)."""
@@ -157,7 +162,7 @@ def check_accelerate_config(config: Path, settings: Mapping[str, Any] | None = N
     if kind not in SUPPORTED_DISTRIBUTED_TYPES:
         raise ValueError(f"{config}: distributed_type {kind} is not supported yet; "
                          f"a stage launches {' / '.join(SUPPORTED_DISTRIBUTED_TYPES)}")
-    machines = int(settings.get("num_machines", 1) or 1)
+    machines = machines_of(settings)
     if machines > 1 and not os.environ.get(HANDOFF_DIR_ENV):
         raise ValueError(
             f"{config}: {machines} machines need a hand-off folder they all see: set {HANDOFF_DIR_ENV} to a "
@@ -231,7 +236,7 @@ def launch(node: Callable[..., R], arguments: dict[str, Any], params: Mapping[st
     num_processes = launch_processes(int(params.get("num_processes") or 1), settings)
     stage = node.__module__.split(".")[-2] if node.__module__.count(".") >= 2 else node.__name__
     check_sharded_stage(stage, params, settings, str(accelerate_config))
-    machines = int(settings.get("num_machines", 1) or 1)
+    machines = machines_of(settings)
     shared = os.environ.get(HANDOFF_DIR_ENV)
     if shared:
         Path(shared).mkdir(parents=True, exist_ok=True)
