@@ -126,7 +126,7 @@ def reference_logprobs(
     rank every row: a row is scored by one rank and is 0 on the others, so the sum is
     exact. ``reference`` must then be the bare model (no DDP: ranks make different
     numbers of forward passes), unless ``lockstep``: a model sharded between the ranks
-    (FSDP) gathers its weights in every forward, so every rank makes as many passes as the
+    (FSDP, DeepSpeed ZeRO-3) gathers its weights in every forward, so every rank makes as many passes as the
     busiest one, a rank short of batches scoring its first one again and dropping the result.
     """
     rank, processes = shard
