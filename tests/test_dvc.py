@@ -129,7 +129,7 @@ def test_the_committed_dvc_yaml_is_the_dag_kedro_runs():
     assert _stage_edges(stages) == kedro_edges
     assert list(stages) == journey()  # one stage per pipeline of the journey, in its order
     for name, stage in stages.items():
-        assert stage["cmd"] == f"kedro run --pipelines {name}"
+        assert stage["cmd"] == f"alignops-run --pipelines {name}"
         assert f"src/alignops/pipelines/{name}" in stage["deps"], name
         untracked = ("mlruns", "mlflow.db", "data/06_models/checkpoints")
         assert not any(path.startswith(untracked) for path in stage.get("outs", [])), name

@@ -3,7 +3,10 @@
 Kedro owns the DAG (which pipeline reads and writes which dataset) and the catalog owns
 every path, so the DVC stages are derived from them rather than restated by hand:
 
-- ``cmd``: ``kedro run --pipelines <name>`` (``--env`` when the file is made for one);
+- ``cmd``: ``alignops-run --pipelines <name>`` (``--env`` when the file is made for one):
+  ``kedro run`` with the same arguments, forked from a warm interpreter that imported
+  torch, MLflow and the rest once for all the stages (``alignops.warm``; ``ALIGNOPS_WARM=0``
+  makes it a plain ``kedro run``);
 - ``deps``: the files behind the pipeline's free inputs, then the project code the
   pipeline imports (its own folder, the library modules it reaches and the catalog's
   dataset classes it uses), found by following ``import`` statements;
@@ -198,6 +201,10 @@ def parameter_files(conf: Path, env: str | None, base_env: str = "base") -> dict
 # -- the stages ----------------------------------------------------------------------------
 
 
+RUN_COMMAND = "alignops-run"
+"""Each stage's command: ``kedro run``'s arguments follow it (pyproject's console script)."""
+
+
 def kedro_stages(root: Path, env: str | None = None) -> list[StageSpec]:
     """The DVC stages of the journey Kedro runs in ``env`` (its ``__default__``)."""
     from kedro.framework.project import pipelines
@@ -216,7 +223,7 @@ def kedro_stages(root: Path, env: str | None = None) -> list[StageSpec]:
         stages = []
         for name in names:
             pipeline = pipelines[name]
-            spec = StageSpec(name=name, cmd=f"kedro run --pipelines {name}" + (f" --env {env}" if env else ""))
+            spec = StageSpec(name=name, cmd=f"{RUN_COMMAND} --pipelines {name}" + (f" --env {env}" if env else ""))
             data_deps: set[str] = set()
             for dataset in sorted(pipeline.inputs()):
                 if dataset.startswith("params:"):

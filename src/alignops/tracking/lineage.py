@@ -24,6 +24,8 @@ import yaml
 SHELLS = frozenset({"sh", "bash", "dash", "zsh", "ksh", "fish", "cmd.exe", "powershell.exe", "pwsh"})
 REPRO_TAG = "dvc.repro"
 """Tag of the parent run that groups a reproduction's stage runs: the DVC process's identity."""
+CALLER_PID = "ALIGNOPS_CALLER_PID"
+"""A warm stage's caller (``alignops-run``), whose ancestors are the stage's: alignops.warm.CALLER_PID."""
 DEP_TAG_PREFIX = "dvc.dep."
 """``dvc.dep.<path>``: the ``dvc.lock`` digest of a stage input (``md5``, ``<md5>.dir`` for a folder)."""
 
@@ -64,9 +66,12 @@ def current(environ: Mapping[str, str] | None = None) -> DvcRun | None:
 
 
 def _dvc_process_id() -> str | None:
-    """The first ancestor of this process that is not a shell, if it is a DVC process."""
+    """The first ancestor of this process that is not a shell, if it is a DVC process. A stage
+    forked by the warm server (``alignops-run``) counts the ``alignops-run`` it runs for as
+    itself: that process's ancestors are DVC's."""
     try:
-        process = psutil.Process().parent()
+        caller = os.environ.get(CALLER_PID)
+        process = (psutil.Process(int(caller)) if caller else psutil.Process()).parent()
         while process is not None and process.name() in SHELLS:
             process = process.parent()
         if process is None or not any("dvc" in part for part in process.cmdline()[:3]):

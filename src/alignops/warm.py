@@ -1,0 +1,442 @@
+"""``alignops-run``: ``kedro run`` in a warm interpreter, for DVC's one process per stage.
+
+``dvc repro`` starts one ``kedro run --pipelines <stage>`` per stage, and each pays the
+interpreter's start-up before doing any work: torch and transformers (about 2.5-5 s on
+a 2-core machine), MLflow (1.5-3.5 s), Great Expectations, Kedro's CLI and plugins. Over
+the default DAG's twelve stages that was about 65 s, nearly a quarter of the DAG's own
+work. ``alignops-run <kedro run's arguments>`` runs the same ``kedro run`` in a child
+forked from a server that imported all of that once, so a stage starts in well under a
+second (the *fork server* pattern of ``multiprocessing``'s ``forkserver`` with preloaded
+modules, and of Ruby's Spring or Zeus).
+
+What the child is, compared with a cold ``kedro run``:
+
+- the same code: the server is keyed by a fingerprint of the project's package files,
+  the interpreter and its installed packages, and every environment variable a module
+  could have read at import (all but DVC's per-stage ones and shell bookkeeping), so a
+  change to any of them starts a new server instead of running stale modules;
+- the caller's standard input, output and error (passed over the socket, ``SCM_RIGHTS``),
+  working directory, environment and ``sys.argv``: progress bars see the caller's
+  terminal, DVC sees the stage's output, MLflow tags the run with the same command;
+- a fresh process state: each stage is a new fork of a server that never ran one;
+- the caller's signals: SIGINT, SIGTERM, SIGHUP reach the stage's whole process group,
+  and a caller killed outright (SIGKILL) takes the stage with it;
+- the caller exits with the stage's exit status.
+
+The server listens on a Unix socket in a private (0700) folder of the user's, never on a
+network port, and exits after ``ALIGNOPS_WARM_IDLE`` seconds (120) with nothing to run.
+``ALIGNOPS_WARM=0`` runs a plain ``kedro run`` instead (as does any platform without
+Unix sockets); a server that fails to start does too, after naming its log.
+
+This module is imported by every call of ``alignops-run``: it imports nothing heavy until
+it is the server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+PACKAGE = "alignops"
+PRELOAD = (
+    "torch",
+    "transformers",
+    "accelerate",
+    "peft",
+    "safetensors",
+    "pandas",
+    "pyarrow",
+    "mlflow",
+    "great_expectations",
+    "kedro.framework.cli.cli",
+    "kedro.framework.session",
+    "kedro.runner",
+    "kedro_mlflow",
+    "kedro_datasets",
+)
+"""Imported by the server before it forks a stage, besides the project's settings and every
+stage's pipeline module (``pipeline_registry.STAGES``); one that fails to import is skipped."""
+
+VOLATILE = ("PWD", "OLDPWD", "SHLVL", "_", "ALIGNOPS_CALLER_PID", "ALIGNOPS_WARM_IDLE")
+"""Environment variables left out of the server's key: shell bookkeeping, this module's own,
+and what changes from stage to stage (``DVC_*`` too). Nothing reads them at import time."""
+CALLER_PID = "ALIGNOPS_CALLER_PID"
+"""Set in a stage's environment to the pid of the ``alignops-run`` it runs for: its parent
+as far as process ancestry goes (``tracking.lineage`` finds the DVC process from it)."""
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+START_TIMEOUT_S = 180.0
+KILL_GRACE_S = 10.0
+
+
+# --- the key: which server may run this call --------------------------------------------
+
+
+def project_root(start: Path) -> Path | None:
+    """The Kedro project ``start`` is in, found as Kedro finds it (a ``pyproject.toml`` with
+    ``[tool.kedro]``), or None."""
+    for folder in (start, *start.parents):
+        pyproject = folder / "pyproject.toml"
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            if "[tool.kedro]" in pyproject.read_text(encoding="utf-8"):
+                return folder
+    return None
+
+
+def package_dir(root: Path) -> Path | None:
+    """Where the stage's ``import alignops`` finds the package: the project's ``src`` (Kedro
+    puts it first on ``sys.path``) or, failing that, the installed one."""
+    local = root / "src" / PACKAGE
+    if (local / "__init__.py").is_file():
+        return local
+    from importlib.util import find_spec
+
+    spec = find_spec(PACKAGE)
+    return Path(spec.origin).parent if spec is not None and spec.origin else None
+
+
+def _tree_stats(folder: Path) -> Iterable[str]:
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
+        for name in sorted(filenames):
+            path = os.path.join(dirpath, name)
+            with contextlib.suppress(OSError):
+                stat = os.stat(path)
+                yield f"{path}\0{stat.st_mtime_ns}\0{stat.st_size}"
+
+
+def server_key(root: Path, environ: Mapping[str, str]) -> str:
+    """A digest of everything a server's preloaded modules depend on: the interpreter, its
+    installed packages (a ``pip install`` touches site-packages), the project's package files,
+    and the environment at import time."""
+    digest = hashlib.sha256()
+    site = {sysconfig.get_path(name) for name in ("purelib", "platlib")}
+    parts = [sys.executable, str(root), *(f"{p}\0{os.stat(p).st_mtime_ns}" for p in sorted(site) if os.path.isdir(p))]
+    package = package_dir(root)
+    parts += [str(package), *(_tree_stats(package) if package else ())]
+    parts += sorted(
+        f"{name}={value}" for name, value in environ.items() if name not in VOLATILE and not name.startswith("DVC_")
+    )
+    for part in parts:
+        digest.update(part.encode("utf-8", "surrogateescape") + b"\n")
+    return digest.hexdigest()[:20]
+
+
+def runtime_dir() -> Path:
+    """A folder only this user can enter, for the servers' sockets, locks and logs."""
+    base = Path(os.environ.get("XDG_RUNTIME_DIR") or "/tmp")
+    folder = base / f"alignops-warm-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    if folder.stat().st_uid != os.getuid() or folder.stat().st_mode & 0o077:
+        raise PermissionError(f"{folder} must belong to this user alone (mode 0700)")
+    return folder
+
+
+# --- the wire: newline-delimited JSON, the caller's descriptors with the request ---------
+
+
+def _send(conn: socket.socket, message: Mapping) -> None:
+    conn.sendall(json.dumps(message).encode() + b"\n")
+
+
+def _receive(conn: socket.socket, buffer: bytearray) -> dict | None:
+    """The next message on ``conn`` (None at end of stream)."""
+    while b"\n" not in buffer:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return None
+        buffer += chunk
+    line, _, rest = bytes(buffer).partition(b"\n")
+    buffer[:] = rest
+    return json.loads(line)
+
+
+# --- the caller -------------------------------------------------------------------------
+
+
+def kedro_executable() -> str:
+    """The ``kedro`` installed beside this interpreter (the one a cold run would start)."""
+    beside = Path(sys.executable).parent / "kedro"
+    return str(beside) if beside.exists() else "kedro"
+
+
+def run_cold(args: list[str]) -> None:
+    """Replace this process with a plain ``kedro run``."""
+    kedro = kedro_executable()
+    os.execvp(kedro, [kedro, "run", *args])
+
+
+def _connect(path: Path) -> socket.socket | None:
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        conn.connect(str(path))
+    except OSError:
+        conn.close()
+        return None
+    return conn
+
+
+def _start_server(folder: Path, key: str, root: Path, environ: Mapping[str, str]) -> socket.socket | None:
+    """Connect to the server for ``key``, starting it first if there is none (one caller starts
+    it; the others wait on the lock). None when it could not be started."""
+    sock_path, log_path = folder / f"{key}.sock", folder / f"{key}.log"
+    conn = _connect(sock_path)
+    if conn is not None:
+        return conn
+    with open(folder / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        conn = _connect(sock_path)
+        if conn is not None:
+            return conn
+        with contextlib.suppress(FileNotFoundError):
+            sock_path.unlink()  # a server that died without cleaning up
+        env = dict(environ)
+        src = root / "src"
+        if (src / PACKAGE / "__init__.py").is_file():  # the package a cold kedro run would import
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), env.get("PYTHONPATH")]))
+        with open(log_path, "wb") as log:
+            server = subprocess.Popen(
+                [sys.executable, "-P", "-m", f"{PACKAGE}.warm", "serve", str(sock_path), str(root)],
+                cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+            )
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            conn = _connect(sock_path)
+            if conn is not None:
+                return conn
+            if server.poll() is not None:
+                break
+            time.sleep(0.05)
+        with contextlib.suppress(ProcessLookupError):
+            server.kill()
+        print(f"alignops-run: the warm server did not start (see {log_path}); running kedro run cold", file=sys.stderr)
+        return None
+
+
+def _forward_signals(stage_pid: int) -> None:
+    def forward(signum, _frame):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(stage_pid, signum)
+
+    for signum in SIGNALS:
+        signal.signal(signum, forward)
+
+
+def _exit_like(status: int) -> None:
+    """Exit as the stage did: with its code, or killed by its signal."""
+    if status < 0:
+        signal.signal(-status, signal.SIG_DFL)
+        os.kill(os.getpid(), -status)
+        status = 128 - status
+    sys.exit(status)
+
+
+def run(args: list[str]) -> None:
+    """``kedro run <args>`` in a warm child; this process waits for it and exits with its status."""
+    root = project_root(Path.cwd())
+    if os.environ.get("ALIGNOPS_WARM", "1") == "0" or root is None or not hasattr(socket, "AF_UNIX"):
+        run_cold(args)
+    environ = dict(os.environ)
+    folder = runtime_dir()
+    conn = _start_server(folder, server_key(root, environ), root, environ)
+    if conn is None:
+        run_cold(args)
+    with conn:
+        request = {"argv": [kedro_executable(), "run", *args], "cwd": os.getcwd(), "env": environ, "pid": os.getpid()}
+        socket.send_fds(conn, [json.dumps(request).encode() + b"\n"], [0, 1, 2])
+        buffer = bytearray()
+        started = _receive(conn, buffer)
+        if started is None or "pid" not in started:
+            print(f"alignops-run: the warm server refused the run: {started}", file=sys.stderr)
+            sys.exit(1)
+        _forward_signals(started["pid"])
+        ended = _receive(conn, buffer)  # signals forwarded meanwhile do not interrupt it (PEP 475)
+        if ended is None:
+            print("alignops-run: the warm server went away before the stage ended", file=sys.stderr)
+            sys.exit(1)
+    _exit_like(int(ended["status"]))
+
+
+def main() -> None:
+    run(sys.argv[1:])
+
+
+# --- the server -------------------------------------------------------------------------
+
+
+def _preload(log) -> dict[str, str]:
+    """Import what stages import; the environment variables those imports set (Kedro's
+    settings set some), to be set again in each stage's fresh environment."""
+    import importlib
+
+    before = dict(os.environ)
+    started = time.monotonic()
+    names = [*PRELOAD, f"{PACKAGE}.settings", f"{PACKAGE}.pipeline_registry", f"{PACKAGE}.hooks"]
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception as error:  # noqa: BLE001 - a stage that needs it will say so itself
+            print(f"preload: {name} skipped: {error!r}", file=log, flush=True)
+    registry = sys.modules.get(f"{PACKAGE}.pipeline_registry")
+    for stage in getattr(registry, "STAGES", ()):
+        try:
+            importlib.import_module(f"{PACKAGE}.pipelines.{stage}")
+        except Exception as error:  # noqa: BLE001
+            print(f"preload: pipeline {stage} skipped: {error!r}", file=log, flush=True)
+    print(f"preloaded in {time.monotonic() - started:.1f} s", file=log, flush=True)
+    return {name: value for name, value in os.environ.items() if before.get(name) != value}
+
+
+def _run_stage(request: Mapping, fds: list[int], set_by_preload: Mapping[str, str]) -> int:
+    """In the forked child: become the caller's ``kedro run`` and run it to its exit code."""
+    os.setpgid(0, 0)  # the stage and all it starts: one group the caller's signals reach
+    for signum in (*SIGNALS, signal.SIGCHLD):
+        signal.signal(signum, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for target, fd in zip((0, 1, 2), fds, strict=True):
+        os.dup2(fd, target)
+        os.close(fd)
+    for stream in (sys.stdout, sys.stderr):
+        stream.reconfigure(line_buffering=stream.isatty() or stream is sys.stderr)
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    for name, value in set_by_preload.items():
+        os.environ.setdefault(name, value)
+    os.environ[CALLER_PID] = str(request["pid"])
+    if "numpy" in sys.modules:  # a fresh process would draw its own entropy
+        sys.modules["numpy"].random.seed()
+    sys.argv = list(request["argv"])
+    from kedro.framework.cli.cli import main as kedro_main
+
+    try:
+        kedro_main()
+    except SystemExit as done:
+        code = done.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    return 0
+
+
+def _fork_stage(conn: socket.socket, closing: Iterable[socket.socket], set_by_preload: Mapping[str, str]) -> int | None:
+    """Read one request from ``conn`` and fork its stage; the stage's pid (None: a bad request)."""
+    data, fds, _flags, _addr = socket.recv_fds(conn, 1 << 20, 3)
+    buffer = bytearray(data)
+    while b"\n" not in buffer:
+        chunk = conn.recv(1 << 20)
+        if not chunk:
+            break
+        buffer += chunk
+    try:
+        request = json.loads(bytes(buffer).partition(b"\n")[0])
+        if len(fds) != 3:
+            raise ValueError(f"expected 3 file descriptors, got {len(fds)}")
+    except ValueError as error:
+        for fd in fds:
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            _send(conn, {"error": str(error)})
+        return None
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            for other in closing:
+                other.close()
+            conn.close()
+            code = _run_stage(request, fds, set_by_preload)
+        except BaseException:  # noqa: BLE001 - report it, then end this child like a process
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            import atexit
+
+            atexit._run_exitfuncs()
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(Exception):
+                    stream.flush()
+            os._exit(code)
+    for fd in fds:
+        os.close(fd)
+    return pid
+
+
+def serve(sock_path: Path, root: Path, idle_s: float) -> None:
+    """Preload, listen on ``sock_path``, fork a stage per request; exit after ``idle_s`` with
+    no stage running and none asked for, or once the project's folder is gone."""
+    log = sys.stderr
+    if str(root / "src") not in sys.path and (root / "src").is_dir():
+        sys.path.insert(0, str(root / "src"))
+    set_by_preload = _preload(log)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    staging = sock_path.with_name(f"{sock_path.name}.{os.getpid()}")
+    listener.bind(str(staging))
+    listener.listen(16)
+    os.rename(staging, sock_path)  # callers connect only once it is listening
+    identity = os.stat(sock_path).st_ino
+    stages: dict[int, socket.socket] = {}
+    doomed: dict[int, float] = {}  # stage pid -> when it is SIGKILLed if SIGTERM did not end it
+    last_busy = time.monotonic()
+    print(f"listening on {sock_path} (pid {os.getpid()})", file=log, flush=True)
+    try:
+        # root goes with a finished `dvc exp run --queue` workspace
+        while stages or (time.monotonic() - last_busy < idle_s and root.is_dir()):
+            watched = [conn for pid, conn in stages.items() if pid not in doomed]
+            ready, _, _ = select.select([listener, *watched], [], [], 0.2)
+            for item in ready:
+                if item is listener:
+                    conn, _ = listener.accept()
+                    last_busy = time.monotonic()
+                    pid = _fork_stage(conn, [listener, *stages.values()], set_by_preload)
+                    if pid is None:
+                        conn.close()
+                        continue
+                    stages[pid] = conn
+                    _send(conn, {"pid": pid})
+                    print(f"stage {pid}: started", file=log, flush=True)
+                else:  # a caller's end of stream: it is gone, and so must its stage be
+                    pid = next(p for p, c in stages.items() if c is item)
+                    if not item.recv(1):
+                        with contextlib.suppress(ProcessLookupError):
+                            os.killpg(pid, signal.SIGTERM)
+                        doomed[pid] = time.monotonic() + KILL_GRACE_S
+            for pid, when in list(doomed.items()):
+                if time.monotonic() > when:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(pid, signal.SIGKILL)
+            while stages:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+                if pid == 0:
+                    break
+                conn = stages.pop(pid, None)
+                doomed.pop(pid, None)
+                if conn is not None:
+                    code = os.waitstatus_to_exitcode(status)
+                    with contextlib.suppress(OSError):
+                        _send(conn, {"status": code})
+                    conn.close()
+                    print(f"stage {pid}: exit {code}", file=log, flush=True)
+                last_busy = time.monotonic()
+    finally:
+        with contextlib.suppress(OSError):
+            if os.stat(sock_path).st_ino == identity:
+                sock_path.unlink()
+        listener.close()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "serve":
+        serve(Path(sys.argv[2]), Path(sys.argv[3]), float(os.environ.get("ALIGNOPS_WARM_IDLE", "120")))
+    else:
+        sys.exit(f"usage: python -m {PACKAGE}.warm serve <socket> <project root>  (callers run alignops-run)")
