@@ -315,6 +315,9 @@ def _run_stage(request: Mapping, fds: list[int], set_by_preload: Mapping[str, st
     for name, value in set_by_preload.items():
         os.environ.setdefault(name, value)
     os.environ[CALLER_PID] = str(request["pid"])
+    rich = sys.modules.get("rich")
+    if rich is not None:  # rich's console, made in the server, saw its log file: no terminal, no colour
+        rich._console = None
     if "numpy" in sys.modules:  # a fresh process would draw its own entropy
         sys.modules["numpy"].random.seed()
     sys.argv = list(request["argv"])
