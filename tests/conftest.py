@@ -28,6 +28,7 @@ import pytest
 import torch
 from filelock import FileLock
 
+from alignops import warm
 from tests import processes
 from tests.helpers import (
     REPO_ROOT,
@@ -99,6 +100,16 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def warm_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """``alignops-run`` (every DVC stage's command) starts warm servers: this session's live in a
+    folder of their own and are stopped when it ends, not left to idle out after it."""
+    folder = tmp_path_factory.mktemp("warm")
+    os.environ["ALIGNOPS_WARM_DIR"] = str(folder)
+    yield folder
+    warm.stop_servers(folder)
 
 
 @pytest.fixture(scope="module")

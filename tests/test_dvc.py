@@ -42,6 +42,7 @@ def _env() -> dict[str, str]:
         "GX_ANALYTICS_ENABLED": "false",
         "DVC_NO_ANALYTICS": "1",
         "OMP_NUM_THREADS": "1",
+        "ALIGNOPS_WARM_IDLE": "20",  # each test's repository has a warm server of its own: free it soon
     }
 
 

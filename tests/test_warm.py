@@ -26,13 +26,20 @@ BIN = Path(sys.executable).parent
 RUN = str(BIN / "alignops-run")
 
 PIPELINE_REGISTRY = '''
-import json, os, sys, time
+import json, os, signal, sys, time
 from pathlib import Path
 
 from kedro.pipeline import Pipeline, node
 
 
+def caught(signum, frame):
+    Path(os.environ["NAP_RECORD"]).with_suffix(".signal").write_text(str(signum))
+    sys.exit(3)
+
+
 def nap(nap_s):
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, caught)
     seen = {"pid": os.getpid(), "ppid": os.getppid(), "cwd": os.getcwd(), "argv": sys.argv,
             "stage": os.environ.get("DVC_STAGE"), "caller": os.environ.get("ALIGNOPS_CALLER_PID"),
             "torch_preloaded": "torch" in sys.modules}
@@ -64,27 +71,23 @@ def sleepy(tmp_path_factory):
         (root / "conf" / env).mkdir(parents=True)
     (root / "conf" / "base" / "parameters.yml").write_text("nap_s: 0\n")
     (root / "conf" / "base" / "catalog.yml").write_text("{}\n")
-    runtime = tmp_path_factory.mktemp("runtime")
-    runtime.chmod(0o700)
+    runtime = tmp_path_factory.mktemp("runtime") / "warm"
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("ALIGNOPS_", "DVC_"))},
-        "XDG_RUNTIME_DIR": str(runtime),
+        "ALIGNOPS_WARM_DIR": str(runtime),
         "ALIGNOPS_WARM_IDLE": "60",
         "KEDRO_DISABLE_TELEMETRY": "true",
         "NAP_RECORD": str(root / "record.json"),
     }
     yield root, env
-    for log in runtime.glob("alignops-warm-*/*.log"):
-        for pid in re.findall(r"\(pid (\d+)\)", log.read_text(errors="replace")):
-            try:
-                os.kill(int(pid), signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+    warm.stop_servers(runtime)
+    for pid in _servers(env).values():
+        assert _ends(pid, 30)
 
 
 def _servers(env: dict[str, str]) -> dict[str, int]:
     """Socket name -> pid of each warm server started under ``env``'s runtime folder."""
-    folder = Path(env["XDG_RUNTIME_DIR"]) / f"alignops-warm-{os.getuid()}"
+    folder = Path(env["ALIGNOPS_WARM_DIR"])
     found = {}
     for log in folder.glob("*.log"):
         match = re.search(r"\(pid (\d+)\)", log.read_text(errors="replace"))
@@ -153,6 +156,7 @@ def _napping(root: Path, env: dict[str, str]) -> tuple[subprocess.Popen, int]:
     """A caller whose stage naps for a minute, and the stage's pid once its node runs."""
     record = root / "record.json"
     record.unlink(missing_ok=True)
+    (root / "record.signal").unlink(missing_ok=True)
     caller = subprocess.Popen([RUN, "--params", "nap_s=60"], cwd=root, env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
@@ -172,12 +176,13 @@ def _ends(pid: int, within_s: float) -> bool:
     return False
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGHUP, signal.SIGTERM])
 def test_the_callers_signals_reach_the_stage(sleepy, signum):
     root, env = sleepy
     caller, stage = _napping(root, env)
     caller.send_signal(signum)
-    assert caller.wait(timeout=60) != 0
+    assert caller.wait(timeout=60) == 3  # the stage's own exit status, from its handler
+    assert (root / "record.signal").read_text() == str(int(signum))  # this signal, forwarded
     assert _ends(stage, 30)
 
 

@@ -24,7 +24,8 @@ What the child is, compared with a cold ``kedro run``:
 - the caller exits with the stage's exit status.
 
 The server listens on a Unix socket in a private (0700) folder of the user's, never on a
-network port, and exits after ``ALIGNOPS_WARM_IDLE`` seconds (120) with nothing to run.
+network port, and exits after ``ALIGNOPS_WARM_IDLE`` seconds (120) with nothing to run, or
+when asked (``python -m alignops.warm stop``).
 ``ALIGNOPS_WARM=0`` runs a plain ``kedro run`` instead (as does any platform without
 Unix sockets); a server that fails to start does too, after naming its log.
 
@@ -69,7 +70,7 @@ PRELOAD = (
 """Imported by the server before it forks a stage, besides the project's settings and every
 stage's pipeline module (``pipeline_registry.STAGES``); one that fails to import is skipped."""
 
-VOLATILE = ("PWD", "OLDPWD", "SHLVL", "_", "ALIGNOPS_CALLER_PID", "ALIGNOPS_WARM_IDLE")
+VOLATILE = ("PWD", "OLDPWD", "SHLVL", "_", "ALIGNOPS_CALLER_PID", "ALIGNOPS_WARM_IDLE", "ALIGNOPS_WARM_DIR")
 """Environment variables left out of the server's key: shell bookkeeping, this module's own,
 and what changes from stage to stage (``DVC_*`` too). Nothing reads them at import time."""
 CALLER_PID = "ALIGNOPS_CALLER_PID"
@@ -134,10 +135,12 @@ def server_key(root: Path, environ: Mapping[str, str]) -> str:
 
 
 def runtime_dir() -> Path:
-    """A folder only this user can enter, for the servers' sockets, locks and logs."""
+    """A folder only this user can enter, for the servers' sockets, locks and logs:
+    ``ALIGNOPS_WARM_DIR``, or ``alignops-warm-<uid>`` in ``XDG_RUNTIME_DIR`` or /tmp."""
+    chosen = os.environ.get("ALIGNOPS_WARM_DIR")
     base = Path(os.environ.get("XDG_RUNTIME_DIR") or "/tmp")
-    folder = base / f"alignops-warm-{os.getuid()}"
-    folder.mkdir(mode=0o700, exist_ok=True)
+    folder = Path(chosen) if chosen else base / f"alignops-warm-{os.getuid()}"
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     if folder.stat().st_uid != os.getuid() or folder.stat().st_mode & 0o077:
         raise PermissionError(f"{folder} must belong to this user alone (mode 0700)")
     return folder
@@ -331,8 +334,9 @@ def _run_stage(request: Mapping, fds: list[int], set_by_preload: Mapping[str, st
     return 0
 
 
-def _fork_stage(conn: socket.socket, closing: Iterable[socket.socket], set_by_preload: Mapping[str, str]) -> int | None:
-    """Read one request from ``conn`` and fork its stage; the stage's pid (None: a bad request)."""
+def _read_request(conn: socket.socket) -> tuple[dict, list[int]]:
+    """One request from ``conn``: a stage to run (with the caller's three descriptors) or
+    ``{"stop": true}``. ValueError for anything else (its descriptors closed)."""
     data, fds, _flags, _addr = socket.recv_fds(conn, 1 << 20, 3)
     buffer = bytearray(data)
     while b"\n" not in buffer:
@@ -342,14 +346,20 @@ def _fork_stage(conn: socket.socket, closing: Iterable[socket.socket], set_by_pr
         buffer += chunk
     try:
         request = json.loads(bytes(buffer).partition(b"\n")[0])
-        if len(fds) != 3:
+        if not request.get("stop") and len(fds) != 3:
             raise ValueError(f"expected 3 file descriptors, got {len(fds)}")
-    except ValueError as error:
+    except (ValueError, AttributeError) as error:
         for fd in fds:
             os.close(fd)
-        with contextlib.suppress(OSError):
-            _send(conn, {"error": str(error)})
-        return None
+        raise ValueError(str(error)) from error
+    return request, fds
+
+
+def _fork_stage(
+    conn: socket.socket, request: Mapping, fds: list[int], closing: Iterable[socket.socket],
+    set_by_preload: Mapping[str, str],
+) -> int:
+    """Fork the stage ``request`` asks for; its pid."""
     pid = os.fork()
     if pid == 0:
         code = 1
@@ -375,6 +385,26 @@ def _fork_stage(conn: socket.socket, closing: Iterable[socket.socket], set_by_pr
     return pid
 
 
+def stop_servers(folder: Path | None = None, timeout_s: float = 60.0) -> int:
+    """Ask every warm server in ``folder`` (this user's) to stop: each stops listening at once
+    and exits when its running stages have ended. How many were asked (``python -m
+    alignops.warm stop``; e.g. after upgrading packages, though a new server starts anyway)."""
+    folder = runtime_dir() if folder is None else folder
+    asked = 0
+    for path in sorted(folder.glob("*.sock")):
+        conn = _connect(path)
+        if conn is None:
+            continue
+        with conn:
+            conn.settimeout(timeout_s)
+            _send(conn, {"stop": True})
+            with contextlib.suppress(OSError):
+                while conn.recv(4096):  # the server closes it once it has exited its loop
+                    pass
+        asked += 1
+    return asked
+
+
 def serve(sock_path: Path, root: Path, idle_s: float) -> None:
     """Preload, listen on ``sock_path``, fork a stage per request; exit after ``idle_s`` with
     no stage running and none asked for, or once the project's folder is gone."""
@@ -389,22 +419,34 @@ def serve(sock_path: Path, root: Path, idle_s: float) -> None:
     os.rename(staging, sock_path)  # callers connect only once it is listening
     identity = os.stat(sock_path).st_ino
     stages: dict[int, socket.socket] = {}
+    stoppers: list[socket.socket] = []  # callers of stop_servers, answered by closing at exit
     doomed: dict[int, float] = {}  # stage pid -> when it is SIGKILLed if SIGTERM did not end it
     last_busy = time.monotonic()
     print(f"listening on {sock_path} (pid {os.getpid()})", file=log, flush=True)
     try:
         # root goes with a finished `dvc exp run --queue` workspace
-        while stages or (time.monotonic() - last_busy < idle_s and root.is_dir()):
+        while stages or (not stoppers and time.monotonic() - last_busy < idle_s and root.is_dir()):
+            if stoppers and listener.fileno() != -1:  # no new stage once asked to stop
+                _unlink_if(sock_path, identity)
+                listener.close()
             watched = [conn for pid, conn in stages.items() if pid not in doomed]
-            ready, _, _ = select.select([listener, *watched], [], [], 0.2)
+            listening = [listener] if listener.fileno() != -1 else []
+            ready, _, _ = select.select([*listening, *watched], [], [], 0.2)
             for item in ready:
                 if item is listener:
                     conn, _ = listener.accept()
                     last_busy = time.monotonic()
-                    pid = _fork_stage(conn, [listener, *stages.values()], set_by_preload)
-                    if pid is None:
+                    try:
+                        request, fds = _read_request(conn)
+                    except (ValueError, OSError) as error:
+                        with contextlib.suppress(OSError):
+                            _send(conn, {"error": str(error)})
                         conn.close()
                         continue
+                    if request.get("stop"):
+                        stoppers.append(conn)
+                        continue
+                    pid = _fork_stage(conn, request, fds, [listener, *stages.values(), *stoppers], set_by_preload)
                     stages[pid] = conn
                     _send(conn, {"pid": pid})
                     print(f"stage {pid}: started", file=log, flush=True)
@@ -432,14 +474,24 @@ def serve(sock_path: Path, root: Path, idle_s: float) -> None:
                     print(f"stage {pid}: exit {code}", file=log, flush=True)
                 last_busy = time.monotonic()
     finally:
-        with contextlib.suppress(OSError):
-            if os.stat(sock_path).st_ino == identity:
-                sock_path.unlink()
+        _unlink_if(sock_path, identity)
         listener.close()
+        for conn in stoppers:
+            conn.close()
+        print("exiting", file=log, flush=True)
+
+
+def _unlink_if(path: Path, inode: int) -> None:
+    """Remove this server's socket file, not one a newer server has put in its place."""
+    with contextlib.suppress(OSError):
+        if os.stat(path).st_ino == inode:
+            path.unlink()
 
 
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "serve":
         serve(Path(sys.argv[2]), Path(sys.argv[3]), float(os.environ.get("ALIGNOPS_WARM_IDLE", "120")))
+    elif sys.argv[1:] == ["stop"]:
+        print(f"asked {stop_servers()} warm server(s) to stop")
     else:
-        sys.exit(f"usage: python -m {PACKAGE}.warm serve <socket> <project root>  (callers run alignops-run)")
+        sys.exit(f"usage: python -m {PACKAGE}.warm stop | serve <socket> <project root>  (stages run alignops-run)")
