@@ -36,9 +36,10 @@ RUNNER ?= ParallelRunner
 run: setup
 	$(BIN)/kedro run --runner $(RUNNER)
 
-## The same DAG through DVC: one `kedro run --pipelines <stage>` per stage of dvc.yaml, rerunning
-## only the stages whose data, code or parameters changed since dvc.lock (DVC_ARGS, e.g. "-s ppo").
-## Stages run one at a time, each with every core (`make run` overlaps DPO with reward -> PPO).
+## The same DAG through DVC: one `alignops-run --pipelines <stage>` (a `kedro run` forked from a warm
+## interpreter, alignops.warm) per stage of dvc.yaml, rerunning only the stages whose data, code or
+## parameters changed since dvc.lock (DVC_ARGS, e.g. "-s ppo"). Stages run one at a time, each with
+## every core (`make run` overlaps DPO with reward -> PPO).
 repro: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro $(DVC_ARGS)
 
