@@ -266,6 +266,11 @@ def run(args: list[str]) -> None:
     conn = _start_server(folder, server_key(root, environ), root, environ)
     if conn is None:
         run_cold(args)
+    for fd in (0, 1, 2):  # one the caller was started without is /dev/null for the stage (a closed one cannot be sent)
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.dup2(os.open(os.devnull, os.O_RDWR), fd)
     with conn:
         request = {"argv": [kedro_executable(), "run", *args], "cwd": os.getcwd(), "env": environ, "pid": os.getpid()}
         socket.send_fds(conn, [json.dumps(request).encode() + b"\n"], [0, 1, 2])
