@@ -250,6 +250,19 @@ def test_repro_reruns_what_changed_and_every_registered_model_can_be_rebuilt(tmp
     assert len(exp_parents) == 1 and exp_parents[0].data.params["ppo.kl_coef"] == "0.2"
     assert exp_parents[0].data.tags["dvc.stages"].split(",") == AFTER_PPO
 
+    # 7. The README's sweep: queued experiments run in copies of the repository under .dvc/tmp (each
+    # with a warm server of its own, gone with its copy) and are recorded in the project's store.
+    run(repo, "dvc", "exp", "run", "--queue", "-n", "kl-03", "-S", "conf/base/parameters_ppo.yml:ppo.kl_coef=0.3")
+    run(repo, "dvc", "exp", "run", "--run-all")
+    shown = json.loads(run(repo, "dvc", "exp", "show", "--json").stdout)
+    queued = next(exp for row in shown for exp in (row.get("experiments") or []) for exp in exp["revs"]
+                  if exp["name"] == "kl-03")
+    assert queued["data"]["params"]["conf/base/parameters_ppo.yml"]["data"]["ppo"]["kl_coef"] == 0.3
+    assert queued["data"]["metrics"]["data/08_reporting/evaluation_summary.json"]["data"]["policies"]["ppo"]
+    queued_parents = [r for r in client.search_runs([e.experiment_id for e in client.search_experiments()])
+                      if r.data.tags.get("dvc.exp_name") == "kl-03" and "dvc.repro" in r.data.tags]
+    assert len(queued_parents) == 1 and queued_parents[0].data.params["ppo.kl_coef"] == "0.3"
+
 
 # -- a user's own data: dvc add, a new version reruns from validation, dvc checkout restores ----------
 
