@@ -13,9 +13,13 @@ the RM mean rising while the gold mean falls. Run from the repository root after
     python bench/ppo_quality.py                  # the catalog's ppo_model
     python bench/ppo_quality.py --retrain        # train PPO afresh in-process (timed), then measure
     python bench/ppo_quality.py --retrain --set kl_coef=0.1 --set steps=30 --seeds 0 1 2
+    python bench/ppo_quality.py --retrain --reward-set epochs=2 --reward-set learning_rate=5e-4
 
-``--retrain`` does not overwrite the catalog's ``ppo_model``. The gold judge is the
-evaluation's truth; it is never a training input.
+``--reward-set`` first retrains the reward model in-process (``params:reward`` with the
+overrides, on ``preferences_train``, normalised on SFT samples as the stage does), prints its
+held-out gold accuracy, and gives PPO (and the RM columns) that model instead of the catalog's.
+``--retrain`` does not overwrite the catalog's ``ppo_model`` (nor ``--reward-set`` its
+``reward_model``). The gold judge is the evaluation's truth; it is never a training input.
 """
 
 from __future__ import annotations
@@ -44,9 +48,11 @@ from alignops.evaluation.policies import EvaluationConfig, kl_to_reference, samp
 from alignops.models.config import ModelConfig  # noqa: E402
 from alignops.models.generation import GenerationConfig  # noqa: E402
 from alignops.pipelines.ppo.nodes import collect_prompts  # noqa: E402
+from alignops.pipelines.reward.nodes import fit_reward_model  # noqa: E402
 from alignops.training.common import MetricHistory  # noqa: E402
 from alignops.training.ppo import train_ppo  # noqa: E402
 from alignops.training.ppo_config import PPOConfig  # noqa: E402
+from alignops.training.reward_config import RewardConfig  # noqa: E402
 from alignops.world import GoldJudge  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -74,6 +80,30 @@ def retrain(catalog, sft_model, tokenizer, reward_model, model_config: ModelConf
         sft_model, tokenizer, reward_model, prompts, model_config, PPOConfig(**params), generation, history
     )
     return result.policy, history.rows, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def retrain_reward_model(catalog, sft_model, tokenizer, judge, model_config: ModelConfig, overrides: dict):
+    """The reward stage's model trained afresh with ``params:reward`` (+ overrides); prints its gold accuracy."""
+    train, heldout = catalog.load("preferences_train"), catalog.load("preferences_heldout")
+    wall = time.perf_counter()
+    reward_model = fit_reward_model(
+        train, heldout, sft_model, tokenizer, None, model_config, GenerationConfig(**catalog.load("params:generation")),
+        RewardConfig(**{**catalog.load("params:reward"), **overrides}), MetricHistory(),
+        train["prompt"].astype(str).tolist(),
+    )
+    wall = time.perf_counter() - wall
+    prompts = heldout["prompt"].astype(str).tolist()
+    gap = (
+        reward_model.score(prompts, heldout["chosen"].astype(str).tolist())
+        - reward_model.score(prompts, heldout["rejected"].astype(str).tolist())
+    ).numpy()
+    gold_gap = judge.score(prompts, heldout["chosen"].astype(str).tolist()) - judge.score(
+        prompts, heldout["rejected"].astype(str).tolist()
+    )
+    decided = gold_gap != 0
+    accuracy = float(np.mean(np.sign(gap[decided]) == np.sign(gold_gap[decided])))
+    print(f"reward model {overrides}: {wall:.1f} s, held-out gold accuracy {accuracy:.3f} ({int(decided.sum())} pairs)")
+    return reward_model
 
 
 def degenerate_share(judge: GoldJudge, prompts: list[str], texts: list[str]) -> tuple[float, float]:
@@ -137,12 +167,17 @@ def main() -> None:
     parser.add_argument("--env", default=None, help="Kedro environment (default: the project's)")
     parser.add_argument("--retrain", action="store_true", help="train PPO afresh from sft_model and time it")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override params:ppo")
+    parser.add_argument(
+        "--reward-set", action="append", default=[], metavar="KEY=VALUE",
+        help="retrain the reward model first with params:reward overridden (repeatable)",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="sampling seeds (default: evaluation's)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     overrides = {key: parse_value(value) for key, value in (item.split("=", 1) for item in args.set)}
+    reward_overrides = {key: parse_value(value) for key, value in (item.split("=", 1) for item in args.reward_set)}
 
     bootstrap_project(REPO_ROOT)
     with KedroSession.create(project_path=REPO_ROOT, env=args.env) as session:
@@ -154,7 +189,9 @@ def main() -> None:
         reward_model = catalog.load("reward_model")
         judge = GoldJudge.from_spec(catalog.load("gold_judge_spec"))
         prompts = catalog.load("eval_prompts")["prompt"].tolist()
-        if args.retrain or overrides:
+        if args.reward_set:
+            reward_model = retrain_reward_model(catalog, sft_model, tokenizer, judge, model_config, reward_overrides)
+        if args.retrain or overrides or args.reward_set:
             ppo_model, rows, wall_s, cpu_s = retrain(
                 catalog, sft_model, tokenizer, reward_model, model_config, overrides
             )
