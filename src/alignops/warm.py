@@ -50,7 +50,9 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-PACKAGE = "alignops"
+from kedro.utils import find_kedro_project  # kedro/utils.py imports only the standard library
+
+PACKAGE = __package__
 PRELOAD = (
     "torch",
     "transformers",
@@ -81,12 +83,12 @@ classes and every stage's pipeline module (``pipeline_registry.STAGES``); one th
 import is skipped. What is left to a stage: ~0.1 s of imports (a run's ``sys.modules`` against
 the server's). DeepSpeed is left out on purpose: it probes the accelerator when imported."""
 
-VOLATILE = ("PWD", "OLDPWD", "SHLVL", "_", "ALIGNOPS_CALLER_PID", "ALIGNOPS_WARM_IDLE", "ALIGNOPS_WARM_DIR")
-"""Environment variables left out of the server's key: shell bookkeeping, this module's own,
-and what changes from stage to stage (``DVC_*`` too). Nothing reads them at import time."""
 CALLER_PID = "ALIGNOPS_CALLER_PID"
 """Set in a stage's environment to the pid of the ``alignops-run`` it runs for: its parent
 as far as process ancestry goes (``tracking.lineage`` finds the DVC process from it)."""
+VOLATILE = ("PWD", "OLDPWD", "SHLVL", "_", CALLER_PID, "ALIGNOPS_WARM_IDLE", "ALIGNOPS_WARM_DIR")
+"""Environment variables left out of the server's key: shell bookkeeping, this module's own,
+and what changes from stage to stage (``DVC_*`` too). Nothing reads them at import time."""
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 START_TIMEOUT_S = 180.0
 KILL_GRACE_S = 10.0
@@ -95,22 +97,17 @@ KILL_GRACE_S = 10.0
 # --- the key: which server may run this call --------------------------------------------
 
 
-def project_root(start: Path) -> Path | None:
-    """The Kedro project ``start`` is in, found as Kedro finds it (a ``pyproject.toml`` with
-    ``[tool.kedro]``), or None."""
-    for folder in (start, *start.parents):
-        pyproject = folder / "pyproject.toml"
-        with contextlib.suppress(OSError, UnicodeDecodeError):
-            if "[tool.kedro]" in pyproject.read_text(encoding="utf-8"):
-                return folder
-    return None
+def _local_package(root: Path) -> Path | None:
+    """The package in the project's ``src``, which Kedro puts first on ``sys.path``, if it is there."""
+    local = root / "src" / PACKAGE
+    return local if (local / "__init__.py").is_file() else None
 
 
 def package_dir(root: Path) -> Path | None:
-    """Where the stage's ``import alignops`` finds the package: the project's ``src`` (Kedro
-    puts it first on ``sys.path``) or, failing that, the installed one."""
-    local = root / "src" / PACKAGE
-    if (local / "__init__.py").is_file():
+    """Where the stage's ``import alignops`` finds the package: the project's ``src`` or,
+    failing that, the installed one."""
+    local = _local_package(root)
+    if local is not None:
         return local
     from importlib.util import find_spec
 
@@ -160,8 +157,14 @@ def runtime_dir() -> Path:
 # --- the wire: newline-delimited JSON, the caller's descriptors with the request ---------
 
 
-def _send(conn: socket.socket, message: Mapping) -> None:
-    conn.sendall(json.dumps(message).encode() + b"\n")
+def _send(conn: socket.socket, message: Mapping, fds: list[int] | None = None) -> None:
+    """``message`` as one JSON line; ``fds`` go with it (the other end takes them with ``recv_fds``)."""
+    line = json.dumps(message).encode() + b"\n"
+    if fds:
+        sent = socket.send_fds(conn, [line], fds)
+        conn.sendall(line[sent:])
+    else:
+        conn.sendall(line)
 
 
 def _receive(conn: socket.socket, buffer: bytearray) -> dict | None:
@@ -216,9 +219,9 @@ def _start_server(folder: Path, key: str, root: Path, environ: Mapping[str, str]
         with contextlib.suppress(FileNotFoundError):
             sock_path.unlink()  # a server that died without cleaning up
         env = dict(environ)
-        src = root / "src"
-        if (src / PACKAGE / "__init__.py").is_file():  # the package a cold kedro run would import
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), env.get("PYTHONPATH")]))
+        local = _local_package(root)
+        if local is not None:  # the server imports the package a cold kedro run would import
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(local.parent), env.get("PYTHONPATH")]))
         with open(log_path, "wb") as log:
             server = subprocess.Popen(
                 [sys.executable, "-P", "-m", f"{PACKAGE}.warm", "serve", str(sock_path), str(root)],
@@ -258,7 +261,7 @@ def _exit_like(status: int) -> None:
 
 def run(args: list[str]) -> None:
     """``kedro run <args>`` in a warm child; this process waits for it and exits with its status."""
-    root = project_root(Path.cwd())
+    root = find_kedro_project(Path.cwd())
     if os.environ.get("ALIGNOPS_WARM", "1") == "0" or root is None or not hasattr(socket, "AF_UNIX"):
         run_cold(args)
     environ = dict(os.environ)
@@ -273,7 +276,7 @@ def run(args: list[str]) -> None:
             os.dup2(os.open(os.devnull, os.O_RDWR), fd)
     with conn:
         request = {"argv": [kedro_executable(), "run", *args], "cwd": os.getcwd(), "env": environ, "pid": os.getpid()}
-        socket.send_fds(conn, [json.dumps(request).encode() + b"\n"], [0, 1, 2])
+        _send(conn, request, [0, 1, 2])
         buffer = bytearray()
         started = _receive(conn, buffer)
         if started is None or "pid" not in started:
@@ -369,14 +372,10 @@ def _read_request(conn: socket.socket) -> tuple[dict, list[int]]:
     """One request from ``conn``: a stage to run (with the caller's three descriptors) or
     ``{"stop": true}``. ValueError for anything else (its descriptors closed)."""
     data, fds, _flags, _addr = socket.recv_fds(conn, 1 << 20, 3)
-    buffer = bytearray(data)
-    while b"\n" not in buffer:
-        chunk = conn.recv(1 << 20)
-        if not chunk:
-            break
-        buffer += chunk
     try:
-        request = json.loads(bytes(buffer).partition(b"\n")[0])
+        request = _receive(conn, bytearray(data))
+        if request is None:
+            raise ValueError("the caller hung up before its request was whole")
         if not request.get("stop") and len(fds) != 3:
             raise ValueError(f"expected 3 file descriptors, got {len(fds)}")
     except (ValueError, AttributeError) as error:
@@ -440,8 +439,6 @@ def serve(sock_path: Path, root: Path, idle_s: float) -> None:
     """Preload, listen on ``sock_path``, fork a stage per request; exit after ``idle_s`` with
     no stage running and none asked for, or once the project's folder is gone."""
     log = sys.stderr
-    if str(root / "src") not in sys.path and (root / "src").is_dir():
-        sys.path.insert(0, str(root / "src"))
     set_by_preload = _preload(log)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     staging = sock_path.with_name(f"{sock_path.name}.{os.getpid()}")
