@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from alignops import warm
+from alignops import warm, warm_server
 from alignops.tracking import lineage
 
 BIN = Path(sys.executable).parent
@@ -191,7 +191,7 @@ def test_a_killed_caller_takes_its_stage_with_it(sleepy):
     caller, stage = _napping(root, env)
     caller.kill()  # SIGKILL: nothing forwarded; the server sees the caller's socket close
     caller.wait(timeout=30)
-    assert _ends(stage, warm.KILL_GRACE_S + 20)
+    assert _ends(stage, warm_server.KILL_GRACE_S + 20)
 
 
 def test_the_key_follows_code_and_import_time_environment(tmp_path):
