@@ -45,6 +45,7 @@ from kedro.framework.session import KedroSession  # noqa: E402
 from kedro.framework.startup import bootstrap_project  # noqa: E402
 
 from alignops.evaluation.policies import EvaluationConfig, kl_to_reference, sample_policy, win_rate  # noqa: E402
+from alignops.evaluation.reward import reward_model_accuracy  # noqa: E402
 from alignops.models.config import ModelConfig  # noqa: E402
 from alignops.models.generation import GenerationConfig  # noqa: E402
 from alignops.pipelines.ppo.nodes import collect_prompts  # noqa: E402
@@ -92,17 +93,9 @@ def retrain_reward_model(catalog, sft_model, tokenizer, judge, model_config: Mod
         train["prompt"].astype(str).tolist(),
     )
     wall = time.perf_counter() - wall
-    prompts = heldout["prompt"].astype(str).tolist()
-    gap = (
-        reward_model.score(prompts, heldout["chosen"].astype(str).tolist())
-        - reward_model.score(prompts, heldout["rejected"].astype(str).tolist())
-    ).numpy()
-    gold_gap = judge.score(prompts, heldout["chosen"].astype(str).tolist()) - judge.score(
-        prompts, heldout["rejected"].astype(str).tolist()
-    )
-    decided = gold_gap != 0
-    accuracy = float(np.mean(np.sign(gap[decided]) == np.sign(gold_gap[decided])))
-    print(f"reward model {overrides}: {wall:.1f} s, held-out gold accuracy {accuracy:.3f} ({int(decided.sum())} pairs)")
+    measured = reward_model_accuracy(heldout, reward_model.score, judge.score)
+    print(f"reward model {overrides}: {wall:.1f} s, held-out gold accuracy {measured['heldout_accuracy']:.3f} "
+          f"({measured['gold_pairs']} pairs)")
     return reward_model
 
 
