@@ -178,7 +178,7 @@ def test_repro_reruns_what_changed_and_every_registered_model_can_be_rebuilt(tmp
     assert sorted(r.data.tags["dvc.stage"] for r in children) == sorted(WORLD_STAGES)
     assert all(r.info.status == "FINISHED" for r in children)
     assert parent.data.tags["dvc.stages"].split(",") == WORLD_STAGES
-    assert parent.data.params["ppo.kl_coef"] == "0.05" and parent.data.params["world.n_ranking_items"] == "40"
+    assert parent.data.params["ppo.kl_coef"] == "0.08" and parent.data.params["world.n_ranking_items"] == "40"
     assert any(key.startswith("eval/") for key in parent.data.metrics), sorted(parent.data.metrics)
     ppo_run = next(r for r in children if r.data.tags["dvc.stage"] == "ppo")
     digests = lock_digests(repo)

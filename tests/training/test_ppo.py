@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import pytest
@@ -10,7 +11,7 @@ from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
 from alignops.models.chat import parse_transcript
 from alignops.models.generation import GenerationConfig
-from alignops.models.reward import RewardModel, build_reward_backbone, sequence_rewards
+from alignops.models.reward import RewardEnsemble, RewardModel, build_reward_backbone, sequence_rewards
 from alignops.models.scoring import response_logits
 from alignops.models.value_head import CriticError, PolicyWithCritic, PolicyWithValueHead
 from alignops.training import ppo as ppo_module
@@ -328,6 +329,14 @@ def test_the_critic_starts_as_the_reward_models_score_of_each_prefix(sft_model, 
     assert values[mask].std() > 0
     torch.testing.assert_close(logits, plain)
     assert policy.critic is not reward_model.model
+    # of an ensemble, the first member is the critic, read with that member's normalisation
+    second = dataclasses.replace(reward_model, model=copy.deepcopy(reward_model.model))
+    ensemble = RewardEnsemble((normalised, second), uncertainty_penalty=0.5, mean=-3.0, std=7.0)
+    with torch.no_grad():
+        _, ensemble_values = PolicyWithCritic.from_reward_model(sft_model, tokenizer, ensemble)(
+            query_ids, query_mask, response_ids, response_mask
+        )
+    torch.testing.assert_close(ensemble_values[mask], values[mask])
     assert {id(p) for p in policy.value_parameters()} == {id(p) for p in policy.critic.parameters()}
 
 

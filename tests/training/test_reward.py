@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from alignops.models.generation import GenerationConfig
+from alignops.models.reward import RewardEnsemble, RewardModel, load_reward_model
 from alignops.preferences.schema import as_canonical
 from alignops.training import reward as reward_module
 from alignops.training.common import MetricHistory, NonFiniteLossError
@@ -19,6 +20,7 @@ from alignops.training.reward import (
     normalise_reward_model,
     policy_samples,
     train_reward_model,
+    train_reward_models,
 )
 from alignops.training.reward_config import RewardConfig
 from tests.helpers import TINY_LLAMA, make_tiny_tokenizer
@@ -192,6 +194,8 @@ def test_config_rejects_bad_keys_and_values():  # tests/test_config.py checks it
         {"margin_scale": -1.0},
         {"mixed_precision": "fp8"},
         {"max_steps": 0},
+        {"ensemble_size": 0},
+        {"uncertainty_penalty": -0.1},
     ):
         with pytest.raises(ValueError):
             RewardConfig(**bad)
@@ -246,3 +250,82 @@ def test_gradient_checkpointing_changes_memory_not_results(sft_model, tokenizer)
     assert rows == pytest.approx([r["loss/reward"] for r in plain_history.rows if "loss/reward" in r])
     for (name, a), b in zip(plain.model.named_parameters(), checkpointed.model.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-6), name
+
+
+ENSEMBLE = dataclasses.replace(TINY, ensemble_size=3, uncertainty_penalty=0.5)
+
+
+@pytest.fixture(scope="module")
+def ensemble(sft_model, tokenizer, tmp_path_factory):
+    """Three members of the TINY recipe, checkpointed; and the history they logged."""
+    folder = tmp_path_factory.mktemp("ensemble_checkpoints")
+    history = MetricHistory()
+    trained = train_reward_models(
+        sft_model, tokenizer, separable_pairs(12), separable_pairs(4, seed=1), MODEL, ENSEMBLE, history,
+        checkpoint_dir=str(folder),
+    )
+    return trained, history, folder
+
+
+def test_an_ensemble_is_the_recipe_from_successive_seeds_scored_as_mean_less_spread(ensemble, sft_model, tokenizer):
+    trained, history, folder = ensemble
+    assert isinstance(trained, RewardEnsemble) and len(trained.members) == 3 and trained.uncertainty_penalty == 0.5
+    # member 1 is exactly the single recipe with seed + 1; members differ from each other
+    alone, _ = _train(sft_model, tokenizer, dataclasses.replace(TINY, seed=1))
+    for name, tensor in alone.model.state_dict().items():
+        assert torch.equal(tensor, trained.members[1].model.state_dict()[name]), name
+    head = [m.model.score.weight for m in trained.members]
+    assert not torch.equal(head[0], head[1]) and not torch.equal(head[1], head[2])
+    # each member has its own checkpoints and its own curves (the first under the usual names)
+    assert sorted(p.name for p in folder.iterdir()) == ["member-0", "member-1", "member-2"]
+    names = {name for row in history.rows for name in row}
+    assert {"loss/reward", "member_1/loss/reward", "member_2/eval/reward/accuracy"} <= names
+    assert not any(name.startswith("member_0/") for name in names)
+
+    replies = GOOD + BAD
+    prompts = PROMPTS[: len(replies)] + PROMPTS[: len(replies) - len(PROMPTS)]
+    each = torch.stack([m.score(prompts, replies) for m in trained.members])  # (3, N)
+    assert torch.equal(trained.member_scores(prompts, replies), each)
+    expected = each.mean(0) - 0.5 * each.std(0, correction=0)
+    assert torch.allclose(trained.score(prompts, replies, normalise=False), expected)
+    plain = dataclasses.replace(trained, uncertainty_penalty=0.0)
+    assert torch.allclose(plain.score(prompts, replies, normalise=False), each.mean(0))
+    with pytest.raises(ValueError, match="at least two"):
+        RewardEnsemble(trained.members[:1])
+
+
+def test_an_ensemble_is_normalised_member_by_member_then_as_a_whole(ensemble, sft_model, tokenizer):
+    trained, _, _ = ensemble
+    config = dataclasses.replace(ENSEMBLE, norm_samples=12, norm_max_new_tokens=6, norm_batch_size=5)
+    history = MetricHistory()
+    normalised = normalise_reward_model(trained, sft_model, tokenizer, PROMPTS, MODEL, config, SAMPLING, history, 3)
+    picked, samples = policy_samples(sft_model, tokenizer, PROMPTS, MODEL, config, SAMPLING)
+    for member in normalised.members:  # one unit for every member, so their spread means something
+        scores = member.score(picked, samples.texts)
+        assert abs(float(scores.mean())) < 1e-4 and abs(float(scores.std()) - 1.0) < 1e-4
+    scores = normalised.score(picked, samples.texts)
+    assert abs(float(scores.mean())) < 1e-4 and abs(float(scores.std()) - 1.0) < 1e-4
+    row = history.rows[-1]
+    assert row["step"] == 3 and row["reward/norm_std"] == pytest.approx(normalised.std)
+    spread = normalised.member_scores(picked, samples.texts).std(0, correction=0).mean()
+    assert row["reward/norm_member_std"] == pytest.approx(float(spread)) and row["reward/norm_member_std"] > 0
+
+
+def test_an_ensemble_saves_loads_and_crosses_the_launcher_as_one_folder(ensemble, tmp_path):
+    from alignops.catalog.reward_model import RewardModelDataset
+    from alignops.training.handoff import model_digest, read_value, write_value
+
+    trained = ensemble[0].with_normalisation(0.25, 2.0)
+    dataset = RewardModelDataset(filepath=str(tmp_path / "reward"))
+    dataset.save(trained)
+    saved = sorted(p.name for p in (tmp_path / "reward").iterdir())
+    assert saved == ["member-0", "member-1", "member-2", "reward_model.json"]
+    handed = tmp_path / "handoff" / "reward_model"
+    meta = write_value(handed, trained)
+    for loaded in (dataset.load(), load_reward_model(tmp_path / "reward"), read_value(handed, meta)):
+        assert isinstance(loaded, RewardEnsemble)
+        assert (loaded.mean, loaded.std, loaded.uncertainty_penalty) == (0.25, 2.0, 0.5)
+        assert torch.equal(loaded.score(PROMPTS, GOOD[:2] + BAD[:3]), trained.score(PROMPTS, GOOD[:2] + BAD[:3]))
+        assert model_digest(loaded) == model_digest(trained)
+    assert model_digest(trained) != model_digest(trained.members[0])  # every member counts, not the first alone
+    assert isinstance(load_reward_model(tmp_path / "reward" / "member-1"), RewardModel)

@@ -15,11 +15,14 @@ from typing import Any
 from kedro.io import AbstractDataset
 
 from alignops.catalog.models import _replace_folder
-from alignops.models.reward import REWARD_FILE, RewardModel
+from alignops.models.reward import REWARD_FILE, RewardEnsemble, RewardModel, load_reward_model
+
+Scorer = RewardModel | RewardEnsemble
 
 
-class RewardModelDataset(AbstractDataset[RewardModel, RewardModel]):
-    """Model (safetensors) + tokenizer + ``reward_model.json`` in one folder, replaced whole on save."""
+class RewardModelDataset(AbstractDataset[Scorer, Scorer]):
+    """Model (safetensors) + tokenizer + ``reward_model.json`` in one folder (an ensemble: a
+    folder per member beside its ``reward_model.json``), replaced whole on save."""
 
     def __init__(
         self,
@@ -34,10 +37,10 @@ class RewardModelDataset(AbstractDataset[RewardModel, RewardModel]):
         self._dtype = dtype
         self.metadata = metadata
 
-    def load(self) -> RewardModel:
-        return RewardModel.load(self._filepath, trust_remote_code=self._trust_remote_code, dtype=self._dtype)
+    def load(self) -> Scorer:
+        return load_reward_model(self._filepath, trust_remote_code=self._trust_remote_code, dtype=self._dtype)
 
-    def save(self, data: RewardModel) -> None:
+    def save(self, data: Scorer) -> None:
         _replace_folder(self._filepath, data.save)
 
     def _exists(self) -> bool:

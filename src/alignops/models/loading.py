@@ -87,9 +87,14 @@ def inference_device() -> torch.device:
 
 
 def place(objects: Any, device: torch.device) -> None:
-    """Move each model, or the ``.model`` of each scorer that holds one (``RewardModel``), to
-    ``device`` in place; anything else (a judge that scores text) is left as it is."""
+    """Move each model, or the ``.model`` of each scorer that holds one (``RewardModel``; every
+    member of a ``RewardEnsemble``), to ``device`` in place; anything else (a judge that scores
+    text) is left as it is."""
     for item in objects:
+        members = getattr(item, "members", None)
+        if members is not None:
+            place(members, device)
+            continue
         module = item if isinstance(item, torch.nn.Module) else getattr(item, "model", None)
         if isinstance(module, torch.nn.Module):
             module.to(device)

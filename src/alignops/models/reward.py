@@ -14,6 +14,14 @@ otherwise be read at shifted positions). ``sequence_rewards`` makes both hold.
 Saved as one folder: the model (safetensors), the tokenizer (its chat template, if
 any, with it), and ``reward_model.json`` with the plain prompt format and the
 normalisation.
+
+An ensemble (``RewardEnsemble``) is several such models trained alike from different
+seeds and scored together: the members' mean, less a multiple of their spread where
+they disagree (Coste et al. 2024, "Reward Model Ensembles Help Mitigate
+Overoptimization": uncertainty-weighted optimisation). A policy that drifts to replies
+the members were never shown meets disagreement instead of one model's confident error.
+Saved as a folder of member folders (``member-0``, ...) and its own ``reward_model.json``;
+``load_reward_model`` reads either kind.
 """
 
 from __future__ import annotations
@@ -201,3 +209,100 @@ class RewardModel:
         model = load_model(directory, "sequence_classification", trust_remote_code, dtype)
         tokenizer = load_tokenizer(str(directory), trust_remote_code=trust_remote_code)
         return cls(model=model, tokenizer=tokenizer, **facts)
+
+
+#: ``reward_model.json`` key that marks a folder as an ensemble of member folders.
+ENSEMBLE_KEY = "ensemble"
+
+
+def member_folder(directory: str | Path, index: int) -> Path:
+    """Where member ``index`` of an ensemble saved in ``directory`` lives."""
+    return Path(directory) / f"member-{index}"
+
+
+@dataclass(frozen=True, eq=False)
+class RewardEnsemble:
+    """Reward models scored together: ``mean_i s_i - uncertainty_penalty * std_i s_i`` of the
+    members' normalised scores, then normalised itself (``mean``/``std``, set on the SFT
+    policy's samples like a single model's). Scores like a ``RewardModel`` (``score``,
+    ``with_normalisation``, ``save``); ``model`` and ``tokenizer`` are the first member's
+    (what a critic copied from the reward model starts from)."""
+
+    members: tuple[RewardModel, ...]
+    """Each normalised on its own (mean 0, std 1 on SFT samples), so their spread is in one unit."""
+    uncertainty_penalty: float = 0.0
+    """How many of the members' standard deviations (population, over members) are taken off
+    their mean. 0 is the plain mean (Coste et al.'s "mean optimisation")."""
+    mean: float = 0.0
+    """The combined score's mean on the SFT policy's samples; subtracted by ``score(normalise=True)``."""
+    std: float = 1.0
+    """The combined score's standard deviation on those samples; divides by it."""
+
+    def __post_init__(self) -> None:
+        if len(self.members) < 2:
+            raise ValueError(f"an ensemble needs at least two reward models, got {len(self.members)}")
+        if not self.uncertainty_penalty >= 0:
+            raise ValueError(f"uncertainty_penalty must be >= 0, got {self.uncertainty_penalty}")
+        if not self.std > 0:
+            raise ValueError(f"normalisation std must be positive, got {self.std}")
+
+    @property
+    def model(self) -> PreTrainedModel:
+        return self.members[0].model
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        return self.members[0].tokenizer
+
+    def member_scores(self, prompts: list[str], responses: list[str], batch_size: int = 64) -> torch.Tensor:
+        """(M, N) normalised scores of each member."""
+        return torch.stack([m.score(prompts, responses, batch_size=batch_size, normalise=True) for m in self.members])
+
+    def score(
+        self, prompts: list[str], responses: list[str], batch_size: int = 64, normalise: bool = True
+    ) -> torch.Tensor:
+        """(N,) float32 rewards on the CPU, as ``RewardModel.score``: ``normalise`` maps the SFT
+        policy's samples to mean 0, std 1; without it, the members' penalised mean."""
+        scores = self.member_scores(prompts, responses, batch_size)  # (M, N)
+        combined = scores.mean(0) - self.uncertainty_penalty * scores.std(0, correction=0)  # (N,)
+        return (combined - self.mean) / self.std if normalise else combined
+
+    def with_normalisation(self, mean: float, std: float) -> RewardEnsemble:
+        """The same members with new normalisation constants for the combined score."""
+        return dataclasses.replace(self, mean=float(mean), std=float(std))
+
+    def facts(self) -> dict[str, Any]:
+        """What ``reward_model.json`` holds beside the member folders."""
+        return {
+            ENSEMBLE_KEY: {"members": len(self.members), "uncertainty_penalty": self.uncertainty_penalty},
+            "mean": self.mean,
+            "std": self.std,
+        }
+
+    def save(self, directory: str | Path) -> None:
+        """Each member into ``member-<i>/``, and ``reward_model.json`` into ``directory``."""
+        directory = Path(directory)
+        for index, member in enumerate(self.members):
+            member.save(member_folder(directory, index))
+        (directory / REWARD_FILE).write_text(json.dumps(self.facts(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, directory: str | Path, trust_remote_code: bool = False, dtype: str = "float32") -> RewardEnsemble:
+        """What ``save`` wrote."""
+        directory = Path(directory)
+        facts = json.loads((directory / REWARD_FILE).read_text())
+        ensemble = facts.pop(ENSEMBLE_KEY)
+        members = tuple(
+            RewardModel.load(member_folder(directory, index), trust_remote_code, dtype)
+            for index in range(int(ensemble["members"]))
+        )
+        return cls(members=members, uncertainty_penalty=float(ensemble["uncertainty_penalty"]), **facts)
+
+
+def load_reward_model(
+    directory: str | Path, trust_remote_code: bool = False, dtype: str = "float32"
+) -> RewardModel | RewardEnsemble:
+    """A reward model or an ensemble, whichever ``directory`` holds."""
+    facts = json.loads((Path(directory) / REWARD_FILE).read_text())
+    kind = RewardEnsemble if ENSEMBLE_KEY in facts else RewardModel
+    return kind.load(directory, trust_remote_code=trust_remote_code, dtype=dtype)

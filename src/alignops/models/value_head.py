@@ -148,7 +148,9 @@ class PolicyWithCritic(nn.Module):
         cls, policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, reward_model: Any
     ) -> PolicyWithCritic:
         """``policy`` and a trainable deep copy of ``reward_model.model``; the reward model itself
-        (which goes on scoring the rollouts) is left as it is, frozen or not."""
+        (which goes on scoring the rollouts) is left as it is, frozen or not. Of an ensemble,
+        the first member is copied, with that member's normalisation."""
+        reward_model = getattr(reward_model, "members", (reward_model,))[0]
         classifier, reward_tokenizer = getattr(reward_model, "model", None), getattr(reward_model, "tokenizer", None)
         if classifier is None or reward_tokenizer is None:
             raise CriticError(

@@ -28,7 +28,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from alignops.models.config import ModelConfig
 from alignops.models.generation import GenerationConfig, sample_responses
 from alignops.models.loading import load_model, save_model
-from alignops.models.reward import RewardModel
+from alignops.models.reward import RewardEnsemble, RewardModel, load_reward_model
 from alignops.models.tokenizer import load_tokenizer
 
 RUNTIME_PACKAGES = ("torch", "transformers", "tokenizers", "accelerate", "safetensors")
@@ -201,7 +201,7 @@ class RewardModelPyfunc(mlflow.pyfunc.PythonModel):
     """
 
     def load_context(self, context) -> None:
-        self.reward_model = RewardModel.load(context.artifacts["reward_model"])
+        self.reward_model = load_reward_model(context.artifacts["reward_model"])
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         missing = {"prompt", "response"} - set(model_input.columns)
@@ -223,7 +223,7 @@ REWARD_SIGNATURE = ModelSignature(
 )
 
 
-def log_reward_model(reward_model: RewardModel, name: str = "reward_model") -> ModelInfo:
+def log_reward_model(reward_model: RewardModel | RewardEnsemble, name: str = "reward_model") -> ModelInfo:
     """The reward model (weights, tokenizer, prompt format) as a pyfunc in the active run.
 
     alignops' own ``models`` code travels with it (``code_paths``), so loading it needs

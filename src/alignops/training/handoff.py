@@ -17,10 +17,10 @@ def write_value(path: Path, value: Any) -> dict[str, str]:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from alignops.models.loading import save_model
-    from alignops.models.reward import RewardModel
+    from alignops.models.reward import RewardEnsemble, RewardModel
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(value, RewardModel):
+    if isinstance(value, (RewardModel, RewardEnsemble)):
         value.save(path)
         return {"kind": "reward_model", "dtype": _dtype_name(value.model)}
     if isinstance(value, PreTrainedModel):
@@ -47,9 +47,9 @@ def read_value(path: Path, meta: Mapping[str, str]) -> Any:
     """What ``write_value`` wrote under ``path``."""
     kind = meta["kind"]
     if kind == "reward_model":
-        from alignops.models.reward import RewardModel
+        from alignops.models.reward import load_reward_model
 
-        return RewardModel.load(path, dtype=meta["dtype"])
+        return load_reward_model(path, dtype=meta["dtype"])
     if kind in ("causal_lm", "sequence_classification"):
         from alignops.models.loading import load_model
 
@@ -73,12 +73,15 @@ def model_digest(value: Any) -> str | None:
     """sha256 of a model's state (names, shapes, bytes), or None when ``value`` is no model."""
     import torch
 
-    module = getattr(value, "model", value)  # a RewardModel holds its classifier as .model
-    if not isinstance(module, torch.nn.Module):
+    members = getattr(value, "members", None)  # a RewardEnsemble: every member, in order
+    parts = {"": value} if members is None else {f"{index}.": member for index, member in enumerate(members)}
+    modules = {prefix: getattr(part, "model", part) for prefix, part in parts.items()}  # a RewardModel's classifier
+    if not all(isinstance(module, torch.nn.Module) for module in modules.values()):
         return None
     digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        flat = tensor.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    for prefix, module in modules.items():
+        for name, tensor in sorted(module.state_dict().items()):
+            flat = tensor.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"{prefix}{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+            digest.update(flat.view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()

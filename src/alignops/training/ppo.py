@@ -191,7 +191,14 @@ def _dropout_off(model: torch.nn.Module) -> None:
 
 def _scorer_state(reward_model: Scorer) -> tuple[Any, ...]:
     """What decides a reward model's scores, for the checkpoint's fingerprint: its weights and
-    normalisation (``RewardModel``), or the scorer itself (a test's plain module)."""
+    normalisation (``RewardModel``; an ensemble's members, penalty and normalisation), or the
+    scorer itself (a test's plain module)."""
+    members = getattr(reward_model, "members", None)
+    if members is not None:
+        return (
+            *(state for member in members for state in _scorer_state(member)),
+            reward_model.uncertainty_penalty, reward_model.mean, reward_model.std,
+        )
     model = getattr(reward_model, "model", None)
     if model is None:
         return (reward_model,) if isinstance(reward_model, torch.nn.Module) else ()

@@ -88,10 +88,12 @@ class PPOConfig:
     kl_controller: str = "fixed"
     """``fixed`` (β = ``kl_coef`` throughout) or ``adaptive`` (β steered towards ``kl_target``,
     Ziegler et al. 2019)."""
-    kl_coef: float = 0.05
+    kl_coef: float = 0.08
     """β, the per-token KL penalty's weight (the initial β when adaptive). It is what keeps
     the policy from hacking the reward model (e.g. padding replies the annotators, and so
-    the reward model, like long)."""
+    the reward model, like long). On the world 0.08 beat 0.05 over five PPO seeds with one
+    reward model (gold win rate 0.667 against 0.650) and over three with the ensemble
+    (docs/tuning.md)."""
     kl_target: float = 6.0
     """Adaptive only: target KL per response, in nats."""
     kl_horizon: float = 10000.0

@@ -5,7 +5,8 @@ epoch loop (``alignops.training.common.train_epochs``) with the reward model's o
 loss: chosen and rejected replies scored in one forward pass, Bradley–Terry on them.
 ``normalise_reward_model`` then samples from the SFT policy and sets the reward
 model's mean and std so that those samples score mean 0, std 1 (Ziegler et al. 2019).
-Metrics go to the ``log`` callable.
+``train_reward_models`` trains ``ensemble_size`` of them one after another (seeds
+``seed``, ``seed + 1``, ...) for a ``RewardEnsemble``. Metrics go to the ``log`` callable.
 """
 
 from __future__ import annotations
@@ -29,7 +30,13 @@ from alignops.models.collate import Batch, select_rows
 from alignops.models.config import ModelConfig
 from alignops.models.generation import GenerationConfig, GenerationOutput, sample_responses
 from alignops.models.loading import load_model
-from alignops.models.reward import RewardModel, build_reward_backbone, sequence_rewards
+from alignops.models.reward import (
+    RewardEnsemble,
+    RewardModel,
+    build_reward_backbone,
+    member_folder,
+    sequence_rewards,
+)
 from alignops.models.tokenizer import ensure_pad_token, load_tokenizer, resize_for_tokenizer
 from alignops.training.batching import GroupedBatches
 from alignops.training.checkpoints import Checkpoints
@@ -53,6 +60,7 @@ __all__ = [
     "normalise_reward_model",
     "policy_samples",
     "train_reward_model",
+    "train_reward_models",
 ]
 
 #: ``bradley_terry_loss`` stats averaged over each logging interval.
@@ -216,6 +224,50 @@ def train_reward_model(
     return dataclasses.replace(reward_model, model=merged(trained, adapter_dir, accelerator.is_main_process))
 
 
+class MemberLog:
+    """``log`` for ensemble member ``index`` > 0: its metrics as ``member_<index>/<name>``, so
+    that the members' curves sit beside the first member's instead of on top of them."""
+
+    def __init__(self, log: LogFn, index: int) -> None:
+        self.log, self.prefix = log, f"member_{index}/"
+
+    def __call__(self, metrics: dict[str, float], step: int) -> None:
+        self.log({self.prefix + name: value for name, value in metrics.items()}, step)
+
+
+def train_reward_models(
+    sft_model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    train_pairs: pd.DataFrame,
+    eval_pairs: pd.DataFrame | None,
+    model_config: ModelConfig,
+    config: RewardConfig,
+    log: LogFn,
+    checkpoint_dir: str | None = None,
+) -> RewardModel | RewardEnsemble:
+    """``train_reward_model``, or ``config.ensemble_size`` of them for an (un-normalised) ensemble.
+
+    Member ``i`` is the same recipe with seed ``config.seed + i`` (a new head and another
+    batch order: Coste et al. 2024's ensembles differ in just that), checkpointed into
+    ``<checkpoint_dir>/member-<i>``; a killed run resumes the member it was training, and
+    the finished ones from their last checkpoint.
+    """
+    if config.ensemble_size == 1:
+        return train_reward_model(
+            sft_model, tokenizer, train_pairs, eval_pairs, model_config, config, log, checkpoint_dir
+        )
+    members = tuple(
+        train_reward_model(
+            sft_model, tokenizer, train_pairs, eval_pairs, model_config,
+            dataclasses.replace(config, seed=config.seed + index),
+            log if index == 0 else MemberLog(log, index),
+            str(member_folder(checkpoint_dir, index)) if checkpoint_dir else None,
+        )
+        for index in range(config.ensemble_size)
+    )
+    return RewardEnsemble(members, uncertainty_penalty=config.uncertainty_penalty)
+
+
 def pretrained_reward_model(path: str, model_config: ModelConfig) -> RewardModel:
     """A trained one-output sequence classifier from elsewhere (a local folder or hub id), with
     its own tokenizer, showing prompts in the run's format; un-normalised (mean 0, std 1).
@@ -271,7 +323,7 @@ def policy_samples(
 
 
 def normalise_reward_model(
-    reward_model: RewardModel,
+    reward_model: RewardModel | RewardEnsemble,
     policy: PreTrainedModel,
     policy_tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[str],
@@ -280,26 +332,35 @@ def normalise_reward_model(
     generation: GenerationConfig,
     log: LogFn,
     step: int = 0,
-) -> RewardModel:
+) -> RewardModel | RewardEnsemble:
     """``reward_model`` with mean/std set so the policy's samples score mean 0, std 1.
 
     Ziegler et al. 2019 (lm-human-preferences ``train_reward``): a Bradley–Terry reward's
     offset and scale are arbitrary, so they are fixed on the distribution PPO starts
-    from (``policy_samples``). ``config.norm_samples == 0`` leaves raw rewards (0, 1).
+    from (``policy_samples``). An ensemble's members are normalised first, each on the
+    same samples (their spread is then in one unit), and then their combined score.
+    ``config.norm_samples == 0`` leaves raw rewards (0, 1).
     """
     if config.norm_samples == 0:
         return reward_model.with_normalisation(0.0, 1.0)
     picked, samples = policy_samples(policy, policy_tokenizer, prompts, model_config, config, generation)
-    raw = reward_model.score(picked, samples.texts, batch_size=config.eval_batch_size, normalise=False)  # (N,)
+    metrics = {"reward/norm_eos_share": float(samples.ended_with_eos.float().mean())}
+    if isinstance(reward_model, RewardEnsemble):
+        members = tuple(_normalised(m, picked, samples.texts, config.eval_batch_size)[0] for m in reward_model.members)
+        reward_model = dataclasses.replace(reward_model, members=members)
+        spread = reward_model.member_scores(picked, samples.texts, config.eval_batch_size).std(0, correction=0)
+        metrics["reward/norm_member_std"] = float(spread.mean())  # how far apart the members start
+    reward_model, mean, std = _normalised(reward_model, picked, samples.texts, config.eval_batch_size)
+    log({"reward/norm_mean": mean, "reward/norm_std": std, **metrics}, step)
+    return reward_model
+
+
+def _normalised(
+    reward_model: RewardModel | RewardEnsemble, prompts: list[str], texts: list[str], batch_size: int
+) -> tuple[RewardModel | RewardEnsemble, float, float]:
+    """(``reward_model`` scoring ``texts`` at mean 0 and std 1, the raw mean, the raw std)."""
+    raw = reward_model.score(prompts, texts, batch_size=batch_size, normalise=False)  # (N,)
     mean, std = float(raw.mean()), float(raw.std())
     if not math.isfinite(mean) or not std > 0:
         raise ValueError(f"reward: cannot normalise on SFT samples (mean {mean}, std {std})")
-    log(
-        {
-            "reward/norm_mean": mean,
-            "reward/norm_std": std,
-            "reward/norm_eos_share": float(samples.ended_with_eos.float().mean()),
-        },
-        step,
-    )
-    return reward_model.with_normalisation(mean, std)
+    return reward_model.with_normalisation(mean, std), mean, std

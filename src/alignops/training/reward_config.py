@@ -63,6 +63,18 @@ class RewardConfig:
     gap for K-wise rankings; <NA> counts as 0), as in Llama 2 (Touvron et al. 2023,
     eq. 2). 0 turns it off: the world's annotators are noisy enough that a rank gap of 3
     is not a surer preference than a gap of 1 by a fixed amount."""
+    ensemble_size: int = 3
+    """Reward models to train, seeds ``seed``, ``seed + 1``, ...; above 1 they are scored together
+    as one (``alignops.models.reward.RewardEnsemble``, Coste et al. 2024). Each costs what one
+    model costs. On the world three recovered what PPO lost when the audit split took a fifth
+    of the prompts: gold win rate over five PPO seeds 0.682 against one model's ~0.65, and a
+    steadier one (docs/tuning.md). The audit judge, trained with this recipe, is an ensemble too.
+    Unused with ``train`` false: a model from elsewhere is one model."""
+    uncertainty_penalty: float = 0.5
+    """How many of the members' standard deviations are taken off their mean reward
+    (uncertainty-weighted optimisation, Coste et al. 2024): where the members disagree, a
+    reply is worth less, so PPO is pulled less towards what only some of them like. 0 is the
+    plain mean. On the world 0.5 beat the plain mean (docs/tuning.md). Unused with one model."""
     eval_every: int = 100
     """Optimiser steps between held-out evaluations (and always after the last step): a few
     per run. Each scores every distinct held-out reply once, without gradients, so it is
@@ -130,6 +142,10 @@ class RewardConfig:
         check_epoch_loop_settings(self)
         if min(self.batch_size, self.grad_accum, self.eval_batch_size, self.log_every, self.eval_every) < 1:
             raise ValueError("batch sizes, grad_accum, log_every and eval_every must be >= 1")
+        if self.ensemble_size < 1:
+            raise ValueError(f"ensemble_size must be >= 1, got {self.ensemble_size}")
+        if not self.uncertainty_penalty >= 0:
+            raise ValueError(f"uncertainty_penalty must be >= 0, got {self.uncertainty_penalty}")
         if self.margin_scale < 0:
             raise ValueError(f"margin_scale must be >= 0, got {self.margin_scale}")
         check_mixed_precision(self)

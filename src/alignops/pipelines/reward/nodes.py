@@ -7,11 +7,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from alignops.models.config import ModelConfig
 from alignops.models.generation import GenerationConfig
-from alignops.models.reward import RewardModel
+from alignops.models.reward import RewardEnsemble, RewardModel
 from alignops.tracking.logger import metric_logger
 from alignops.training.common import MetricHistory
 from alignops.training.launch import distributable
-from alignops.training.reward import normalise_reward_model, pretrained_reward_model, train_reward_model
+from alignops.training.reward import normalise_reward_model, pretrained_reward_model, train_reward_models
 from alignops.training.reward_config import RewardConfig
 
 
@@ -26,11 +26,12 @@ def fit_reward_model(
     config: RewardConfig,
     history: MetricHistory,
     normalisation_prompts: list[str],
-) -> RewardModel:
-    """Trained on ``train_pairs`` (or loaded from ``config.base`` when ``config.train`` is off),
-    then normalised on the SFT policy's samples for ``normalisation_prompts``."""
+) -> RewardModel | RewardEnsemble:
+    """Trained on ``train_pairs`` (``config.ensemble_size`` models), or loaded from ``config.base``
+    when ``config.train`` is off, then normalised on the SFT policy's samples for
+    ``normalisation_prompts``."""
     if config.train:
-        reward_model = train_reward_model(
+        reward_model = train_reward_models(
             sft_model, tokenizer, train_pairs, heldout_pairs, model_config, config, history,
             checkpoint_dir=checkpoint_dir,
         )
@@ -53,7 +54,7 @@ def train(
     model: dict,
     generation: dict,
     reward: dict,
-) -> tuple[RewardModel, list[dict]]:
+) -> tuple[RewardModel | RewardEnsemble, list[dict]]:
     """The normalised reward model and every metric row the loop and the normalisation logged.
 
     Held-out accuracy is against the panel's labels on ``preferences_heldout``;
