@@ -65,7 +65,7 @@ def test_a_stage_trains_in_two_ranks_that_agree_and_hands_back_one_model(stage, 
     model = RewardModelDataset(filepath=str(saved)).load() if stage in ("reward", "audit_judge") else HFModelDataset(
         filepath=str(saved)).load()
     assert run.data.tags[f"launch.{stage}.model_sha256"] == model_digest(model)
-    assert list(saved.glob("*.safetensors")) and not list(saved.glob("*.bin"))
+    assert list(saved.rglob("*.safetensors")) and not list(saved.rglob("*.bin"))  # reward: a folder per member
     # logged once: one MLflow point per step, the steps of the stage's own history
     steps = [point.step for point in client.get_metric_history(run.info.run_id, metric)]
     assert steps and len(steps) == len(set(steps))
