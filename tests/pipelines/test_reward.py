@@ -39,9 +39,9 @@ def test_reward_pipeline_runs_in_the_test_env(project_after):
     project_copy = project_after("sft")
     run_kedro(project_copy, env="test", pipeline_names=["reward"])
     folder = project_copy / "data/06_models/reward"
-    # the default ensemble: three member folders, each a safetensors classifier with its tokenizer
-    assert sorted(p.name for p in folder.iterdir()) == ["member-0", "member-1", "member-2", "reward_model.json"]
-    for member in ("member-0", "member-1", "member-2"):
+    # conf/test's ensemble: two member folders, each a safetensors classifier with its tokenizer
+    assert sorted(p.name for p in folder.iterdir()) == ["member-0", "member-1", "reward_model.json"]
+    for member in ("member-0", "member-1"):
         names = {p.name for p in (folder / member).iterdir()}
         assert {"model.safetensors", "reward_model.json", "tokenizer.json", "config.json"} <= names
         assert not [n for n in names if n.endswith((".bin", ".pt", ".pth", ".pkl"))]
@@ -53,8 +53,8 @@ def test_reward_pipeline_runs_in_the_test_env(project_after):
     assert [r["step"] for r in history if "eval/reward/accuracy" in r] == [2, 4]
     norm = next(r for r in history if "reward/norm_std" in r)
     assert norm["step"] == 4 and norm["reward/norm_std"] > 0
-    assert [r["step"] for r in history if "member_2/loss/reward" in r] == [1, 2, 3, 4]  # each member's own curve
-    for member in ("member-0", "member-1", "member-2"):
+    assert [r["step"] for r in history if "member_1/loss/reward" in r] == [1, 2, 3, 4]  # each member's own curve
+    for member in ("member-0", "member-1"):
         checkpoints = sorted(p.name for p in (project_copy / "data/06_models/checkpoints/reward" / member).iterdir())
         assert checkpoints == ["step_00000002", "step_00000004"]
 
