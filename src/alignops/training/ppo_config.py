@@ -92,8 +92,8 @@ class PPOConfig:
     """β, the per-token KL penalty's weight (the initial β when adaptive). It is what keeps
     the policy from hacking the reward model (e.g. padding replies the annotators, and so
     the reward model, like long). On the world 0.08 beat 0.05 over five PPO seeds with one
-    reward model (gold win rate 0.667 against 0.650) and over three with the ensemble
-    (docs/tuning.md)."""
+    reward model (gold win rate 0.667 against 0.648) and with the ensemble (0.692 against
+    0.682; docs/tuning.md)."""
     kl_target: float = 6.0
     """Adaptive only: target KL per response, in nats."""
     kl_horizon: float = 10000.0

@@ -67,9 +67,10 @@ class RewardConfig:
     """Reward models to train, seeds ``seed``, ``seed + 1``, ...; above 1 they are scored together
     as one (``alignops.models.reward.RewardEnsemble``, Coste et al. 2024). Each costs what one
     model costs. On the world three recovered what PPO lost when the audit split took a fifth
-    of the prompts: gold win rate over five PPO seeds 0.682 against one model's ~0.65, and a
-    steadier one (docs/tuning.md). The audit judge, trained with this recipe, is an ensemble too.
-    Unused with ``train`` false: a model from elsewhere is one model."""
+    of the prompts: with ``ppo.kl_coef`` 0.08, gold win rate 0.685 over five PPO seeds against
+    one model's 0.648 at 0.05, and a steadier one (docs/tuning.md). The audit judge, trained
+    with this recipe, is an ensemble too. Unused with ``train`` false: a model from elsewhere
+    is one model."""
     uncertainty_penalty: float = 0.5
     """How many of the members' standard deviations are taken off their mean reward
     (uncertainty-weighted optimisation, Coste et al. 2024): where the members disagree, a
