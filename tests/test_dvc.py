@@ -234,34 +234,23 @@ def test_repro_reruns_what_changed_and_every_registered_model_can_be_rebuilt(tmp
     assert ran(forced) == ["ppo"]
     assert lock_digests(clone)["data/06_models/ppo"] == tags["dvc.dep.data/06_models/ppo"]
 
-    # 6. An experiment: one -S, DVC runs what it changes, `dvc exp show` lists its figures.
-    experiment = run(repo, "dvc", "exp", "run", "-n", "kl-02", "-S", "conf/base/parameters_ppo.yml:ppo.kl_coef=0.2")
-    assert ran(experiment) == AFTER_PPO
-    shown = json.loads(run(repo, "dvc", "exp", "show", "--json").stdout)
-    experiments = {exp["name"]: exp for row in shown for exp in (row.get("experiments") or [])
-                   for exp in exp["revs"]}
-    assert "kl-02" in experiments, shown
-    data = experiments["kl-02"]["data"]
-    metrics = data["metrics"]["data/08_reporting/evaluation_summary.json"]["data"]
-    assert metrics["policies"]["ppo"]["gold_win_rate_vs_sft"]["value"] is not None
-    assert data["params"]["conf/base/parameters_ppo.yml"]["data"]["ppo"]["kl_coef"] == 0.2
-    exp_parents = [r for r in client.search_runs([e.experiment_id for e in client.search_experiments()])
-                   if r.data.tags.get("dvc.exp_name") == "kl-02" and "dvc.repro" in r.data.tags]
-    assert len(exp_parents) == 1 and exp_parents[0].data.params["ppo.kl_coef"] == "0.2"
-    assert exp_parents[0].data.tags["dvc.stages"].split(",") == AFTER_PPO
-
-    # 7. The README's sweep: queued experiments run in copies of the repository under .dvc/tmp (each
-    # with a warm server of its own, gone with its copy) and are recorded in the project's store.
+    # 6. The README's sweep: experiments (one -S each) queued, then run in copies of the repository
+    # under .dvc/tmp (each with a warm server of its own, gone with its copy). DVC runs what the
+    # parameter changes, `dvc exp show` lists the figures, and the project's store records them.
     run(repo, "dvc", "exp", "run", "--queue", "-n", "kl-03", "-S", "conf/base/parameters_ppo.yml:ppo.kl_coef=0.3")
     run(repo, "dvc", "exp", "run", "--run-all")
     shown = json.loads(run(repo, "dvc", "exp", "show", "--json").stdout)
-    queued = next(exp for row in shown for exp in (row.get("experiments") or []) for exp in exp["revs"]
-                  if exp["name"] == "kl-03")
-    assert queued["data"]["params"]["conf/base/parameters_ppo.yml"]["data"]["ppo"]["kl_coef"] == 0.3
-    assert queued["data"]["metrics"]["data/08_reporting/evaluation_summary.json"]["data"]["policies"]["ppo"]
-    queued_parents = [r for r in client.search_runs([e.experiment_id for e in client.search_experiments()])
-                      if r.data.tags.get("dvc.exp_name") == "kl-03" and "dvc.repro" in r.data.tags]
-    assert len(queued_parents) == 1 and queued_parents[0].data.params["ppo.kl_coef"] == "0.3"
+    experiments = {exp["name"]: exp for row in shown for exp in (row.get("experiments") or [])
+                   for exp in exp["revs"]}
+    assert "kl-03" in experiments, shown
+    data = experiments["kl-03"]["data"]
+    assert data["params"]["conf/base/parameters_ppo.yml"]["data"]["ppo"]["kl_coef"] == 0.3
+    metrics = data["metrics"]["data/08_reporting/evaluation_summary.json"]["data"]
+    assert metrics["policies"]["ppo"]["gold_win_rate_vs_sft"]["value"] is not None
+    exp_parents = [r for r in client.search_runs([e.experiment_id for e in client.search_experiments()])
+                   if r.data.tags.get("dvc.exp_name") == "kl-03" and "dvc.repro" in r.data.tags]
+    assert len(exp_parents) == 1 and exp_parents[0].data.params["ppo.kl_coef"] == "0.3"
+    assert exp_parents[0].data.tags["dvc.stages"].split(",") == AFTER_PPO
 
 
 # -- a user's own data: dvc add, a new version reruns from validation, dvc checkout restores ----------

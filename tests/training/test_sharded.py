@@ -6,9 +6,7 @@ sharded model behave: lockstep reference passes, refusals."""
 from __future__ import annotations
 
 import shutil
-import sysconfig
 import tempfile
-from pathlib import Path
 
 import pytest
 import torch
@@ -31,20 +29,6 @@ UPSTREAM = {"sft": "data_validation", "dpo": "sft"}
 METRIC = {"sft": "loss/sft", "dpo": "loss/dpo"}
 
 
-def _deepspeed_can_build() -> bool:
-    """DeepSpeed's CPU accelerator compiles a C++ op at start: a compiler and Python.h (CI installs both)."""
-    include = Path(sysconfig.get_paths()["include"]) / "Python.h"
-    return torch.cuda.is_available() or (shutil.which("g++") is not None and include.is_file())
-
-
-NEEDS_COMPILER = pytest.mark.skipif(not _deepspeed_can_build(),
-                                    reason="DeepSpeed on CPU compiles its comm op: needs g++ and python3-dev")
-
-
-def configs(*names: str) -> list:
-    return [pytest.param(n, marks=NEEDS_COMPILER) if n.startswith("deepspeed") else n for n in names]
-
-
 def on_cpu(config: str) -> dict:
     """A stage's parameters for a shipped config on this machine: the files ask bf16 for GPUs
     (or leave it to the stage); fp32 keeps the CPU comparisons exact."""
@@ -56,7 +40,7 @@ def _checkpoints(project, stage):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config", configs(*sorted(CONFIGS)))
+@pytest.mark.parametrize("config", sorted(CONFIGS))
 @pytest.mark.parametrize("stage", ["sft", "dpo"])
 def test_a_sharded_launch_trains_a_stage_over_two_cpu_ranks_and_hands_back_the_whole_model(
         stage, config, project_after, tmp_path, monkeypatch):
@@ -98,7 +82,7 @@ def test_sharded_launches_reach_the_losses_and_weights_of_data_parallel_and_resu
     run_kedro(project, env="test", pipeline_names=["sft"], runtime_params={"sft": {**HARD, "num_processes": 2}})
     ddp, ddp_model = stage_history(project, "sft"), saved.load()
 
-    for config in sorted(CONFIGS) if _deepspeed_can_build() else ["fsdp"]:
+    for config in sorted(CONFIGS):
         shutil.rmtree(project / "data" / "06_models" / "checkpoints" / "sft")
         params = {"sft": {**HARD, **on_cpu(config)}}
         run_kedro(project, env="test", pipeline_names=["sft"], runtime_params=params)

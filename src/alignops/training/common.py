@@ -109,6 +109,7 @@ def make_accelerator(
         from accelerate.utils import InitProcessGroupKwargs
 
         handlers.append(InitProcessGroupKwargs(backend="gloo"))
+        _without_cpu_shm_op()
     accelerator = Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum, cpu=cpu,
                               kwargs_handlers=handlers)
     if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
@@ -117,6 +118,28 @@ def make_accelerator(
         _fill_deepspeed_config(accelerator, batch_size, max_grad_norm)
     set_seed(seed)
     return accelerator
+
+
+CPU_SHM_SWITCH = "ALIGNOPS_DEEPSPEED_CPU_SHM"
+"""Set to 1 to let DeepSpeed on CPU build and use its shared-memory allreduce (see ``_without_cpu_shm_op``)."""
+
+
+def _without_cpu_shm_op() -> None:
+    """DeepSpeed without a GPU reduces over gloo instead of its shared-memory op, unless
+    ``ALIGNOPS_DEEPSPEED_CPU_SHM=1``.
+
+    The op is a C++ extension DeepSpeed compiles on first use (about a minute of g++, and it
+    needs Python's headers) before the first collective. On CPU, DeepSpeed is here to try a
+    configuration before a GPU, where the op is not used (NCCL reduces); the results are the
+    same either way, gloo is only slower at sizes this path never reaches. DeepSpeed skips the
+    op when its table of compatible ops says so, and keeps that table for the process.
+    """
+    if os.environ.get(CPU_SHM_SWITCH, "0") == "1":
+        return
+    import deepspeed.ops
+    from deepspeed.ops.op_builder.cpu.comm import ShareMemCommBuilder
+
+    deepspeed.ops.__compatible_ops__[ShareMemCommBuilder.NAME] = False
 
 
 def _fill_deepspeed_config(accelerator: Accelerator, batch_size: int | None, max_grad_norm: float | None) -> None:
