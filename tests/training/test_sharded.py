@@ -157,3 +157,19 @@ def test_sharding_is_refused_where_it_does_not_run_yet(kind):
         with pytest.raises(ValueError, match=f"{stage}: x.yaml asks for {kind}"):
             check_sharded_stage(stage, {}, settings, "x.yaml")
         check_sharded_stage(stage, {}, {"distributed_type": "MULTI_GPU"}, "ddp.yaml")
+
+
+def test_deepspeed_on_cpu_compiles_no_shared_memory_op_unless_asked(monkeypatch):
+    import deepspeed.ops
+    from deepspeed.comm.torch import build_shm_op
+
+    from alignops.training.common import CPU_SHM_SWITCH, _without_cpu_shm_op
+
+    table = deepspeed.ops.__compatible_ops__
+    monkeypatch.setitem(table, "deepspeed_shm_comm", True)
+    monkeypatch.setenv(CPU_SHM_SWITCH, "1")
+    _without_cpu_shm_op()
+    assert table["deepspeed_shm_comm"] is True  # asked for: DeepSpeed decides, as it would alone
+    monkeypatch.delenv(CPU_SHM_SWITCH)
+    _without_cpu_shm_op()
+    assert build_shm_op() is None  # DeepSpeed's own check now skips the op: nothing is compiled
