@@ -151,13 +151,15 @@ def _banner(alarm: dict | None) -> str:
 def _summary_table(summary: dict) -> str:
     judge = summary["judge"]
     judges = [judge, *(j for j in summary["judges"] if j != judge)]  # the deciding judge first
+    ensemble = any("rm_disagreement" in f for f in summary["policies"].values())
     header = ["policy", f"{judge} mean", *(f"{j} win rate vs SFT" for j in judges), "RM score",
-              "KL to SFT", "mean length", "EOS rate"]
+              *(["RM members' spread"] if ensemble else []), "KL to SFT", "mean length", "EOS rate"]
     rows = []
     for policy, f in summary["policies"].items():
         name = f"{policy} (N={f['n']})" if f.get("n") else policy
         wins = [_interval(f.get(f"{j}_win_rate_vs_sft")) for j in judges]
-        rows.append([name, _interval(f[f"{judge}_mean"]), *wins, f"{f['rm_mean']:.2f}",
+        spread = [f"{f['rm_disagreement']:.2f}" if "rm_disagreement" in f else "–"] if ensemble else []
+        rows.append([name, _interval(f[f"{judge}_mean"]), *wins, f"{f['rm_mean']:.2f}", *spread,
                      _kl(f["kl_to_sft"], f["kl_to_sft_kind"]), f"{f['mean_length']:.1f}", f"{f['eos_rate']:.2f}"])
     return _table(header, rows)
 

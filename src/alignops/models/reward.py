@@ -258,6 +258,12 @@ class RewardEnsemble:
         """(M, N) normalised scores of each member."""
         return torch.stack([m.score(prompts, responses, batch_size=batch_size, normalise=True) for m in self.members])
 
+    def disagreement(self, prompts: list[str], responses: list[str], batch_size: int = 64) -> torch.Tensor:
+        """(N,) the members' standard deviation (population) on each reply, in their normalised
+        unit: what ``uncertainty_penalty`` takes off. It grows where a policy's replies leave
+        what the members learnt alike, a sign of a reward model being exploited (Coste et al. 2024)."""
+        return self.member_scores(prompts, responses, batch_size).std(0, correction=0)
+
     def score(
         self, prompts: list[str], responses: list[str], batch_size: int = 64, normalise: bool = True
     ) -> torch.Tensor:

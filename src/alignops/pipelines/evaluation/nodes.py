@@ -17,7 +17,7 @@ from alignops.evaluation.report import plot_evaluation, samples_table
 from alignops.models.config import ModelConfig
 from alignops.models.generation import GenerationConfig
 from alignops.models.loading import inference_device, place
-from alignops.models.reward import RewardModel
+from alignops.models.reward import RewardEnsemble, RewardModel
 from alignops.world import GoldJudge
 
 
@@ -76,4 +76,17 @@ def evaluate_with_audit_judge(
         config,
     )
     table = samples_table(samples)
+    if isinstance(reward_model, RewardEnsemble):
+        add_disagreement(summary, table, reward_model, config.batch_size)
     return summary, table, plot_evaluation(summary, table)
+
+
+def add_disagreement(summary: dict, table: pd.DataFrame, ensemble: RewardEnsemble, batch_size: int) -> None:
+    """The ensemble's members' spread on every evaluated reply (``rm_disagreement``, a column of
+    the samples) and its mean per policy in the summary: a policy that exploits the reward model
+    drifts to replies its members score apart, so its figure climbs above SFT's."""
+    table["rm_disagreement"] = ensemble.disagreement(
+        table["prompt"].tolist(), table["response"].tolist(), batch_size
+    ).numpy()
+    for policy, rows in table.groupby("policy", sort=False):
+        summary["policies"][policy]["rm_disagreement"] = float(rows["rm_disagreement"].mean())
