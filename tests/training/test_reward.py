@@ -294,17 +294,24 @@ def test_an_ensemble_is_the_recipe_from_successive_seeds_scored_as_mean_less_spr
         RewardEnsemble(trained.members[:1])
 
 
-def test_an_ensemble_is_normalised_member_by_member_then_as_a_whole(ensemble, sft_model, tokenizer):
+def test_an_ensemble_is_normalised_member_by_member_then_as_a_whole(ensemble, sft_model, tokenizer, monkeypatch):
     trained, _, _ = ensemble
     config = dataclasses.replace(ENSEMBLE, norm_samples=12, norm_max_new_tokens=6, norm_batch_size=5)
     history = MetricHistory()
+    passes = []
+    score = RewardModel.score
+    monkeypatch.setattr(RewardModel, "score", lambda self, *a, **k: passes.append(self) or score(self, *a, **k))
     normalised = normalise_reward_model(trained, sft_model, tokenizer, PROMPTS, MODEL, config, SAMPLING, history, 3)
+    assert len(passes) == len(trained.members)  # each member scores the samples once
+    monkeypatch.undo()
     picked, samples = policy_samples(sft_model, tokenizer, PROMPTS, MODEL, config, SAMPLING)
     for member in normalised.members:  # one unit for every member, so their spread means something
         scores = member.score(picked, samples.texts)
         assert abs(float(scores.mean())) < 1e-4 and abs(float(scores.std()) - 1.0) < 1e-4
     scores = normalised.score(picked, samples.texts)
     assert abs(float(scores.mean())) < 1e-4 and abs(float(scores.std()) - 1.0) < 1e-4
+    raw = normalised.score(picked, samples.texts, normalise=False)  # the constants are its moments, to the bit
+    assert (normalised.mean, normalised.std) == (float(raw.mean()), float(raw.std()))
     row = history.rows[-1]
     assert row["step"] == 3 and row["reward/norm_std"] == pytest.approx(normalised.std)
     spread = normalised.member_scores(picked, samples.texts).std(0, correction=0).mean()

@@ -269,9 +269,13 @@ class RewardEnsemble:
     ) -> torch.Tensor:
         """(N,) float32 rewards on the CPU, as ``RewardModel.score``: ``normalise`` maps the SFT
         policy's samples to mean 0, std 1; without it, the members' penalised mean."""
-        scores = self.member_scores(prompts, responses, batch_size)  # (M, N)
-        combined = scores.mean(0) - self.uncertainty_penalty * scores.std(0, correction=0)  # (N,)
+        combined = self.combine(self.member_scores(prompts, responses, batch_size))  # (N,)
         return (combined - self.mean) / self.std if normalise else combined
+
+    def combine(self, member_scores: torch.Tensor) -> torch.Tensor:
+        """(N,) the members' mean less ``uncertainty_penalty`` times their spread, from their (M, N)
+        normalised scores: the ensemble's score before its own normalisation."""
+        return member_scores.mean(0) - self.uncertainty_penalty * member_scores.std(0, correction=0)
 
     def with_normalisation(self, mean: float, std: float) -> RewardEnsemble:
         """The same members with new normalisation constants for the combined score."""

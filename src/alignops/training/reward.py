@@ -346,21 +346,27 @@ def normalise_reward_model(
     picked, samples = policy_samples(policy, policy_tokenizer, prompts, model_config, config, generation)
     metrics = {"reward/norm_eos_share": float(samples.ended_with_eos.float().mean())}
     if isinstance(reward_model, RewardEnsemble):
-        members = tuple(_normalised(m, picked, samples.texts, config.eval_batch_size)[0] for m in reward_model.members)
-        reward_model = dataclasses.replace(reward_model, members=members)
-        spread = reward_model.member_scores(picked, samples.texts, config.eval_batch_size).std(0, correction=0)
-        metrics["reward/norm_member_std"] = float(spread.mean())  # how far apart the members start
-    reward_model, mean, std = _normalised(reward_model, picked, samples.texts, config.eval_batch_size)
+        # each member scores the samples once; its normalised scores are then what it would score
+        members, member_scores = [], []
+        for member in reward_model.members:
+            raw = member.score(picked, samples.texts, batch_size=config.eval_batch_size, normalise=False)  # (N,)
+            member = member.with_normalisation(*_moments(raw))
+            members.append(member)
+            member_scores.append((raw - member.mean) / member.std)
+        reward_model = dataclasses.replace(reward_model, members=tuple(members))
+        scores = torch.stack(member_scores)  # (M, N)
+        metrics["reward/norm_member_std"] = float(scores.std(0, correction=0).mean())  # how far apart they start
+        raw = reward_model.combine(scores)  # (N,)
+    else:
+        raw = reward_model.score(picked, samples.texts, batch_size=config.eval_batch_size, normalise=False)
+    mean, std = _moments(raw)
     log({"reward/norm_mean": mean, "reward/norm_std": std, **metrics}, step)
-    return reward_model
+    return reward_model.with_normalisation(mean, std)
 
 
-def _normalised(
-    reward_model: RewardModel | RewardEnsemble, prompts: list[str], texts: list[str], batch_size: int
-) -> tuple[RewardModel | RewardEnsemble, float, float]:
-    """(``reward_model`` scoring ``texts`` at mean 0 and std 1, the raw mean, the raw std)."""
-    raw = reward_model.score(prompts, texts, batch_size=batch_size, normalise=False)  # (N,)
+def _moments(raw: torch.Tensor) -> tuple[float, float]:
+    """(mean, std) of raw scores of SFT samples: what normalising subtracts and divides by."""
     mean, std = float(raw.mean()), float(raw.std())
     if not math.isfinite(mean) or not std > 0:
         raise ValueError(f"reward: cannot normalise on SFT samples (mean {mean}, std {std})")
-    return reward_model.with_normalisation(mean, std), mean, std
+    return mean, std
