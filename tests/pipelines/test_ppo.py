@@ -26,7 +26,8 @@ OUTPUTS = {"ppo_model", "ppo_curves", "ppo_samples", "ppo_snapshots"}
 
 def _frames() -> tuple[pd.DataFrame, pd.DataFrame]:
     preferences = pd.DataFrame({"prompt": ["reset my password", "where is my order", "reset my password"]})
-    demonstrations = pd.DataFrame({"prompt": ["where is my order", "refund the charge"]})
+    demonstrations = pd.DataFrame({"prompt": ["where is my order", "refund the charge"],
+                                   "response": ["it ships today", "refunded"]})
     return preferences, demonstrations
 
 
@@ -57,7 +58,7 @@ def test_prompts_are_the_distinct_training_prompts_with_or_without_demonstration
     ]
 
 
-def _catalog(root: Path, sft_model, tokenizer) -> DataCatalog:
+def _catalog(root: Path, sft_model, tokenizer, **ppo) -> DataCatalog:
     """The project's ppo catalog entries (and the stage factories) rooted at ``root``; the
     upstream stages' outputs in memory."""
     catalog = base_catalog(root, "stages", "ppo")
@@ -71,14 +72,15 @@ def _catalog(root: Path, sft_model, tokenizer) -> DataCatalog:
         "sft_demonstrations": demonstrations,
         "params:model": model_params,
         "params:generation": {"max_new_tokens": 12},
-        "params:ppo": TEST_PPO,
+        "params:ppo": TEST_PPO | ppo,
     }.items():
         catalog[name] = MemoryDataset(value, copy_mode="assign")
     return catalog
 
 
-def test_pipeline_saves_a_loadable_policy_its_history_and_samples(tmp_path, sft_model, tokenizer):
-    SequentialRunner().run(create_pipeline(), _catalog(tmp_path, sft_model, tokenizer))
+@pytest.mark.parametrize("ptx_coef", [0.0, 0.5])
+def test_pipeline_saves_a_loadable_policy_its_history_and_samples(tmp_path, sft_model, tokenizer, ptx_coef):
+    SequentialRunner().run(create_pipeline(), _catalog(tmp_path, sft_model, tokenizer, ptx_coef=ptx_coef))
 
     policy = HFModelDataset(filepath=str(tmp_path / "data/06_models/ppo")).load()
     assert type(policy) is type(sft_model)
@@ -87,6 +89,7 @@ def test_pipeline_saves_a_loadable_policy_its_history_and_samples(tmp_path, sft_
     history = json.loads((tmp_path / "data/08_reporting/ppo_history.json").read_text())
     assert [row["step"] for row in history] == list(range(1, TEST_PPO["steps"] + 1))
     assert all(PPO_LOGGED_EVERY_STEP <= set(row) for row in history)
+    assert all(("ptx/nll" in row) == (ptx_coef > 0) for row in history)  # the demonstrations' SFT loss
     samples = pd.read_json(tmp_path / "data/08_reporting/ppo_samples.jsonl", lines=True)
     assert list(samples.columns) == ["step", "prompt", "response", "score"]
     assert len(samples) == TEST_PPO["steps"] * TEST_PPO["num_samples"]

@@ -55,7 +55,9 @@ def test_a_stage_trains_in_two_ranks_that_agree_and_hands_back_one_model(stage, 
     handoff.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(handoff))
     params = "reward" if stage == "audit_judge" else stage
-    run_kedro(project, env="test", pipeline_names=[stage], runtime_params={params: {"num_processes": 2}})
+    # PPO with its SFT loss on (ptx): a second forward and backward per update, which DDP must sync too
+    extra = {"ptx_coef": 0.5} if stage == "ppo" else {}
+    run_kedro(project, env="test", pipeline_names=[stage], runtime_params={params: {"num_processes": 2, **extra}})
 
     client, run = last_run(project)
     assert run.info.status == "FINISHED"
@@ -70,6 +72,7 @@ def test_a_stage_trains_in_two_ranks_that_agree_and_hands_back_one_model(stage, 
     steps = [point.step for point in client.get_metric_history(run.info.run_id, metric)]
     assert steps and len(steps) == len(set(steps))
     assert sorted(steps) == [row["step"] for row in stage_history(project, stage) if metric in row]
+    assert all("ptx/nll" in row for row in stage_history(project, stage)) == (stage == "ppo")
     assert not list(handoff.iterdir())  # the hand-off folder is gone
 
 

@@ -58,12 +58,13 @@ def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
 
 
-def _run(sft_model, tokenizer, scorer=None, temperature=0.7, **overrides):
+def _run(sft_model, tokenizer, scorer=None, temperature=0.7, demonstrations=None, **overrides):
     history = MetricHistory()
     config = dataclasses.replace(TINY, **overrides)
     generation = GenerationConfig(temperature=temperature)
     result = train_ppo(
-        sft_model, tokenizer, scorer or CountingScorer(), PROMPTS, TINY_LLAMA, config, generation, history
+        sft_model, tokenizer, scorer or CountingScorer(), PROMPTS, TINY_LLAMA, config, generation, history,
+        demonstrations=demonstrations,
     )
     return result, history
 
@@ -384,3 +385,46 @@ def test_a_reward_model_critic_needs_the_policys_tokenizer_and_a_per_token_head(
     ))
     with pytest.raises(CriticError, match="BertForSequenceClassification has none"):
         PolicyWithCritic.from_reward_model(sft_model, tokenizer, dataclasses.replace(reward_model, model=encoder))
+
+
+# --- ptx: the SFT loss on the demonstrations ------------------------------------------------------
+
+DEMOS = (["where is my order", "reset my password"], ["it ships today", "press forgot password"])
+
+
+def test_demonstrations_are_laid_out_as_rollouts_and_decode_to_the_rendered_pair(tokenizer):
+    from alignops.models.chat import Renderer
+    from alignops.training.ptx import Demonstrations
+
+    model_config = dataclasses.replace(TINY_LLAMA, max_prompt_tokens=40, max_response_tokens=24)  # nothing cut
+    demos = Demonstrations(tokenizer, *DEMOS, model_config, seed=0)
+    rows = demos.rows
+    assert rows["query_mask"][:, -1].all() and rows["response_mask"][:, 0].all()  # left / right padded
+    rendered, completions = Renderer.for_model(model_config, tokenizer).completions(*DEMOS)
+    for i in range(len(DEMOS[0])):
+        query = rows["query_ids"][i][rows["query_mask"][i].bool()]
+        reply = rows["response_ids"][i][rows["response_mask"][i].bool()]
+        assert tokenizer.decode(query) == rendered[i]
+        assert reply[-1] == tokenizer.eos_token_id and tokenizer.decode(reply[:-1]) == completions[i]
+    batch = demos.draw(5, torch.device("cpu"))  # with replacement, cut to the batch's own widths
+    assert batch["query_ids"].shape[0] == 5 and batch["query_mask"][:, 0].any() and batch["response_mask"][:, -1].any()
+
+
+def test_ptx_pulls_the_policy_towards_the_demonstrations_and_is_logged(sft_model, tokenizer):
+    from alignops.models.value_head import PolicyWithValueHead
+    from alignops.training.ptx import Demonstrations, ptx_loss
+
+    def demo_nll(model) -> float:
+        with torch.no_grad():
+            demos = Demonstrations(tokenizer, *DEMOS, TINY_LLAMA, seed=0)
+            return float(ptx_loss(PolicyWithValueHead(model), demos.rows))
+
+    plain, _ = _run(sft_model, tokenizer, steps=4)
+    mixed, history = _run(sft_model, tokenizer, steps=4, ptx_coef=5.0, demonstrations=DEMOS)
+    assert demo_nll(mixed.policy) < demo_nll(plain.policy) - 0.1
+    assert all(torch.isfinite(torch.tensor(row["ptx/nll"])) for row in history.rows)
+    assert "ptx/nll" not in _run(sft_model, tokenizer, steps=1)[1].rows[0]
+    with pytest.raises(ValueError, match="ptx_coef > 0 needs demonstrations"):
+        _run(sft_model, tokenizer, steps=1, ptx_coef=0.1)
+    with pytest.raises(ValueError, match="ptx_coef"):
+        PPOConfig(ptx_coef=-1.0)

@@ -56,6 +56,7 @@ from alignops.training.common import (
 from alignops.training.loop_state import Recorder, restore_history
 from alignops.training.lora import ADAPTER_FOLDER, add_adapters, lora_config, merged
 from alignops.training.ppo_config import PPOConfig
+from alignops.training.ptx import Demonstrations, ptx_loss
 from alignops.training.snapshots import Snapshots
 
 KL_CONTROLLERS: dict[str, Callable[[PPOConfig], FixedKLController | AdaptiveKLController]] = {
@@ -216,6 +217,7 @@ def train_ppo(
     generation: GenerationConfig,
     log: LogFn,
     checkpoint_dir: str | None = None,
+    demonstrations: tuple[Sequence[str], Sequence[str]] | None = None,
 ) -> PPOResult:
     """Optimise a copy of ``sft_model`` against ``reward_model`` on ``prompts`` (canonical text).
 
@@ -223,14 +225,18 @@ def train_ppo(
     (with ``config.lora``, the reference is the policy with its adapters disabled).
     The reward model scores decoded text (it may use another tokenizer) and renders it
     its own way; the policy's rollouts render prompts with ``sample_responses``.
+    ``demonstrations`` (prompts, replies) feed ``config.ptx_coef``'s SFT loss (``alignops.training.ptx``).
     """
     if not prompts:
         raise ValueError("ppo: no prompts to roll out on")
+    ptx = None
+    if config.ptx_coef > 0:
+        ptx = Demonstrations(tokenizer, *(demonstrations or ([], [])), model_config, config.seed)
     accelerator = make_accelerator(config.mixed_precision, 1, config.seed)
     device = accelerator.device
     checkpoints = Checkpoints(  # what a resumable checkpoint must have started from
         accelerator, checkpoint_dir, "ppo", config, model_config, generation, list(prompts), sft_model,
-        *_scorer_state(reward_model),
+        *_scorer_state(reward_model), *([ptx.rows] if ptx is not None else []),
     )
     snapshots = Snapshots(accelerator, checkpoint_dir, "ppo", config.snapshot_every, checkpoints.fingerprint)
     # The policy and its critic (a value head created after seeding, or a copy of the reward model).
@@ -283,6 +289,8 @@ def train_ppo(
         kl_controller.value = state["kl_coef"]
         samples, elapsed = state["samples"], state["elapsed_s"]
         recorded.rows = restore_history(log, state["history"])
+        if ptx is not None:
+            ptx.generator.set_state(state["ptx_generator"])
     log = recorded
     # Dropout stays off throughout (Huang et al. 2024): with it, the log-probs of an
     # unchanged policy would differ between rollout and update, and so would the ratio.
@@ -329,7 +337,7 @@ def train_ppo(
         advantages = masked_whiten(advantages, mask, all_reduce_sum=global_sum)
 
         # 3. Optimise: epochs x shuffled minibatches of the clipped policy and value losses.
-        update_stats = []
+        update_stats, ptx_nll = [], []
         policy.train(config.gradient_checkpointing)
         for _ in range(config.ppo_epochs):
             for rows in torch.randperm(len(index), generator=seeds).split(config.minibatch_size):
@@ -347,6 +355,12 @@ def train_ppo(
                 loss = pg_loss + config.vf_coef * vf_loss  # token means over this rank's minibatch
                 check_finite(loss, "ppo", step)
                 accelerator.backward(global_mean(loss, rows_mask.sum().float(), accelerator))
+                if ptx is not None:  # its own forward and backward: DDP syncs each backward once
+                    demo = ptx.draw(len(rows), device)
+                    nll = ptx_loss(policy, demo)
+                    check_finite(nll, "ppo", step)
+                    accelerator.backward(config.ptx_coef * nll)
+                    ptx_nll.append(nll.detach())
                 grad_norm = accelerator.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
@@ -371,6 +385,8 @@ def train_ppo(
             ]
         )
         metrics = dict(zip(DIAGNOSTICS, accelerator.reduce(diagnostics, reduction="mean").tolist(), strict=True))
+        if ptx is not None:
+            metrics["ptx/nll"] = accelerator.reduce(torch.stack(ptx_nll).mean(), reduction="mean").item()
         kl_controller.update(metrics["objective/kl"], n_steps=global_batch)
         now = time.perf_counter()
         step_s = now - step_start
@@ -402,6 +418,7 @@ def train_ppo(
                 "samples": samples,
                 "elapsed_s": time.perf_counter() - loop_start,
                 "history": recorded.rows,
+                **({"ptx_generator": ptx.generator.get_state()} if ptx is not None else {}),
             })
     bar.close()
     accelerator.wait_for_everyone()

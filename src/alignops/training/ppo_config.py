@@ -116,6 +116,12 @@ class PPOConfig:
     reward_batch_size: int = 64
     """Episodes per reward-model forward."""
 
+    ptx_coef: float = 0.0
+    """Weight of the SFT loss on the demonstrations, added to every PPO update (InstructGPT's
+    "PPO-ptx", OpenRLHF's ``ptx_coef``): each minibatch also takes the per-token NLL of as many
+    demonstration replies, so the policy keeps what SFT taught while it climbs the reward.
+    0 turns it off. The stage then needs the demonstrations (``sft_demonstrations``)."""
+
     demonstration_prompts: bool = True
     """Also roll out on the SFT demonstrations' prompts, not only the preference data's:
     more distinct prompts, so the policy sees each less often."""
@@ -198,6 +204,8 @@ class PPOConfig:
             raise ValueError(f"critic must be one of {sorted(CRITICS)}, got {self.critic!r}")
         if self.kl_controller not in KL_CONTROLLER_NAMES:
             raise ValueError(f"kl_controller must be one of {KL_CONTROLLER_NAMES}, got {self.kl_controller!r}")
+        if not self.ptx_coef >= 0:
+            raise ValueError(f"ptx_coef must be >= 0, got {self.ptx_coef}")
         if self.kl_coef < 0 or (self.kl_controller == "adaptive" and self.kl_coef == 0):
             raise ValueError("kl_coef must be >= 0 (and > 0 for the adaptive controller)")
         if self.kl_target <= 0 or self.kl_horizon <= 0:

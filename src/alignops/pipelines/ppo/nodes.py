@@ -31,6 +31,7 @@ def train(
     tokenizer: PreTrainedTokenizerBase,
     reward_model,
     prompts: list[str],
+    sft_demonstrations: pd.DataFrame,
     checkpoint_dir: str,
     model_params: dict,
     generation: dict,
@@ -38,6 +39,10 @@ def train(
 ) -> tuple[PreTrainedModel, list[dict], pd.DataFrame, dict[str, str]]:
     """The PPO policy, every iteration's metrics, the sampled generations, and the policy's
     snapshots by name (``step_<n>``: the folder the loop wrote it to, which the catalog copies)."""
+    config = PPOConfig(**params)
+    demonstrations = None
+    if config.ptx_coef > 0:  # the SFT loss's data, as the sft stage reads it
+        demonstrations = (sft_demonstrations["prompt"].tolist(), sft_demonstrations["response"].tolist())
     with MetricHistory(sink=metric_logger()) as history:
         result = train_ppo(
             sft_model,
@@ -45,10 +50,11 @@ def train(
             reward_model,
             prompts,
             ModelConfig(**model_params),
-            PPOConfig(**params),
+            config,
             GenerationConfig(**generation),
             history,
             checkpoint_dir=checkpoint_dir,
+            demonstrations=demonstrations,
         )
     snapshots = {snapshot_name(step): str(folder) for step, folder in result.snapshots.items()}
     return result.policy, history.rows, pd.DataFrame(result.samples, columns=SAMPLE_COLUMNS), snapshots

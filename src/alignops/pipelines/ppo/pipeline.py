@@ -24,6 +24,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "tokenizer",
                     "reward_model",
                     "ppo_prompts",
+                    "sft_demonstrations",
                     "ppo_checkpoints",
                     "params:model",
                     "params:generation",
