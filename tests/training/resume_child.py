@@ -87,15 +87,18 @@ def ppo(folder: str, history: MetricHistory):
     from alignops.training.ppo import train_ppo
     from tests.training.test_ppo import PROMPTS, TINY
 
-    # adaptive β: its state must come back too; 6 prompts in batches of 4 straddle permutations
+    # adaptive β and ptx's draw of demonstrations: their state must come back too; 6 prompts in
+    # batches of 4 straddle permutations
     config = dataclasses.replace(TINY, steps=STEPS, checkpoint_every=EVERY, kl_controller="adaptive",
-                                 kl_horizon=50.0, rollout_batch_size=4, minibatch_size=2, num_samples=1)
+                                 kl_horizon=50.0, rollout_batch_size=4, minibatch_size=2, num_samples=1,
+                                 ptx_coef=0.5)
     prompts = PROMPTS + ["change my plan", "thanks for the help"]
     tokenizer = make_tiny_tokenizer(prompts)
     torch.manual_seed(0)
     sft_model = build_causal_lm(TINY_LLAMA, tokenizer)
+    demonstrations = (prompts[:3], ["it ships today", "press forgot password", "refunded"])
     result = train_ppo(sft_model, tokenizer, CountingScorer(), prompts[:6], TINY_LLAMA, config,
-                       GenerationConfig(temperature=0.7), history, folder)
+                       GenerationConfig(temperature=0.7), history, folder, demonstrations)
     return result
 
 
