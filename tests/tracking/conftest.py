@@ -21,6 +21,8 @@ def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    # artifacts beside the store: without a location MLflow puts them in ./mlruns, the working tree
+    MlflowClient(uri).create_experiment("alignops-test", artifact_location=(tmp_path / "artifacts").as_uri())
     mlflow.set_experiment("alignops-test")
     yield uri
     while mlflow.active_run():
