@@ -177,7 +177,11 @@ class RewardModel:
         self.model.train(was_training)
         rewards = torch.empty(len(order))
         rewards[order] = torch.cat(chunks)
-        return (rewards - self.mean) / self.std if normalise else rewards
+        return self.normalised(rewards) if normalise else rewards
+
+    def normalised(self, raw: torch.Tensor) -> torch.Tensor:
+        """Raw scores mapped by this model's constants (SFT samples to mean 0, std 1)."""
+        return (raw - self.mean) / self.std
 
     def with_normalisation(self, mean: float, std: float) -> RewardModel:
         """The same model with new normalisation constants."""
@@ -270,7 +274,11 @@ class RewardEnsemble:
         """(N,) float32 rewards on the CPU, as ``RewardModel.score``: ``normalise`` maps the SFT
         policy's samples to mean 0, std 1; without it, the members' penalised mean."""
         combined = self.combine(self.member_scores(prompts, responses, batch_size))  # (N,)
-        return (combined - self.mean) / self.std if normalise else combined
+        return self.normalised(combined) if normalise else combined
+
+    def normalised(self, raw: torch.Tensor) -> torch.Tensor:
+        """Combined scores mapped by the ensemble's own constants (SFT samples to mean 0, std 1)."""
+        return (raw - self.mean) / self.std
 
     def combine(self, member_scores: torch.Tensor) -> torch.Tensor:
         """(N,) the members' mean less ``uncertainty_penalty`` times their spread, from their (M, N)

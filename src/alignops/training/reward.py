@@ -352,7 +352,7 @@ def normalise_reward_model(
             raw = member.score(picked, samples.texts, batch_size=config.eval_batch_size, normalise=False)  # (N,)
             member = member.with_normalisation(*_moments(raw))
             members.append(member)
-            member_scores.append((raw - member.mean) / member.std)
+            member_scores.append(member.normalised(raw))
         reward_model = dataclasses.replace(reward_model, members=tuple(members))
         scores = torch.stack(member_scores)  # (M, N)
         metrics["reward/norm_member_std"] = float(scores.std(0, correction=0).mean())  # how far apart they start
