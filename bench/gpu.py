@@ -45,7 +45,7 @@ from alignops.models import ModelConfig, build_causal_lm, load_tokenizer  # noqa
 from alignops.models.generation import GenerationConfig  # noqa: E402
 from alignops.models.reward import RewardModel, reward_head_from_causal_lm  # noqa: E402
 from alignops.models.tokenizer import train_bpe_tokenizer  # noqa: E402
-from alignops.training.common import make_accelerator  # noqa: E402
+from alignops.training.accelerator import make_accelerator  # noqa: E402
 from alignops.training.dpo import PreferencePairs, reference_logprobs, tokenize_pairs, train_dpo  # noqa: E402
 from alignops.training.dpo_config import DPOConfig  # noqa: E402
 from alignops.training.ppo import train_ppo  # noqa: E402

@@ -94,7 +94,7 @@ def test_unset_mixed_precision_is_accelerates_own_setting(monkeypatch):
     ACCELERATE_MIXED_PRECISION decide; a stage's explicit value overrides them."""
     from accelerate.state import AcceleratorState
 
-    from alignops.training.common import make_accelerator
+    from alignops.training.accelerator import make_accelerator
     from alignops.training.sft_config import SFTConfig
 
     assert SFTConfig().mixed_precision is None

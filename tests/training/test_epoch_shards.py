@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from alignops.training.batching import GroupedBatches
-from alignops.training.common import RankBatches
+from alignops.training.ranks import RankBatches
 from tests.helpers import run_kedro, stage_history
 
 BATCH_SIZE = 4

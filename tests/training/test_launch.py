@@ -24,7 +24,6 @@ from alignops.catalog.models import HFModelDataset
 from alignops.catalog.reward_model import RewardModelDataset
 from alignops.core.masked import masked_whiten
 from alignops.models.loading import load_model
-from alignops.training.common import global_mean, shard_batches
 from alignops.training.handoff import model_digest, read_value, write_value
 from alignops.training.launch import (
     LAUNCHED_ENV,
@@ -33,6 +32,7 @@ from alignops.training.launch import (
     launch_command,
     wants_launch,
 )
+from alignops.training.ranks import global_mean, shard_batches
 from tests.helpers import KEDRO, last_run, run_kedro, stage_history
 
 # stage: (the data/ snapshot it starts from, the model it saves, a metric it logs every logged step)

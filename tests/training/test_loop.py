@@ -9,7 +9,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from alignops.training.common import MetricHistory, lr_multiplier, make_accelerator, make_optimizer, train_epochs
+from alignops.training.accelerator import make_accelerator
+from alignops.training.common import MetricHistory, train_epochs
+from alignops.training.optim import lr_multiplier, make_optimizer
 
 X = torch.linspace(-1, 1, 20).reshape(10, 2)  # (N, 2)
 Y = X.sum(1, keepdim=True) * 3  # (N, 1)

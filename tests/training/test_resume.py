@@ -23,8 +23,9 @@ from safetensors.torch import load_file
 import alignops.training.checkpoints as checkpoint_module
 from alignops.catalog.models import HFModelDataset
 from alignops.models import build_causal_lm
+from alignops.training.accelerator import make_accelerator
 from alignops.training.checkpoints import CheckpointError, Checkpoints, fingerprint
-from alignops.training.common import MetricHistory, make_accelerator
+from alignops.training.common import MetricHistory
 from alignops.training.sft import train_sft
 from alignops.training.sft_config import SFTConfig
 from tests.helpers import REPO_ROOT, TINY_LLAMA, make_tiny_tokenizer, mount_tmpfs, unmount

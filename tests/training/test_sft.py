@@ -14,15 +14,9 @@ from accelerate.utils import set_seed
 from alignops.models import ModelConfig, build_causal_lm, build_tokenizer
 from alignops.models.chat import parse_transcript
 from alignops.training import sft as training_sft
-from alignops.training.common import (
-    MetricHistory,
-    NonFiniteLossError,
-    check_finite,
-    decay_parameter_groups,
-    lr_multiplier,
-    make_accelerator,
-    make_scheduler,
-)
+from alignops.training.accelerator import make_accelerator
+from alignops.training.common import MetricHistory, NonFiniteLossError, check_finite
+from alignops.training.optim import decay_parameter_groups, lr_multiplier, make_scheduler
 from alignops.training.sft import train_sft
 from alignops.training.sft_config import SFTConfig
 from tests.helpers import make_chat_tokenizer

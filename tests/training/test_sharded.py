@@ -163,7 +163,7 @@ def test_deepspeed_on_cpu_compiles_no_shared_memory_op_unless_asked(monkeypatch)
     import deepspeed.ops
     from deepspeed.comm.torch import build_shm_op
 
-    from alignops.training.common import CPU_SHM_SWITCH, _without_cpu_shm_op
+    from alignops.training.accelerator import CPU_SHM_SWITCH, _without_cpu_shm_op
 
     table = deepspeed.ops.__compatible_ops__
     monkeypatch.setitem(table, "deepspeed_shm_comm", True)

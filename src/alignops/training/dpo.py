@@ -30,21 +30,14 @@ from alignops.core.losses import dpo_loss
 from alignops.models.chat import Renderer
 from alignops.models.collate import Batch, select_rows
 from alignops.models.config import ModelConfig
+from alignops.training.accelerator import enable_gradient_checkpointing, is_sharded, make_accelerator
 from alignops.training.batching import GroupedBatches
 from alignops.training.checkpoints import Checkpoints
-from alignops.training.common import (
-    LogFn,
-    Stats,
-    enable_gradient_checkpointing,
-    is_sharded,
-    make_accelerator,
-    make_optimizer,
-    prepare_for_epochs,
-    shard_batches,
-    train_epochs,
-)
+from alignops.training.common import LogFn, Stats, train_epochs
 from alignops.training.dpo_config import DPOConfig
 from alignops.training.lora import ADAPTER_FOLDER, add_adapters, lora_config, merged
+from alignops.training.optim import make_optimizer
+from alignops.training.ranks import prepare_for_epochs, shard_batches
 
 MODEL_INPUTS = ("input_ids", "attention_mask")
 # dpo_loss's stats, plus the policy's own log-probs: both falling is DPO's known drift

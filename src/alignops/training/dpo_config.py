@@ -6,8 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from alignops.core.losses import DPO_LOSSES
+from alignops.training.accelerator import check_mixed_precision
 from alignops.training.checkpoints import check_resume_setting
-from alignops.training.common import check_epoch_loop_settings, check_mixed_precision
+from alignops.training.common import check_epoch_loop_settings
 from alignops.training.launch import check_launch_settings
 from alignops.training.lora import lora_config
 

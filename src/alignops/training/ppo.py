@@ -42,21 +42,15 @@ from alignops.models.config import ModelConfig
 from alignops.models.generation import GenerationConfig, sample_responses
 from alignops.models.loading import place
 from alignops.models.value_head import CRITICS, response_forward
+from alignops.training.accelerator import enable_gradient_checkpointing, make_accelerator
 from alignops.training.checkpoints import Checkpoints
-from alignops.training.common import (
-    LogFn,
-    check_finite,
-    enable_gradient_checkpointing,
-    gc_frozen,
-    global_mean,
-    make_accelerator,
-    make_scheduler,
-    progress_bar,
-)
+from alignops.training.common import LogFn, check_finite, gc_frozen, progress_bar
 from alignops.training.loop_state import Recorder, restore_history
 from alignops.training.lora import ADAPTER_FOLDER, add_adapters, lora_config, merged
+from alignops.training.optim import make_scheduler
 from alignops.training.ppo_config import PPOConfig
 from alignops.training.ptx import Demonstrations, ptx_loss
+from alignops.training.ranks import global_mean
 from alignops.training.snapshots import Snapshots
 
 KL_CONTROLLERS: dict[str, Callable[[PPOConfig], FixedKLController | AdaptiveKLController]] = {

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 
 from alignops.core import KL_ESTIMATORS
 from alignops.models.value_head import CRITICS
+from alignops.training.accelerator import check_mixed_precision
 from alignops.training.checkpoints import check_resume_setting
-from alignops.training.common import SCHEDULES, check_mixed_precision
 from alignops.training.launch import check_launch_settings
 from alignops.training.lora import lora_config
+from alignops.training.optim import SCHEDULES
 
 KL_CONTROLLER_NAMES = ("fixed", "adaptive")
 

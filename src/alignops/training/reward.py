@@ -38,19 +38,13 @@ from alignops.models.reward import (
     sequence_rewards,
 )
 from alignops.models.tokenizer import ensure_pad_token, load_tokenizer, resize_for_tokenizer
+from alignops.training.accelerator import enable_gradient_checkpointing, make_accelerator
 from alignops.training.batching import GroupedBatches
 from alignops.training.checkpoints import Checkpoints
-from alignops.training.common import (
-    LogFn,
-    Stats,
-    enable_gradient_checkpointing,
-    make_accelerator,
-    make_optimizer,
-    prepare_for_epochs,
-    shard_batches,
-    train_epochs,
-)
+from alignops.training.common import LogFn, Stats, train_epochs
 from alignops.training.lora import ADAPTER_FOLDER, add_classifier_adapters, lora_config, merged
+from alignops.training.optim import make_optimizer
+from alignops.training.ranks import prepare_for_epochs, shard_batches
 from alignops.training.reward_config import RewardConfig
 
 __all__ = [

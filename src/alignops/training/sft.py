@@ -23,18 +23,12 @@ from alignops.models.collate import Batch, select_rows
 from alignops.models.config import ModelConfig
 from alignops.models.loading import build_causal_lm
 from alignops.models.packing import pack_sequences
+from alignops.training.accelerator import enable_gradient_checkpointing, make_accelerator
 from alignops.training.checkpoints import Checkpoints
-from alignops.training.common import (
-    LogFn,
-    Stats,
-    enable_gradient_checkpointing,
-    make_accelerator,
-    make_optimizer,
-    prepare_for_epochs,
-    shard_batches,
-    train_epochs,
-)
+from alignops.training.common import LogFn, Stats, train_epochs
 from alignops.training.lora import ADAPTER_FOLDER, add_adapters, lora_config, merged
+from alignops.training.optim import make_optimizer
+from alignops.training.ranks import prepare_for_epochs, shard_batches
 from alignops.training.sft_config import SFTConfig
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")
