@@ -130,7 +130,7 @@ def _has_gpu() -> bool:
 
 SUPPORTED_DISTRIBUTED_TYPES = ("NO", "MULTI_GPU", "MULTI_CPU", "FSDP", "DEEPSPEED")
 """What the hand-off supports, on one machine: data parallel, FSDP and DeepSpeed ZeRO (the
-ranks gather the full weights before handing back; ``common.full_model``). Several machines
+ranks gather the full weights before handing back; ``accelerator.full_model``). Several machines
 do not share the hand-off folder."""
 SHARDING_TYPES = ("FSDP", "DEEPSPEED")
 
