@@ -14,8 +14,9 @@ import pytest
 import yaml
 
 from alignops.catalog.models import HFModelDataset
+from alignops.training.accelerate_config import HANDOFF_DIR_ENV, check_accelerate_config
 from alignops.training.handoff import model_digest
-from alignops.training.launch import HANDOFF_DIR_ENV, check_accelerate_config, launch_command
+from alignops.training.launch import launch_command
 from alignops.training.worker import claim
 from tests.helpers import REPO_ROOT, last_run, run_kedro, stage_history
 

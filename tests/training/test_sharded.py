@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from alignops.catalog.models import HFModelDataset
+from alignops.training.accelerate_config import check_sharded_stage
 from alignops.training.dpo import reference_logprobs
 from alignops.training.handoff import model_digest
-from alignops.training.launch import check_sharded_stage
 from tests.helpers import REPO_ROOT, last_run, run_kedro, stage_history
 
 CONFIGS = {

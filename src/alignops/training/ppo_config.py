@@ -166,7 +166,7 @@ class PPOConfig:
     accelerate_config: str | None = None
     """An accelerate config file (``conf/accelerate/``: one GPU, multi-GPU DDP): the stage
     runs under ``accelerate launch --config_file``. FSDP, DeepSpeed and several machines are
-    refused for now (``alignops.training.launch.SUPPORTED_DISTRIBUTED_TYPES``)."""
+    refused for now (``alignops.training.accelerate_config.SUPPORTED_DISTRIBUTED_TYPES``)."""
     gradient_checkpointing: bool = False
     """Recompute each layer's activations in the update's backward pass instead of keeping
     them (transformers' non-reentrant checkpointing of the policy, and of the critic under

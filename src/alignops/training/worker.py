@@ -24,14 +24,13 @@ import sys
 import time
 from pathlib import Path
 
+from alignops.training.accelerate_config import HANDOFF_DIR_ENV, read_accelerate_config
 from alignops.training.launch import (
-    HANDOFF_DIR_ENV,
     HANDOFF_PREFIX,
     SPEC_FILE,
     _run_process_group,
     launch_command,
     launch_environment,
-    read_accelerate_config,
 )
 
 
