@@ -95,6 +95,28 @@ class GenerationOutput:
         return torch.cat([self.query_mask, self.response_mask], dim=1)
 
 
+def trim_rows(
+    layout: dict[str, torch.Tensor], rows: torch.Tensor, widths: torch.Tensor
+) -> tuple[dict[str, torch.Tensor], int]:
+    """Rows ``rows`` of a ``GenerationOutput``-laid-out batch (``query_*`` left-padded,
+    ``response_*`` right-padded: rollouts, PPO-ptx's demonstrations) cut to their own widths,
+    and that response width.
+
+    ``widths`` is (B, 2) on the CPU: each row's real prompt and response lengths. The columns
+    dropped are padding in every selected row: the forward pass and every masked mean are
+    unchanged, and a minibatch of short replies no longer pays for the longest one.
+    """
+    query_width, response_width = (int(w) for w in widths[rows.cpu()].amax(0).clamp_min(1))
+    device_rows = rows.to(layout["query_ids"].device)
+    trimmed = {
+        "query_ids": layout["query_ids"][device_rows, -query_width:],
+        "query_mask": layout["query_mask"][device_rows, -query_width:],
+        "response_ids": layout["response_ids"][device_rows, :response_width],
+        "response_mask": layout["response_mask"][device_rows, :response_width],
+    }
+    return trimmed, response_width
+
+
 def _ids(token_ids: int | Sequence[int], device: torch.device | None = None) -> torch.Tensor:
     return torch.as_tensor([token_ids] if isinstance(token_ids, int) else list(token_ids), device=device)
 

@@ -266,7 +266,7 @@ class RewardEnsemble:
         """(N,) the members' standard deviation (population) on each reply, in their normalised
         unit: what ``uncertainty_penalty`` takes off. It grows where a policy's replies leave
         what the members learnt alike, a sign of a reward model being exploited (Coste et al. 2024)."""
-        return self.member_scores(prompts, responses, batch_size).std(0, correction=0)
+        return self.spread(self.member_scores(prompts, responses, batch_size))
 
     def score(
         self, prompts: list[str], responses: list[str], batch_size: int = 64, normalise: bool = True
@@ -283,7 +283,12 @@ class RewardEnsemble:
     def combine(self, member_scores: torch.Tensor) -> torch.Tensor:
         """(N,) the members' mean less ``uncertainty_penalty`` times their spread, from their (M, N)
         normalised scores: the ensemble's score before its own normalisation."""
-        return member_scores.mean(0) - self.uncertainty_penalty * member_scores.std(0, correction=0)
+        return member_scores.mean(0) - self.uncertainty_penalty * self.spread(member_scores)
+
+    @staticmethod
+    def spread(member_scores: torch.Tensor) -> torch.Tensor:
+        """(N,) the members' population standard deviation on each reply, from their (M, N) scores."""
+        return member_scores.std(0, correction=0)
 
     def with_normalisation(self, mean: float, std: float) -> RewardEnsemble:
         """The same members with new normalisation constants for the combined score."""

@@ -39,7 +39,7 @@ from alignops.core import (
     value_loss_clipped,
 )
 from alignops.models.config import ModelConfig
-from alignops.models.generation import GenerationConfig, sample_responses
+from alignops.models.generation import GenerationConfig, sample_responses, trim_rows
 from alignops.models.loading import place
 from alignops.models.value_head import CRITICS, response_forward
 from alignops.training.accelerator import enable_gradient_checkpointing, make_accelerator
@@ -113,27 +113,6 @@ class PromptBatches:
         return batch
 
 
-def _trim(
-    rollout: dict[str, torch.Tensor], rows: torch.Tensor, widths: torch.Tensor
-) -> tuple[dict[str, torch.Tensor], int]:
-    """Rows ``rows`` of the rollout cut to their own widths, and that response width.
-
-    ``widths`` is (B, 2) on the CPU: each row's real prompt and response lengths.
-    Prompts are left-padded and responses right-padded, so the columns dropped are
-    padding in every selected row: the forward pass and every masked mean are
-    unchanged, and a minibatch of short replies no longer pays for the longest one.
-    """
-    query_width, response_width = (int(w) for w in widths[rows.cpu()].amax(0).clamp_min(1))
-    device_rows = rows.to(rollout["query_ids"].device)
-    trimmed = {
-        "query_ids": rollout["query_ids"][device_rows, -query_width:],
-        "query_mask": rollout["query_mask"][device_rows, -query_width:],
-        "response_ids": rollout["response_ids"][device_rows, :response_width],
-        "response_mask": rollout["response_mask"][device_rows, :response_width],
-    }
-    return trimmed, response_width
-
-
 @torch.no_grad()
 def _rollout_forward(
     policy: torch.nn.Module,
@@ -155,7 +134,7 @@ def _rollout_forward(
     device = rollout["response_ids"].device
     outputs = [torch.zeros(batch, width, device=device) for _ in range(4)]
     for rows in widths[:, 1].argsort(descending=True).split(chunk):
-        trimmed, w = _trim(rollout, rows, widths)
+        trimmed, w = trim_rows(rollout, rows, widths)
         logits, values = policy(**trimmed)  # (b, w, V), (b, w)
         logits = logits.float() / temperature  # upcast first: bf16 logits / T would round twice
         with as_reference():
@@ -335,7 +314,7 @@ def train_ppo(
         policy.train(config.gradient_checkpointing)
         for _ in range(config.ppo_epochs):
             for rows in torch.randperm(len(index), generator=seeds).split(config.minibatch_size):
-                trimmed, w = _trim(rollout, rows, widths)
+                trimmed, w = trim_rows(rollout, rows, widths)
                 rows = rows.to(device)
                 logits, vpred = policy(**trimmed)  # (b, w, V), (b, w)
                 new_logprobs = selective_log_softmax(logits.float() / generation.temperature, trimmed["response_ids"])

@@ -17,8 +17,7 @@ from alignops.core import selective_log_softmax
 from alignops.models.chat import Renderer
 from alignops.models.collate import Batch
 from alignops.models.config import ModelConfig
-
-FIELDS = ("query_ids", "query_mask", "response_ids", "response_mask")
+from alignops.models.generation import trim_rows
 
 
 def prompt_reply_split(rows: Batch, pad_id: int) -> Batch:
@@ -58,6 +57,7 @@ class Demonstrations:
             list(prompts), list(responses), model_config.max_prompt_tokens, model_config.max_response_tokens
         )
         self.rows = prompt_reply_split(rows, tokenizer.pad_token_id)
+        self.widths = torch.stack([self.rows["query_mask"].sum(1), self.rows["response_mask"].sum(1)], dim=1)  # (N, 2)
         self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
@@ -66,12 +66,7 @@ class Demonstrations:
     def draw(self, n: int, device: torch.device) -> Batch:
         """``n`` demonstrations drawn with replacement, cut to their own widths, on ``device``."""
         pick = torch.randint(len(self), (n,), generator=self.generator)
-        batch = {name: self.rows[name][pick] for name in FIELDS}
-        prompt_width, reply_width = int(batch["query_mask"].sum(1).max()), int(batch["response_mask"].sum(1).max())
-        for name in ("query_ids", "query_mask"):
-            batch[name] = batch[name][:, batch[name].shape[1] - prompt_width :]
-        for name in ("response_ids", "response_mask"):
-            batch[name] = batch[name][:, :reply_width]
+        batch, _ = trim_rows(self.rows, pick, self.widths)
         return {name: tensor.to(device) for name, tensor in batch.items()}
 
 

@@ -349,7 +349,7 @@ def normalise_reward_model(
             member_scores.append(member.normalised(raw))
         reward_model = dataclasses.replace(reward_model, members=tuple(members))
         scores = torch.stack(member_scores)  # (M, N)
-        metrics["reward/norm_member_std"] = float(scores.std(0, correction=0).mean())  # how far apart they start
+        metrics["reward/norm_member_std"] = float(reward_model.spread(scores).mean())  # how far apart they start
         raw = reward_model.combine(scores)  # (N,)
     else:
         raw = reward_model.score(picked, samples.texts, batch_size=config.eval_batch_size, normalise=False)
